@@ -1,0 +1,1 @@
+"""Figures of the paper, rendered from the store, and the HTML page that shows them."""

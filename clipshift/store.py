@@ -1,0 +1,325 @@
+"""The LanceDB store: tables, their schema, the migrations runner and the write lock.
+
+Table and column names here are a contract: users' SQL relies on them (see docs/schema.md).
+
+Writes are serialised by an advisory file lock (`<db>/.clipshift.lock`, fcntl) held only
+around each commit, so two ingests into one store interleave their batches safely; under the
+lock each batch drops the images another writer stored meanwhile, so nothing is stored twice.
+Every Lance commit is atomic: a process killed at any moment leaves whole batches or nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import lancedb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import ClipshiftError
+from .resources import resource_dir
+
+os.environ.setdefault("LANCE_LOG", "error")
+
+DEFAULT_DB = "./clipshift-store"
+MIGRATIONS_TABLE = "schema_migrations"
+LOCK_FILE = ".clipshift.lock"
+# Small appends leave many small fragments; past this many, compact after the ingest.
+COMPACT_FRAGMENTS = 64
+
+MIGRATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("version", pa.int32(), nullable=False),
+        pa.field("name", pa.string()),
+        pa.field("applied_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def variants_schema(embedding_dim: int) -> pa.Schema:
+    """The current schema of `variants`: one row per (run, image, variant)."""
+    return pa.schema(
+        [
+            pa.field("run_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("variant", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), embedding_dim)),
+            pa.field("attention", pa.list_(pa.float32())),
+            pa.field("attention_layers", pa.list_(pa.float32())),
+            pa.field("patch_similarity", pa.float64()),
+            pa.field("edge_preservation", pa.float64()),
+            pa.field("detail_preservation", pa.float64()),
+            pa.field("params", pa.string()),
+            pa.field("pixels", pa.binary()),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    def apply(self, db: lancedb.DBConnection) -> None:
+        spec = importlib.util.spec_from_file_location(
+            f"clipshift_migration_{self.version}", self.path
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.upgrade(db)
+
+
+def available_migrations() -> list[Migration]:
+    """Every migration shipped with this clipshift, oldest first."""
+    found = []
+    for path in sorted(resource_dir("migrations").glob("[0-9][0-9][0-9][0-9]_*.py")):
+        match = re.match(r"(\d{4})_(.+)\.py$", path.name)
+        found.append(Migration(int(match.group(1)), match.group(2), path))
+    return found
+
+
+def latest_schema_version() -> int:
+    return available_migrations()[-1].version
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Store:
+    """An open clipshift store: a LanceDB directory at a known schema version."""
+
+    def __init__(self, path: Path, db: lancedb.DBConnection):
+        self.path = path
+        self.db = db
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, create: bool = False) -> Store:
+        """Open the store at `path`; with `create`, make it (and apply every migration).
+
+        A store at an older schema must be upgraded with `clipshift migrate` first; one written
+        by a newer clipshift is refused, since this version cannot know its layout.
+        """
+        store = cls._connect(Path(path), create=create)
+        version = store.schema_version()
+        latest = latest_schema_version()
+        if version == 0 and create:
+            store.migrate()
+        elif version == 0:
+            raise ClipshiftError(
+                f"no clipshift store at {path}: run `clipshift ingest IMAGES --db {path}` first"
+            )
+        elif version > latest:
+            raise ClipshiftError(
+                f"the store at {path} has schema version {version}, newer than this clipshift "
+                f"understands ({latest}): upgrade clipshift (pip install -U clipshift)"
+            )
+        elif version < latest:
+            raise ClipshiftError(
+                f"the store at {path} has schema version {version}; this clipshift needs "
+                f"{latest}: run `clipshift migrate --db {path}`"
+            )
+        return store
+
+    @classmethod
+    def _connect(cls, path: Path, *, create: bool) -> Store:
+        if path.exists() and not path.is_dir():
+            raise ClipshiftError(f"--db {path} is a file, not a store directory: choose a folder")
+        if not path.exists():
+            if not create:
+                raise ClipshiftError(
+                    f"no clipshift store at {path}: run `clipshift ingest IMAGES --db {path}` first"
+                )
+            try:
+                path.mkdir(parents=True)
+            except OSError as exc:
+                raise ClipshiftError(f"cannot create the store at {path}: {exc.strerror}") from None
+        if create and not os.access(path, os.W_OK):
+            raise ClipshiftError(f"the store at {path} is not writable: choose another --db")
+        return cls(path, lancedb.connect(str(path)))
+
+    # -- schema and migrations -----------------------------------------------------------
+
+    def table_names(self) -> list[str]:
+        listing = self.db.list_tables()
+        return list(getattr(listing, "tables", listing))
+
+    def has_table(self, name: str) -> bool:
+        return name in self.table_names()
+
+    def schema_version(self) -> int:
+        if not self.has_table(MIGRATIONS_TABLE):
+            return 0
+        versions = self.db.open_table(MIGRATIONS_TABLE).to_arrow().column("version").to_pylist()
+        return max(versions, default=0)
+
+    def migrate(self, target: int | None = None) -> list[Migration]:
+        """Apply the pending migrations up to `target` (default: all); return those applied."""
+        applied = []
+        with self.lock():
+            if not self.has_table(MIGRATIONS_TABLE):
+                self.db.create_table(MIGRATIONS_TABLE, schema=MIGRATIONS_SCHEMA)
+            log = self.db.open_table(MIGRATIONS_TABLE)
+            current = self.schema_version()
+            for migration in available_migrations():
+                if migration.version <= current or (
+                    target is not None and migration.version > target
+                ):
+                    continue
+                migration.apply(self.db)
+                log.add(
+                    pa.table(
+                        {
+                            "version": pa.array([migration.version], pa.int32()),
+                            "name": [migration.name],
+                            "applied_at": pa.array([_now()], pa.timestamp("us", tz="UTC")),
+                        }
+                    )
+                )
+                applied.append(migration)
+        return applied
+
+    # -- reading -------------------------------------------------------------------------
+
+    def table(self, name: str) -> lancedb.table.Table:
+        return self.db.open_table(name)
+
+    def dataset(self, name: str):
+        """The table as a pylance dataset (an Arrow dataset DuckDB scans directly)."""
+        return self.table(name).to_lance()
+
+    def embedding_dim(self) -> int | None:
+        if not self.has_table("variants"):
+            return None
+        return self.table("variants").schema.field("embedding").type.list_size
+
+    def run(self, run_id: str) -> dict | None:
+        rows = self.table("runs").search().where(f"run_id = '{_quote(run_id)}'").to_list()
+        return rows[0] if rows else None
+
+    def stored_images(self, run_id: str, image_ids: Sequence[str] | None = None) -> set[str]:
+        """The image_ids whose variants this run has stored (all or nothing, by commit)."""
+        if not self.has_table("variants"):
+            return set()
+        where = f"run_id = '{_quote(run_id)}' AND variant = 'original'"
+        if image_ids is not None:
+            if not image_ids:
+                return set()
+            where += " AND image_id IN (" + ", ".join(f"'{_quote(i)}'" for i in image_ids) + ")"
+        ds = self.dataset("variants")
+        return set(ds.to_table(columns=["image_id"], filter=where).column("image_id").to_pylist())
+
+    # -- writing -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the store's write lock; the OS releases it if the process dies."""
+        with open(self.path / LOCK_FILE, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def ensure_run(self, run: dict) -> None:
+        """Record the run (once) and create `variants` for its embedding width."""
+        with self.lock():
+            dim = self.embedding_dim()
+            if dim is None:
+                self.db.create_table("variants", schema=variants_schema(run["embedding_dim"]))
+            elif dim != run["embedding_dim"]:
+                raise ClipshiftError(
+                    f"this store holds {dim}-d embeddings but {run['model']} gives "
+                    f"{run['embedding_dim']}-d: ingest this model into another --db"
+                )
+            runs = self.table("runs")
+            row = pa.Table.from_pylist([run], schema=runs.schema)
+            runs.merge_insert("run_id").when_not_matched_insert_all().execute(row)
+
+    def write_batch(self, run_id: str, images: pa.Table, variants: pa.Table) -> set[str]:
+        """Store whole images: their `images` rows and all their `variants` rows.
+
+        Images this run already holds (another writer got there first) are dropped.
+        Returns the image_ids actually written.
+        """
+        with self.lock():
+            batch_ids = sorted(set(variants.column("image_id").to_pylist()))
+            already = self.stored_images(run_id, batch_ids)
+            if already:
+                keep = pa.array(sorted(already))
+                variants = variants.filter(pc.invert(pc.is_in(variants["image_id"], keep)))
+                images = images.filter(pc.invert(pc.is_in(images["image_id"], keep)))
+            if variants.num_rows == 0:
+                return set()
+            # images first: if the process dies before the variants commit, the image row is
+            # reused on resume, while the variants commit alone marks an image as done.
+            (
+                self.table("images")
+                .merge_insert("image_id")
+                .when_not_matched_insert_all()
+                .execute(images)
+            )
+            self.table("variants").add(variants)
+            return set(batch_ids) - already
+
+    def record_errors(self, rows: list[dict]) -> None:
+        """Record failures; a path that fails again in the same run updates its row."""
+        if not rows:
+            return
+        with self.lock():
+            errors = self.table("errors")
+            data = pa.Table.from_pylist(
+                [{**row, "time": row.get("time") or _now()} for row in rows], schema=errors.schema
+            )
+            (
+                errors.merge_insert(["run_id", "path"])
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(data)
+            )
+
+    def clear_errors(self, run_id: str, paths: Sequence[str]) -> None:
+        """Forget earlier failures of paths that have now been stored."""
+        if not paths or not self.has_table("errors"):
+            return
+        with self.lock():
+            quoted = ", ".join(f"'{_quote(p)}'" for p in paths)
+            self.table("errors").delete(f"run_id = '{_quote(run_id)}' AND path IN ({quoted})")
+
+    def compact(self, *, force: bool = False) -> None:
+        """Merge the small fragments that many batch commits leave, and drop old versions."""
+        with self.lock():
+            for name in self.table_names():
+                table = self.table(name)
+                if force or len(table.to_lance().get_fragments()) > COMPACT_FRAGMENTS:
+                    table.optimize(cleanup_older_than=timedelta(0))
+
+
+def migrate_store(path: str | os.PathLike) -> tuple[list[Migration], int]:
+    """Apply pending migrations to the store at `path`; return those applied and the version."""
+    store = Store._connect(Path(path), create=False)
+    version = store.schema_version()
+    if version == 0:
+        raise ClipshiftError(f"no clipshift store at {path}: nothing to migrate")
+    if version > latest_schema_version():
+        raise ClipshiftError(
+            f"the store at {path} has schema version {version}, newer than this clipshift "
+            f"understands ({latest_schema_version()}): upgrade clipshift"
+        )
+    applied = store.migrate()
+    return applied, store.schema_version()
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")

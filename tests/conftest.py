@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny random CLIP saved to disk, real photos, and a real store."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "camera")
+
+
+def make_tiny_clip(path: Path, image_size: int = 224, patch_size: int = 32) -> Path:
+    """A random CLIP with small hidden sizes and a tiny tokenizer, saved with save_pretrained."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=1000,
+            max_position_embeddings=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=patch_size,
+        ),
+        projection_dim=16,
+    )
+    CLIPModel(config).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+def write_photos(folder: Path, names=PHOTOS) -> list[Path]:
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        pixels = getattr(data, name)()
+        path = folder / f"{name}.png"
+        Image.fromarray(np.asarray(pixels)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    write_photos(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ingested_store(tmp_path_factory, tiny_model, photos) -> Path:
+    """A store with the six photos ingested by the tiny model (all nine augmentations).
+
+    Session-scoped and shared: tests must not write to it (copy it first if they need to).
+    """
+    from clipshift.ingest import ingest
+
+    db = tmp_path_factory.mktemp("store") / "db"
+    ingest([photos], db, str(tiny_model), batch_size=4, keep_pixels=-1, device="cpu")
+    return db
