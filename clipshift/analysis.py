@@ -36,3 +36,15 @@ def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+def named_query(
+    con: duckdb.DuckDBPyConnection, name: str, **params
+) -> duckdb.DuckDBPyRelation | None:
+    """Run `sql/NAME.sql` with its $parameters bound; returns DuckDB's result."""
+    path = resource_dir("sql") / f"{name}.sql"
+    return con.execute(path.read_text(), params)
+
+
+def query_names() -> list[str]:
+    return sorted(p.stem for p in resource_dir("sql").glob("*.sql"))
