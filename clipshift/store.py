@@ -34,6 +34,8 @@ MIGRATIONS_TABLE = "schema_migrations"
 LOCK_FILE = ".clipshift.lock"
 # Small appends leave many small fragments; past this many, compact after the ingest.
 COMPACT_FRAGMENTS = 64
+# Versions older than this are deleted by a compaction; a reader holding one that long may fail.
+KEEP_VERSIONS = timedelta(minutes=10)
 
 MIGRATIONS_SCHEMA = pa.schema(
     [
@@ -303,7 +305,7 @@ class Store:
             for name in self.table_names():
                 table = self.table(name)
                 if force or len(table.to_lance().get_fragments()) > COMPACT_FRAGMENTS:
-                    table.optimize(cleanup_older_than=timedelta(0))
+                    table.optimize(cleanup_older_than=KEEP_VERSIONS)
 
 
 def migrate_store(path: str | os.PathLike) -> tuple[list[Migration], int]:
