@@ -132,7 +132,7 @@ def _revision(model, local_dir: Path | None) -> str:
 def _load_error(model_name: str, local: Path, exc: Exception) -> str:
     if local.is_dir():
         return f"cannot load a CLIP model from {local}: {str(exc).splitlines()[0]}"
-    if os.sep in model_name and not model_name.count("/") == 1:
+    if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
         return f"--model {model_name}: no such directory"
     if (
         os.environ.get("HF_HUB_OFFLINE")

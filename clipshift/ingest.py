@@ -118,8 +118,9 @@ def ingest(
     if limit is not None:
         files = files[:limit]
 
-    store = Store.open(db, create=True)
+    Store.check_location(db)
     encoder = Encoder(model, device=device, image_size=image_size)
+    store = Store.open(db, create=True)
     config = augmentation_config(names)
     aug_hash = config_hash(config)
     run_id = run_identity(model, encoder.revision, image_size, seed, aug_hash)

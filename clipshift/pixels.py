@@ -39,7 +39,9 @@ class PixelReference:
         self.pixels = original.astype(np.float64)
         gray = self.pixels @ GRAY_WEIGHTS
         self.edges = edge_map(gray)
-        self.patch_std = _grid(gray, 8).std(axis=(2, 3))
+        # under 8 pixels a side there is no 8 x 8 grid, so no valid patch
+        small = min(gray.shape) < 8
+        self.patch_std = np.zeros((0,)) if small else _grid(gray, 8).std(axis=(2, 3))
 
     def compare(self, augmented: np.ndarray) -> dict[str, float | None]:
         """patch_similarity, edge_preservation and detail_preservation of `augmented`."""

@@ -134,21 +134,29 @@ class Store:
             )
         return store
 
-    @classmethod
-    def _connect(cls, path: Path, *, create: bool) -> Store:
+    @staticmethod
+    def check_location(path: str | os.PathLike) -> None:
+        """Fail early, before any slow work, if a store cannot be made or opened at `path`."""
+        path = Path(path)
         if path.exists() and not path.is_dir():
             raise ClipshiftError(f"--db {path} is a file, not a store directory: choose a folder")
-        if not path.exists():
-            if not create:
-                raise ClipshiftError(
-                    f"no clipshift store at {path}: run `clipshift ingest IMAGES --db {path}` first"
-                )
-            try:
-                path.mkdir(parents=True)
-            except OSError as exc:
-                raise ClipshiftError(f"cannot create the store at {path}: {exc.strerror}") from None
-        if create and not os.access(path, os.W_OK):
-            raise ClipshiftError(f"the store at {path} is not writable: choose another --db")
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise ClipshiftError(
+                f"cannot create a store at {path}: {existing} is not a writable folder"
+            )
+
+    @classmethod
+    def _connect(cls, path: Path, *, create: bool) -> Store:
+        if create:
+            cls.check_location(path)
+            path.mkdir(parents=True, exist_ok=True)
+        elif path.is_file():
+            raise ClipshiftError(f"--db {path} is a file, not a clipshift store")
+        elif not path.is_dir():
+            raise ClipshiftError(
+                f"no clipshift store at {path}: run `clipshift ingest IMAGES --db {path}` first"
+            )
         return cls(path, lancedb.connect(str(path)))
 
     # -- schema and migrations -----------------------------------------------------------

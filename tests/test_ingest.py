@@ -1,0 +1,182 @@
+"""Ingest into a real LanceDB store with the tiny CLIP: rows, schema, determinism, model outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import lance
+import numpy as np
+import pyarrow as pa
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import cli
+from clipshift.augment import AUGMENTATIONS, Augmenter
+from clipshift.ingest import ingest
+from clipshift.store import Store
+
+VARIANTS = 1 + len(AUGMENTATIONS)
+
+
+def table(db, name) -> pa.Table:
+    return lance.dataset(str(db / f"{name}.lance")).to_table()
+
+
+def test_row_counts_and_schema(ingested_store, photos):
+    images = table(ingested_store, "images")
+    variants = table(ingested_store, "variants")
+    runs = table(ingested_store, "runs")
+    n = len(list(photos.iterdir()))
+    assert runs.num_rows == 1
+    assert images.num_rows == n
+    assert variants.num_rows == n * VARIANTS
+    assert set(variants.column("variant").to_pylist()) == {"original", *AUGMENTATIONS}
+
+    schema = variants.schema
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 16)
+    assert schema.field("attention").type == pa.list_(pa.float32())
+    run = runs.to_pylist()[0]
+    assert (run["patch_grid"], run["num_layers"], run["embedding_dim"]) == (7, 3, 16)
+    row = variants.slice(0, 1).to_pylist()[0]
+    assert len(row["attention"]) == 49
+    assert len(row["attention_layers"]) == 3 * 49
+    assert row["attention_layers"][-49:] == row["attention"]
+    assert set(images.column_names) >= {"image_id", "path", "width", "height", "format", "mode"}
+    assert set(table(ingested_store, "errors").column_names) == {
+        "path", "stage", "message", "run_id", "time"
+    }  # fmt: skip
+    config = json.loads(run["augmentations"])
+    assert [c["name"] for c in config] == list(AUGMENTATIONS)
+    assert run["seed"] == 0 and run["image_size"] == 224
+    assert run["model_revision"].startswith("sha256:")
+
+
+def test_original_rows_score_one_and_params_are_recorded(ingested_store):
+    rows = table(ingested_store, "variants").drop(["embedding", "pixels"]).to_pylist()
+    for row in rows:
+        params = json.loads(row["params"])
+        if row["variant"] == "original":
+            assert row["patch_similarity"] == row["edge_preservation"] == 1.0
+            assert params == {}
+        else:
+            assert 0 < row["patch_similarity"] <= 1
+            assert 0 <= row["edge_preservation"] <= 1
+    blur = next(json.loads(r["params"]) for r in rows if r["variant"] == "blur")
+    assert "kernel" in blur  # the sigma-sampled kernel albumentations applied
+
+
+def test_rerun_is_deterministic_and_byte_identical(tmp_path, tiny_model, photos):
+    first = ingest([photos], tmp_path / "a", str(tiny_model), keep_pixels=-1, limit=2, device="cpu")
+    second = ingest(
+        [photos], tmp_path / "b", str(tiny_model), keep_pixels=-1, limit=2, device="cpu"
+    )
+    assert first.run_id == second.run_id
+    key = ["image_id", "variant"]
+    a = table(tmp_path / "a", "variants").sort_by([(k, "ascending") for k in key])
+    b = table(tmp_path / "b", "variants").sort_by([(k, "ascending") for k in key])
+    assert a.column("pixels").to_pylist() == b.column("pixels").to_pylist()
+    assert a.column("params").to_pylist() == b.column("params").to_pylist()
+    assert a.column("embedding").to_pylist() == b.column("embedding").to_pylist()
+
+
+def test_augmentation_seed_depends_on_seed_image_and_name():
+    original = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    same = [a.pixels for a in Augmenter(["noise", "elastic"], seed=0)(original, "img")]
+    again = [a.pixels for a in Augmenter(["elastic", "noise"], seed=0)(original, "img")][::-1]
+    other_seed = [a.pixels for a in Augmenter(["noise", "elastic"], seed=1)(original, "img")]
+    other_image = [a.pixels for a in Augmenter(["noise", "elastic"], seed=0)(original, "img2")]
+    assert all(np.array_equal(x, y) for x, y in zip(same, again, strict=True))
+    assert not np.array_equal(same[0], other_seed[0])
+    assert not np.array_equal(same[0], other_image[0])
+
+
+def test_embeddings_and_attention_match_a_direct_transformers_forward(ingested_store, tiny_model):
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    rows = table(ingested_store, "variants").slice(0, 5).to_pylist()
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(r["pixels"]))) for r in rows])
+    processor = CLIPImageProcessor(do_resize=False, do_center_crop=False)
+    inputs = processor(images=list(pixels), return_tensors="pt")
+    model = CLIPModel.from_pretrained(tiny_model, attn_implementation="eager").eval()
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=inputs["pixel_values"])
+        features = getattr(features, "pooler_output", features)
+        attentions = model.vision_model(
+            pixel_values=inputs["pixel_values"], output_attentions=True
+        ).attentions
+    expected_attention = attentions[-1][:, :, 0, 1:].mean(dim=1).numpy()
+    stored = np.array([r["embedding"] for r in rows])
+    np.testing.assert_allclose(stored, features.numpy(), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(
+        np.array([r["attention"] for r in rows]), expected_attention, atol=1e-6
+    )
+    layers = np.stack([a[:, :, 0, 1:].mean(dim=1).numpy() for a in attentions], axis=1)
+    np.testing.assert_allclose(
+        np.array([r["attention_layers"] for r in rows]), layers.reshape(len(rows), -1), atol=1e-6
+    )
+
+
+def test_same_command_again_stores_nothing_twice(tmp_path, tiny_model, photos):
+    args = ["ingest", str(photos), "--db", str(tmp_path / "db"), "--model", str(tiny_model),
+            "--limit", "3", "--device", "cpu"]  # fmt: skip
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "stored     3 images (30 variant rows)" in first.output
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert "stored     0 images" in again.output
+    assert "skipped    3 already in the store" in again.output
+    assert table(tmp_path / "db", "variants").num_rows == 3 * VARIANTS
+
+    more = CliRunner().invoke(cli, args[:-4] + ["--device", "cpu"])  # all six: extends the run
+    assert "stored     3 images" in more.output and "skipped    3" in more.output
+    assert table(tmp_path / "db", "runs").num_rows == 1
+
+
+def test_keep_pixels_limits_stored_pngs(tmp_path, tiny_model, photos):
+    ingest([photos], tmp_path / "db", str(tiny_model), keep_pixels=2, limit=3, device="cpu")
+    variants = table(tmp_path / "db", "variants")
+    with_pixels = {r["image_id"] for r in variants.to_pylist() if r["pixels"] is not None}
+    assert len(with_pixels) == 2
+    png = next(r["pixels"] for r in variants.to_pylist() if r["pixels"] is not None)
+    assert Image.open(io.BytesIO(png)).size == (224, 224)
+
+
+def test_subset_of_augmentations_and_other_seed_make_another_run(tmp_path, tiny_model, photos):
+    db = tmp_path / "db"
+    a = ingest([photos], db, str(tiny_model), augmentations="noise,blur", limit=2, device="cpu")
+    b = ingest(
+        [photos], db, str(tiny_model), augmentations="noise,blur", limit=2, seed=7, device="cpu"
+    )
+    assert a.run_id != b.run_id
+    variants = table(db, "variants")
+    assert variants.num_rows == 2 * 2 * 3
+    assert set(variants.column("variant").to_pylist()) == {"original", "noise", "blur"}
+
+
+def test_list_file_and_single_file_paths(tmp_path, tiny_model, photos):
+    listing = tmp_path / "list.txt"
+    files = sorted(photos.iterdir())
+    listing.write_text(f"# two photos\n{files[0]}\n\n{files[1].name}\n")
+    (tmp_path / files[1].name).write_bytes(files[1].read_bytes())
+    summary = ingest([listing, files[2]], tmp_path / "db", str(tiny_model), device="cpu")
+    assert summary.stored == 3 and not summary.failures
+
+
+def test_store_refuses_a_model_of_another_embedding_width(tmp_path, tiny_model, photos):
+    from conftest import make_tiny_clip
+    from transformers import CLIPModel
+
+    ingest([photos], tmp_path / "db", str(tiny_model), limit=1, device="cpu")
+    other = make_tiny_clip(tmp_path / "wide")
+    model = CLIPModel.from_pretrained(other)
+    model.config.projection_dim = 24
+    CLIPModel(model.config).save_pretrained(other)
+    result = CliRunner().invoke(
+        cli, ["ingest", str(photos), "--db", str(tmp_path / "db"), "--model", str(other)]
+    )
+    assert result.exit_code == 1
+    assert "16-d embeddings" in result.output and "another --db" in result.output
+    assert Store.open(tmp_path / "db").table("variants").count_rows() == VARIANTS
