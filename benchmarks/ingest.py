@@ -108,9 +108,20 @@ def ingest_child(args: argparse.Namespace) -> None:
 
 def run_ingest(model: Path, photos: Path, db: Path, batch_size: int, device: str) -> dict:
     command = [
-        sys.executable, __file__, "--child", "--model", str(model), "--photos", str(photos),
-        "--db", str(db), "--batch-size", str(batch_size), "--device", device,
-    ]  # fmt: skip
+        sys.executable,
+        __file__,
+        "--child",
+        "--model",
+        str(model),
+        "--photos",
+        str(photos),
+        "--db",
+        str(db),
+        "--batch-size",
+        str(batch_size),
+        "--device",
+        device,
+    ]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -155,12 +166,16 @@ def main() -> None:
     )
     print(f"batch: {args.batch_size} images x {variants} variants = {batch_inputs} model inputs")
     print(f"bare forward (embeddings + all-layer attention):   {forward:7.1f} inputs/s")
-    print(f"ingest end to end, {second['images']} images, after model load: {rate:7.1f} inputs/s"
-          f"  ({rate / variants:.2f} source images/s)")  # fmt: skip
+    print(
+        f"ingest end to end, {second['images']} images, after model load: {rate:7.1f} inputs/s"
+        f"  ({rate / variants:.2f} source images/s)"
+    )
     print(f"ingest end to end, including model load:           {rate_total:7.1f} inputs/s")
     print(f"ratio ingest / bare forward: {rate / forward:.2f}  (target >= 0.85)")
-    print(f"peak RSS: {first['images']} images {first['max_rss_mb']:.0f} MB, "
-          f"{second['images']} images {second['max_rss_mb']:.0f} MB")  # fmt: skip
+    print(
+        f"peak RSS: {first['images']} images {first['max_rss_mb']:.0f} MB, "
+        f"{second['images']} images {second['max_rss_mb']:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -114,25 +114,28 @@ class Store:
         by a newer clipshift is refused, since this version cannot know its layout.
         """
         store = cls._connect(Path(path), create=create)
-        version = store.schema_version()
-        latest = latest_schema_version()
-        if version == 0 and create:
+        if store.schema_version() == 0 and create:
             store.migrate()
-        elif version == 0:
+        store.check_version()
+        return store
+
+    def check_version(self) -> None:
+        version, latest = self.schema_version(), latest_schema_version()
+        if version == 0:
             raise ClipshiftError(
-                f"no clipshift store at {path}: run `clipshift ingest IMAGES --db {path}` first"
+                f"no clipshift store at {self.path}: "
+                f"run `clipshift ingest IMAGES --db {self.path}` first"
             )
-        elif version > latest:
+        if version > latest:
             raise ClipshiftError(
-                f"the store at {path} has schema version {version}, newer than this clipshift "
+                f"the store at {self.path} has schema version {version}, newer than this clipshift "
                 f"understands ({latest}): upgrade clipshift (pip install -U clipshift)"
             )
-        elif version < latest:
+        if version < latest:
             raise ClipshiftError(
-                f"the store at {path} has schema version {version}; this clipshift needs "
-                f"{latest}: run `clipshift migrate --db {path}`"
+                f"the store at {self.path} has schema version {version}; this clipshift needs "
+                f"{latest}: run `clipshift migrate --db {self.path}`"
             )
-        return store
 
     @staticmethod
     def check_location(path: str | os.PathLike) -> None:
@@ -145,6 +148,10 @@ class Store:
             raise ClipshiftError(
                 f"cannot create a store at {path}: {existing} is not a writable folder"
             )
+        if existing == path:
+            store = Store(path, lancedb.connect(str(path)))
+            if store.schema_version():
+                store.check_version()
 
     @classmethod
     def _connect(cls, path: Path, *, create: bool) -> Store:

@@ -45,8 +45,12 @@ def test_row_counts_and_schema(ingested_store, photos):
     assert row["attention_layers"][-49:] == row["attention"]
     assert set(images.column_names) >= {"image_id", "path", "width", "height", "format", "mode"}
     assert set(table(ingested_store, "errors").column_names) == {
-        "path", "stage", "message", "run_id", "time"
-    }  # fmt: skip
+        "path",
+        "stage",
+        "message",
+        "run_id",
+        "time",
+    }
     config = json.loads(run["augmentations"])
     assert [c["name"] for c in config] == list(AUGMENTATIONS)
     assert run["seed"] == 0 and run["image_size"] == 224
@@ -119,8 +123,18 @@ def test_embeddings_and_attention_match_a_direct_transformers_forward(ingested_s
 
 
 def test_same_command_again_stores_nothing_twice(tmp_path, tiny_model, photos):
-    args = ["ingest", str(photos), "--db", str(tmp_path / "db"), "--model", str(tiny_model),
-            "--limit", "3", "--device", "cpu"]  # fmt: skip
+    args = [
+        "ingest",
+        str(photos),
+        "--db",
+        str(tmp_path / "db"),
+        "--model",
+        str(tiny_model),
+        "--limit",
+        "3",
+        "--device",
+        "cpu",
+    ]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
     assert "stored     3 images (30 variant rows)" in first.output

@@ -1,0 +1,225 @@
+"""Bad files never stop a run; bad options get a one-line error and lose nothing stored."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import lance
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageOps
+
+from cli import cli
+from clipshift.ingest import ingest
+from clipshift.sources import decode
+from clipshift.store import Store
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A 1 x 1 PNG whose header claims width x height (a decompression bomb's signature)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def bad_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    (folder / "zero.jpg").write_bytes(b"")
+    good_jpeg = io.BytesIO()
+    Image.fromarray(photo).save(good_jpeg, "JPEG")
+    (folder / "truncated.jpg").write_bytes(good_jpeg.getvalue()[: len(good_jpeg.getvalue()) // 2])
+    (folder / "not-an-image.png").write_text("hello, I am a text file")
+    (folder / "bomb.png").write_bytes(png_claiming_size(30_000, 30_000))
+    Image.fromarray(photo[:1, :1]).save(folder / "one-pixel.png")
+    Image.fromarray(rng.integers(0, 256, (3000, 4500, 3), dtype=np.uint8)).save(
+        folder / "HUGE.JPG", quality=70
+    )
+    Image.fromarray((rng.integers(0, 65536, (40, 50))).astype(np.uint16)).save(
+        folder / "gray16.png"
+    )
+    Image.fromarray(photo).convert("CMYK").save(folder / "cmyk.jpg")
+    palette = Image.fromarray(photo).convert("P", palette=Image.Palette.ADAPTIVE)
+    palette.info["transparency"] = 0
+    palette.save(folder / "palette.png", transparency=0)
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
+    rgba[:, :45, 3] = 0  # left half fully transparent
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(photo).save(folder / "exif-rotated.jpg", exif=exif, quality=95)
+    Image.fromarray(photo).save(folder / "good.webp")
+    Image.fromarray(photo).save(folder / "good.bmp")
+    Image.fromarray(photo).save(folder / "good.tif")
+    return folder
+
+
+FAILING = {"zero.jpg", "truncated.jpg", "not-an-image.png", "bomb.png"}
+
+
+def test_every_bad_kind_is_stored_or_recorded(tmp_path, tiny_model, bad_folder):
+    db = tmp_path / "db"
+    result = CliRunner().invoke(
+        cli,
+        ["ingest", str(bad_folder), "--db", str(db), "--model", str(tiny_model), "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    total = len(list(bad_folder.iterdir()))
+    assert f"stored     {total - len(FAILING)} images" in result.output
+    assert f"failed     {len(FAILING)}" in result.output
+
+    errors = lance.dataset(str(db / "errors.lance")).to_table().to_pylist()
+    assert {e["path"].rsplit("/", 1)[1] for e in errors} == FAILING
+    reasons = {e["path"].rsplit("/", 1)[1]: e["message"] for e in errors}
+    assert "empty file" in reasons["zero.jpg"]
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "not an image" in reasons["not-an-image.png"]
+    assert "too large" in reasons["bomb.png"]
+    assert all(e["stage"] == "decode" for e in errors)
+
+    images = {
+        r["path"].rsplit("/", 1)[1]: r
+        for r in lance.dataset(str(db / "images.lance")).to_table().to_pylist()
+    }
+    assert images["exif-rotated.jpg"]["width"] == 60 and images["exif-rotated.jpg"]["height"] == 90
+    assert images["HUGE.JPG"]["width"] == 4500 and images["HUGE.JPG"]["height"] == 3000
+    assert images["gray16.png"]["mode"].startswith("I")
+    assert images["cmyk.jpg"]["mode"] == "CMYK"
+    assert images["palette.png"]["mode"] == "P"
+
+    again = CliRunner().invoke(
+        cli,
+        ["ingest", str(bad_folder), "--db", str(db), "--model", str(tiny_model), "--device", "cpu"],
+    )
+    assert f"skipped    {total - len(FAILING)}" in again.output
+    # a failure that repeats updates its row instead of adding one
+    assert len(lance.dataset(str(db / "errors.lance")).to_table()) == len(FAILING)
+
+
+def test_decode_conversions(bad_folder):
+    rgba = decode((bad_folder / "rgba.png").read_bytes(), 90)
+    assert (rgba.pixels[:, :40] == 255).all()  # transparent -> white
+    rotated = decode((bad_folder / "exif-rotated.jpg").read_bytes(), 32)
+    with Image.open(bad_folder / "exif-rotated.jpg") as image:
+        expected = ImageOps.exif_transpose(image).convert("RGB").resize((32, 32), Image.BICUBIC)
+    assert np.array_equal(rotated.pixels, np.asarray(expected))
+    gray16 = decode((bad_folder / "gray16.png").read_bytes(), 16)
+    assert gray16.pixels.dtype == np.uint8 and gray16.pixels.max() > 128
+    assert decode((bad_folder / "one-pixel.png").read_bytes(), 224).pixels.shape == (224, 224, 3)
+
+
+def test_a_fixed_file_is_stored_and_its_error_cleared(tmp_path, tiny_model):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "later.png").write_bytes(b"not yet")
+    db = tmp_path / "db"
+    assert ingest([folder], db, str(tiny_model), device="cpu").failed == 1
+    Image.new("RGB", (30, 30), "red").save(folder / "later.png")
+    summary = ingest([folder], db, str(tiny_model), device="cpu")
+    assert summary.stored == 1 and summary.failed == 0
+    assert Store.open(db).table("errors").count_rows() == 0
+
+
+def run(args, env=None):
+    return CliRunner().invoke(cli, args, env=env)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture
+def stored(tmp_path, tiny_model, photos):
+    db = tmp_path / "db"
+    ingest([photos], db, str(tiny_model), limit=1, device="cpu")
+    return db
+
+
+def rows(db):
+    return Store.open(db).table("variants").count_rows()
+
+
+def test_missing_path(stored, tiny_model, tmp_path):
+    result = run(
+        ["ingest", str(tmp_path / "nowhere"), "--db", str(stored), "--model", str(tiny_model)]
+    )
+    assert_one_line_error(result, "no such file or folder", "nowhere")
+    assert rows(stored) == 10
+
+
+def test_db_is_a_file(tmp_path, photos, tiny_model):
+    (tmp_path / "file").write_text("x")
+    result = run(
+        ["ingest", str(photos), "--db", str(tmp_path / "file"), "--model", str(tiny_model)]
+    )
+    assert_one_line_error(result, "is a file")
+    result = run(
+        ["ingest", str(photos), "--db", str(tmp_path / "file" / "db"), "--model", str(tiny_model)]
+    )
+    assert_one_line_error(result, "cannot create a store")
+
+
+def test_unknown_augmentation(stored, photos, tiny_model):
+    result = run(
+        [
+            "ingest",
+            str(photos),
+            "--db",
+            str(stored),
+            "--model",
+            str(tiny_model),
+            "--augmentations",
+            "noise,sepia",
+        ]
+    )
+    assert_one_line_error(result, "unknown augmentation sepia", "color_jitter")
+    assert rows(stored) == 10
+
+
+def test_model_not_available_offline(stored, photos, tmp_path):
+    result = run(
+        ["ingest", str(photos), "--db", str(stored), "--model", "openai/clip-vit-base-patch32"],
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert_one_line_error(result, "Hugging Face", "--model DIR")
+    result = run(
+        ["ingest", str(photos), "--db", str(tmp_path / "new"), "--model", "./no/such/model"]
+    )
+    assert_one_line_error(result, "no such directory")
+    assert rows(stored) == 10
+    assert not (tmp_path / "new").exists()
+
+
+def test_image_size_not_a_multiple_of_the_patch(stored, photos, tiny_model):
+    result = run(
+        [
+            "ingest",
+            str(photos),
+            "--db",
+            str(stored),
+            "--model",
+            str(tiny_model),
+            "--image-size",
+            "100",
+        ]
+    )
+    assert_one_line_error(result, "patch size 32", "try 96")
+
+
+def test_reading_commands_on_a_missing_store(tmp_path):
+    result = run(["migrate", "--db", str(tmp_path / "none")])
+    assert_one_line_error(result, "no clipshift store")
