@@ -97,20 +97,29 @@ def ingest(
     from clipshift.ingest import ingest as run_ingest
 
     bar = _ProgressBar(enabled=not quiet and sys.stderr.isatty())
-    summary = run_ingest(
-        paths,
-        db,
-        model,
-        image_size=image_size,
-        batch_size=batch_size,
-        seed=seed,
-        augmentations=augmentations,
-        limit=limit,
-        keep_pixels=keep_pixels,
-        device=device,
-        on_start=bar.start,
-        on_progress=bar.update,
-    )
+    try:
+        summary = run_ingest(
+            paths,
+            db,
+            model,
+            image_size=image_size,
+            batch_size=batch_size,
+            seed=seed,
+            augmentations=augmentations,
+            limit=limit,
+            keep_pixels=keep_pixels,
+            device=device,
+            on_start=bar.start,
+            on_progress=bar.update,
+        )
+    except KeyboardInterrupt:
+        bar.finish()
+        click.echo(
+            "\ninterrupted: every batch written so far is kept; run the same command "
+            "again to resume",
+            err=True,
+        )
+        sys.exit(130)
     bar.finish()
     if not quiet:
         click.echo(format_ingest_summary(summary))

@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import queue
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +31,7 @@ from .sources import DecodeError, Source, decode, discover, read_source
 from .store import DEFAULT_DB, Store, variants_schema
 
 DEFAULT_BATCH_SIZE = 8
+T = TypeVar("T")
 DEFAULT_KEEP_PIXELS = 64
 
 
@@ -157,10 +161,8 @@ def ingest(
     already = store.stored_images(run_id)
     failed_before = _failed_paths(store, run_id)
     augmenter = Augmenter(names, seed)
-    seen: set[str] = set()
     batch: list[Prepared] = []
     failures: list[Failure] = []
-    done = 0
 
     def flush() -> None:
         nonlocal batch, failures
@@ -184,37 +186,26 @@ def ingest(
             summary.failures.extend(failures)
         batch, failures = [], []
 
-    for index, path in enumerate(files):
-        done += 1
-        try:
-            source = read_source(path)
-        except OSError as exc:
-            failures.append(Failure(str(path), "read", exc.strerror or str(exc)))
-            continue
-        if source.image_id in already:
+    prepared = _read_and_prepare(files, already, image_size, augmenter, keep_pixels)
+    for done, item in enumerate(in_background(prepared, depth=2 * batch_size), start=1):
+        if item is SKIPPED:
             summary.skipped += 1
-            continue
-        if source.image_id in seen:
+        elif item is DUPLICATE:
             summary.duplicates += 1
-            continue
-        seen.add(source.image_id)
-        prepared = _prepare(
-            source, image_size, augmenter, keep=keep_pixels < 0 or index < keep_pixels
-        )
-        if isinstance(prepared, Failure):
-            failures.append(prepared)
-            continue
-        batch.append(prepared)
-        if len(batch) >= batch_size:
-            flush()
-            if on_progress:
-                summary.seconds = time.perf_counter() - started
-                on_progress(done, summary)
+        elif isinstance(item, Failure):
+            failures.append(item)
+        else:
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush()
+                if on_progress:
+                    summary.seconds = time.perf_counter() - started
+                    on_progress(done, summary)
     flush()
     store.compact()
     summary.seconds = time.perf_counter() - started
     if on_progress:
-        on_progress(done, summary)
+        on_progress(len(files), summary)
     return summary
 
 
@@ -234,6 +225,76 @@ def _check_options(image_size: int, batch_size: int, limit: int | None, keep_pix
 def _failed_paths(store: Store, run_id: str) -> set[str]:
     errors = store.dataset("errors").to_table(columns=["path"], filter=f"run_id = '{run_id}'")
     return set(errors.column("path").to_pylist())
+
+
+SKIPPED = "skipped: already in the store"
+DUPLICATE = "skipped: the same bytes as an earlier file"
+
+
+def _read_and_prepare(
+    files: Sequence[Path], already: set[str], size: int, augmenter: Augmenter, keep_pixels: int
+) -> Iterator[Prepared | Failure | str]:
+    """The CPU stages (read, decode, augment, pixel metrics): one item per file, in order."""
+    seen: set[str] = set()
+    for index, path in enumerate(files):
+        try:
+            source = read_source(path)
+        except OSError as exc:
+            yield Failure(str(path), "read", exc.strerror or str(exc))
+            continue
+        if source.image_id in already:
+            yield SKIPPED
+        elif source.image_id in seen:
+            yield DUPLICATE
+        else:
+            seen.add(source.image_id)
+            yield _prepare(source, size, augmenter, keep=keep_pixels < 0 or index < keep_pixels)
+
+
+def in_background(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Iterate `items` in a worker thread, up to `depth` items ahead of the consumer.
+
+    The CPU stages of the next batch then overlap the model's forward pass of this one (numpy,
+    OpenCV and torch release the GIL). An exception in the worker is raised in the consumer;
+    a consumer that stops early stops the worker.
+    """
+    channel: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    finished = object()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                channel.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            offer(_Raised(exc))
+        offer(finished)
+
+    worker = threading.Thread(target=work, name="clipshift-prepare", daemon=True)
+    worker.start()
+    try:
+        while (item := channel.get()) is not finished:
+            if isinstance(item, _Raised):
+                raise item.exception
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+@dataclass
+class _Raised:
+    exception: BaseException
 
 
 def _prepare(source: Source, size: int, augmenter: Augmenter, keep: bool) -> Prepared | Failure:
