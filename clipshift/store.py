@@ -103,6 +103,12 @@ class Store:
     def __init__(self, path: Path, db: lancedb.DBConnection):
         self.path = path
         self.db = db
+        # What this process knows is stored, and the table versions that knowledge reflects:
+        # while a table is still at that version no other writer has committed, so a batch
+        # needs no scan of the table (a scan per batch grows with the store).
+        self._seen_version: dict[str, int] = {}
+        self._stored: dict[str, set[str]] = {}
+        self._image_ids: set[str] = set()
 
     # -- opening -------------------------------------------------------------------------
 
@@ -271,24 +277,36 @@ class Store:
         Returns the image_ids actually written.
         """
         with self.lock():
-            batch_ids = sorted(set(variants.column("image_id").to_pylist()))
-            already = self.stored_images(run_id, batch_ids)
-            if already:
-                keep = pa.array(sorted(already))
-                variants = variants.filter(pc.invert(pc.is_in(variants["image_id"], keep)))
-                images = images.filter(pc.invert(pc.is_in(images["image_id"], keep)))
-            if variants.num_rows == 0:
+            variants_table = self.table("variants")
+            if self._is_stale(variants_table) or run_id not in self._stored:
+                self._stored = {run_id: self.stored_images(run_id)}
+            stored = self._stored[run_id]
+            written = set(variants.column("image_id").to_pylist()) - stored
+            if not written:
                 return set()
+            new = pa.array(sorted(written))
+            variants = variants.filter(pc.is_in(variants["image_id"], new))
+
+            images_table = self.table("images")
+            if self._is_stale(images_table):
+                ids = images_table.to_lance().to_table(columns=["image_id"]).column("image_id")
+                self._image_ids = set(ids.to_pylist())
+            images = images.filter(
+                [i in written and i not in self._image_ids for i in images["image_id"].to_pylist()]
+            )
             # images first: if the process dies before the variants commit, the image row is
             # reused on resume, while the variants commit alone marks an image as done.
-            (
-                self.table("images")
-                .merge_insert("image_id")
-                .when_not_matched_insert_all()
-                .execute(images)
-            )
-            self.table("variants").add(variants)
-            return set(batch_ids) - already
+            if images.num_rows:
+                images_table.add(images)
+                self._image_ids.update(images.column("image_id").to_pylist())
+            self._seen_version["images"] = images_table.version
+            variants_table.add(variants)
+            self._seen_version["variants"] = variants_table.version
+            stored.update(written)
+            return written
+
+    def _is_stale(self, table) -> bool:
+        return table.version != self._seen_version.get(table.name)
 
     def record_errors(self, rows: list[dict]) -> None:
         """Record failures; a path that fails again in the same run updates its row."""
