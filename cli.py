@@ -43,7 +43,8 @@ db_option = click.option(
 def cli():
     """How does a vision-language model's representation move when the image changes?
 
-    Ingest images into a store with `clipshift ingest`, then query it.
+    `clipshift ingest PHOTOS` embeds each image and nine augmented copies with CLIP into a
+    LanceDB store; the other commands query that store.
     """
 
 
@@ -74,7 +75,11 @@ def cli():
     "--seed", default=0, show_default=True, type=int, help="Run seed for the augmentations."
 )
 @click.option(
-    "--augmentations", default="all", show_default=True, help="Comma list of augmentation names."
+    "--augmentations",
+    default="all",
+    show_default=True,
+    help="Comma list of: noise, blur, color_jitter, shift_scale_rotate, horizontal_flip, "
+    "elastic, perspective, random_brightness_contrast, coarse_dropout.",
 )
 @click.option("--limit", type=int, default=None, help="Ingest at most N images.")
 @click.option(
@@ -92,8 +97,12 @@ def cli():
 def ingest(
     paths, db, model, image_size, batch_size, seed, augmentations, limit, keep_pixels, device, quiet
 ):
-    """Embed images under PATHS (folders, image files or text files listing paths), original
-    and augmented, into the store. Running it again stores nothing twice and resumes."""
+    """Embed images and their nine augmentations into the store.
+
+    PATHS are folders (searched recursively for jpg, jpeg, png, webp, bmp, tif), image files,
+    or text files listing image paths. Running the same command again stores nothing twice
+    and resumes where an interrupted run stopped.
+    """
     from clipshift.ingest import ingest as run_ingest
 
     bar = _ProgressBar(enabled=not quiet and sys.stderr.isatty())
