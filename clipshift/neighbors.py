@@ -239,15 +239,23 @@ def _ensure_index(store: Store) -> bool:
     return True
 
 
-def _search(store: Store, vectors: np.ndarray, where: str, limit: int, use_index: bool):
+def _search(
+    store: Store,
+    vectors: np.ndarray,
+    where: str,
+    limit: int,
+    use_index: bool,
+    columns: Sequence[str] = ("image_id", "variant"),
+):
     """LanceDB cosine search for one or many query vectors: an Arrow table with query_index
-    (when many), image_id, variant and _distance."""
+    (when many), the columns and _distance. The index's _distance is on its own scale (the
+    HNSW index gives 2 x the cosine distance); only its order is used from an index search."""
     query = (
         store.table("variants")
         .search(vectors, vector_column_name="embedding")
         .distance_type("cosine")
         .where(where, prefilter=True)
-        .select(["image_id", "variant", "_distance"])
+        .select([*columns, "_distance"])
         .limit(limit)
     )
     query = query.ef(max(HNSW_EF, limit)) if use_index else query.bypass_vector_index()
@@ -346,10 +354,14 @@ def neighbors(
 
     where = _run_filter(run_id, among)
     use_index = not exact and _ensure_index(store)
-    found = _search(store, vector[None, :], where, k, use_index)
+    found = _search(store, vector, where, k, use_index, ("image_id", "variant", "embedding"))
     ids = found.column("image_id").to_pylist()
     variants = found.column("variant").to_pylist()
-    distances = found.column("_distance").to_pylist()
+    # exact cosine distances of the rows found, whichever search found them
+    vectors = found.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
+    distances = (
+        1.0 - _normalise(vectors.reshape(found.num_rows, -1)) @ _normalise(vector[None, :])[0]
+    )
     paths = _paths(store, ids + ([own_id] if own_id else []))
     rows = [
         Neighbor(
