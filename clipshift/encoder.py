@@ -125,6 +125,16 @@ class Encoder:
             from transformers import AutoTokenizer
 
             source = str(self.local_dir) if self.local_dir else self.model_name
+            # transformers builds an empty-vocabulary CLIP tokenizer for a folder without
+            # tokenizer files, which would silently turn every text into unknown tokens
+            if self.local_dir and not any(
+                (self.local_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")
+            ):
+                raise ClipshiftError(
+                    f"cannot load the text tokenizer of {self.model_name}: the folder has no "
+                    "tokenizer.json or vocab.json (save the tokenizer beside the model, e.g. "
+                    "CLIPTokenizer.from_pretrained(...).save_pretrained(DIR))"
+                )
             try:
                 self._text_tokenizer = AutoTokenizer.from_pretrained(source)
             except (OSError, ValueError) as exc:

@@ -140,9 +140,10 @@ class Embeddings:
         return _normalise(self.vectors)
 
 
-def _normalise(vectors: np.ndarray) -> np.ndarray:
+def _normalise(vectors: np.ndarray, dtype=np.float32) -> np.ndarray:
+    vectors = vectors.astype(dtype, copy=False)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
+    return (vectors / np.where(norms == 0, 1, norms)).astype(dtype, copy=False)
 
 
 def load_embeddings(store: Store, where: str) -> Embeddings:
@@ -381,7 +382,8 @@ def _own_rank(store: Store, vector: np.ndarray, own_id: str, where: str) -> tupl
     """The exact rank and distance of the own original among the candidates: 1 + the number of
     candidates strictly closer to the query."""
     candidates = load_embeddings(store, where)
-    distances = 1.0 - candidates.normalised() @ _normalise(vector[None, :])[0]
+    unit = _normalise(candidates.vectors, np.float64)
+    distances = 1.0 - unit @ _normalise(vector[None, :], np.float64)[0]
     own = np.flatnonzero((candidates.image_ids == own_id) & (candidates.variants == ORIGINAL))
     own_distance = float(distances[own[0]])
     return int(np.sum(distances < own_distance)) + 1, own_distance
@@ -458,7 +460,7 @@ def _embed_new(chosen: dict, source, variant: str, device: str) -> np.ndarray:
         raise ClipshiftError(f"cannot decode {source.path}: {exc}") from None
     if variant != ORIGINAL:
         pixels = Augmenter([variant], chosen["seed"])(pixels, source.image_id)[0].pixels
-    return _encoder(chosen, device).encode(pixels[None])[0].embeddings[0]
+    return _encoder(chosen, device).encode(pixels[None]).embeddings[0]
 
 
 # -- retrieval ----------------------------------------------------------------------------
