@@ -31,10 +31,10 @@ from .store import Store, _quote
 
 DEFAULT_KS = (1, 5, 10)
 # Below this many variant rows a flat LanceDB scan answers one query in well under 0.1 s
-# (0.1 s at 133k rows measured), so an index, which takes about a minute to build at 133k
-# rows, is neither built nor used.
+# (0.1 s at 133k rows measured), so an index, which takes ~150 s to build at 133k rows, is
+# neither built nor used.
 INDEX_MIN_ROWS = 100_000
-# Bulk retrieval through the index costs ~4 ms per query (HNSW, ef 150, 2 cores) against
+# Bulk retrieval through the index costs ~6 ms per query (HNSW, ef 150, 2 cores) against
 # ~0.3 ms per query for the exact product with 13k originals; the index only pays for the
 # bulk evaluation of a run with about this many originals.
 RETRIEVAL_INDEX_MIN_ORIGINALS = 150_000
