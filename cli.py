@@ -204,6 +204,129 @@ def migrate(db):
     click.echo(f"store {db} is at schema version {version}")
 
 
+@cli.command()
+@click.argument("query", required=False)
+@db_option
+@click.option("--text", default=None, help="Query with a text (the run model's text encoder).")
+@click.option(
+    "--variant", default="original", show_default=True, help="Which variant of QUERY to query with."
+)
+@click.option("-k", "k", default=10, show_default=True, type=int, help="Neighbours to print.")
+@click.option(
+    "--among",
+    default="originals",
+    show_default=True,
+    type=click.Choice(["originals", "all"]),
+    help="Search the run's originals only, or all its variants.",
+)
+@click.option("--run", default=None, help="Run id (or prefix); default: the only or latest run.")
+@click.option("--exact", is_flag=True, help="Exact search, never the index.")
+@click.option(
+    "--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"])
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="table",
+    show_default=True,
+    type=click.Choice(["table", "csv", "json"]),
+)
+@user_errors
+def neighbors(query, db, text, variant, k, among, run, exact, device, fmt):
+    """The k stored embeddings nearest to QUERY: an image_id (or unique prefix), a stored
+    image's path, a new image file (embedded with the run's model), or --text."""
+    from clipshift.neighbors import _format_rows
+    from clipshift.neighbors import neighbors as find_neighbors
+
+    result = find_neighbors(
+        db,
+        query,
+        text=text,
+        variant=variant,
+        k=k,
+        among=among,
+        run=run,
+        exact=exact,
+        device=device,
+    )
+    if result.note:
+        click.echo(f"note: {result.note}", err=True)
+    columns = ["rank", "image_id", "path", "variant", "distance", "own"]
+    rows = [
+        [
+            n.rank,
+            n.image_id if fmt != "table" else n.image_id[:12],
+            n.path,
+            n.variant,
+            n.distance,
+            n.own,
+        ]
+        for n in result.rows
+    ]
+    if fmt == "table":
+        rows = [r[:5] + ["<- own original" if r[5] else ""] for r in rows]
+        columns[-1] = ""
+        click.echo(
+            f"run {result.run_id}, query {result.query}, "
+            f"{'index' if result.used_index else 'exact'} search"
+        )
+    click.echo(_format_rows(columns, rows, fmt))
+    if fmt == "table" and result.own_rank is not None:
+        click.echo(
+            f"own original {result.own_image_id[:12]}: rank {result.own_rank}, "
+            f"distance {result.own_distance:.4f}"
+        )
+
+
+@cli.command()
+@db_option
+@click.option("-k", "ks", default="1,5,10", show_default=True, help="Comma list of k.")
+@click.option("--exact", is_flag=True, default=None, help="Exact search, never the index.")
+@click.option("--run", default=None, help="Run id (or prefix); default: the only or latest run.")
+@click.option(
+    "--format",
+    "fmt",
+    default="table",
+    show_default=True,
+    type=click.Choice(["table", "csv", "json"]),
+)
+@user_errors
+def retrieval(db, ks, exact, run, fmt):
+    """Per augmentation: recall@k and MRR of the own original, and k-NN overlap, querying with
+    every augmented embedding against all originals of the run."""
+    from clipshift.neighbors import _format_rows
+    from clipshift.neighbors import retrieval as evaluate
+
+    result = evaluate(db, ks, exact=exact, run=run)
+    if result.note:
+        click.echo(f"note: {result.note}", err=True)
+    rows = [[row[c] for c in result.columns] for row in result.rows]
+    click.echo(_format_rows(result.columns, rows, fmt))
+    if result.ann_recall_at_10 is not None:
+        click.echo(
+            f"index search: ANN recall@10 against exact {result.ann_recall_at_10:.3f} "
+            f"({result.ann_sample} sampled queries); --exact for exact figures",
+            err=True,
+        )
+
+
+@cli.command()
+@db_option
+@click.option("--run", default=None, help="Run whose queries measure the index's recall.")
+@user_errors
+def index(db, run):
+    """(Re)build the vector index on the stored embeddings and report its recall@10."""
+    from clipshift.neighbors import build_index
+
+    info = build_index(db, run=run)
+    click.echo(f"built {info.index_type} over {info.rows} rows in {info.seconds:.1f} s")
+    if info.ann_recall_at_10 is not None:
+        click.echo(
+            f"ANN recall@10 against exact: {info.ann_recall_at_10:.3f} "
+            f"({info.sample} sampled augmented queries)"
+        )
+
+
 def main() -> None:
     cli()
 

@@ -105,6 +105,45 @@ class Encoder:
             attention.float().cpu().numpy(),
         )
 
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Texts -> (N, D) float32 projected CLIP text embeddings (un-normalised), in the same
+        space as `encode`'s image embeddings."""
+        tokenizer = self._tokenizer()
+        max_length = self.model.config.text_config.max_position_embeddings
+        tokens = tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(self.device)
+        outputs = self.model.get_text_features(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        )
+        return outputs.pooler_output.float().cpu().numpy()
+
+    def _tokenizer(self):
+        # loaded on first use: image-only commands never need it
+        if getattr(self, "_text_tokenizer", None) is None:
+            from transformers import AutoTokenizer
+
+            source = str(self.local_dir) if self.local_dir else self.model_name
+            # transformers builds an empty-vocabulary CLIP tokenizer for a folder without
+            # tokenizer files, which would silently turn every text into unknown tokens
+            if self.local_dir and not any(
+                (self.local_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")
+            ):
+                raise ClipshiftError(
+                    f"cannot load the text tokenizer of {self.model_name}: the folder has no "
+                    "tokenizer.json or vocab.json (save the tokenizer beside the model, e.g. "
+                    "CLIPTokenizer.from_pretrained(...).save_pretrained(DIR))"
+                )
+            try:
+                self._text_tokenizer = AutoTokenizer.from_pretrained(source)
+            except (OSError, ValueError) as exc:
+                raise ClipshiftError(
+                    f"cannot load the text tokenizer of {self.model_name}: "
+                    f"{str(exc).splitlines()[0]} (text queries need the model's tokenizer files)"
+                ) from None
+        return self._text_tokenizer
+
 
 def _normalisation(local_dir: Path | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if local_dir and (local_dir / "preprocessor_config.json").is_file():

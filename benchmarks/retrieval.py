@@ -1,0 +1,105 @@
+"""Retrieval on the paper-size synthetic store: exact vs the vector index, and ANN recall.
+
+    python benchmarks/retrieval.py [--db DIR] [--full-ann]
+
+Builds 13,312 originals x 9 augmentations (512-d) and prints, side by side: the full
+`retrieval` with --exact; the index build; index search per query (bulk and single) and, with
+--full-ann, the full `retrieval` through the index (about 8 minutes on 2 cores); ANN
+recall@10 against exact; one `neighbors` query flat and through the index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.synthetic import build_synthetic_store  # noqa: E402
+from clipshift import neighbors as nb  # noqa: E402
+from clipshift.store import Store  # noqa: E402
+
+
+def timed(label: str, action):
+    started = time.perf_counter()
+    value = action()
+    seconds = time.perf_counter() - started
+    print(f"{label:<52} {seconds:8.2f} s", flush=True)
+    return value, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db", default=None, help="reuse or create the store here")
+    parser.add_argument("--full-ann", action="store_true", help="also run retrieval via index")
+    parser.add_argument("--sample", type=int, default=2000, help="queries timed via index")
+    args = parser.parse_args()
+    db = Path(args.db or tempfile.mkdtemp(prefix="clipshift-retrieval-")) / "store"
+    if not db.exists():
+        timed("build synthetic store (13,312 x 10, 512-d)", lambda: build_synthetic_store(db))
+    store = Store.open(db)
+
+    exact, exact_s = timed("retrieval --exact (119,808 queries)", lambda: nb.retrieval(db))
+    _, build_s = timed("index build (HNSW, cosine)", lambda: nb.build_index(db, measure=False))
+    (recall, sample), _ = timed(
+        "ANN recall@10 against exact", lambda: nb.ann_recall(store, exact.run_id)
+    )
+
+    augmented = nb.load_embeddings(store, f"run_id = '{exact.run_id}' AND variant <> 'original'")
+    picked = np.random.default_rng(1).choice(len(augmented.vectors), args.sample, replace=False)
+    where = nb._run_filter(exact.run_id)
+
+    def bulk():
+        for start in range(0, args.sample, nb.ANN_BLOCK):
+            nb._search(
+                store,
+                augmented.vectors[picked[start : start + nb.ANN_BLOCK]],
+                where,
+                11,
+                use_index=True,
+            )
+
+    _, bulk_s = timed(f"index search, {args.sample} queries in blocks", bulk)
+    per_query = bulk_s / args.sample
+    ann_s = None
+    if args.full_ann:
+        ann, ann_s = timed(
+            "retrieval via the index (119,808 queries)", lambda: nb.retrieval(db, exact=False)
+        )
+        worst = max(
+            abs(a[key] - e[key])
+            for a, e in zip(ann.rows, exact.rows, strict=True)
+            for key in exact.columns[2:]
+        )
+        print(f"largest |index - exact| over the retrieval figures: {worst:.4f}")
+
+    image_id = augmented.image_ids[0]
+    flat, flat_s = timed(
+        "neighbors, one query, flat (--exact)",
+        lambda: nb.neighbors(db, image_id, variant="noise", exact=True),
+    )
+    indexed, index_s = timed(
+        "neighbors, one query, index", lambda: nb.neighbors(db, image_id, variant="noise")
+    )
+    print()
+    print(f"exact retrieval:        {exact_s:.1f} s ({exact_s / 119_808 * 1000:.3f} ms/query)")
+    print(
+        f"index search:           {per_query * 1000:.2f} ms/query in bulk -> "
+        f"{per_query * (119_808 + 13_312):.0f} s projected for the full "
+        "retrieval (augmented + original queries)" + (f"; measured {ann_s:.1f} s" if ann_s else "")
+    )
+    print(f"index build:            {build_s:.1f} s")
+    print(f"ANN recall@10 vs exact: {recall:.3f} over {sample} augmented queries")
+    print(
+        f"neighbors one query:    flat {flat_s:.2f} s, index {index_s:.2f} s "
+        f"(same own rank: {flat.own_rank == indexed.own_rank})"
+    )
+
+
+if __name__ == "__main__":
+    main()

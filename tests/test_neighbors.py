@@ -1,0 +1,257 @@
+"""Nearest-neighbour queries and retrieval scores against an exact numpy computation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from clipshift import ClipshiftError
+from clipshift import neighbors as nb
+from clipshift.analysis import connect
+
+KS = [1, 2, 3]
+
+
+def _embeddings(db):
+    """The run's embeddings read through DuckDB: an independent path from the library's."""
+    con = connect(db)
+    rows = con.execute(
+        "SELECT image_id, variant, embedding FROM variants ORDER BY image_id, variant"
+    ).fetchall()
+    originals = {i: np.asarray(e, np.float64) for i, v, e in rows if v == "original"}
+    augmented = [(i, v, np.asarray(e, np.float64)) for i, v, e in rows if v != "original"]
+    return originals, augmented
+
+
+def _unit(x):
+    return x / np.linalg.norm(x)
+
+
+def _reference(db, ks):
+    """recall@k, MRR and overlap@k per augmentation, by the definitions, in float64."""
+    originals, augmented = _embeddings(db)
+    ids = sorted(originals)
+    unit = {i: _unit(originals[i]) for i in ids}
+
+    def ranked(vector, exclude):
+        sims = {j: float(_unit(vector) @ unit[j]) for j in ids if j != exclude}
+        return sorted(sims, key=lambda j: -sims[j]), sims
+
+    per = {}
+    for image_id, variant, vector in augmented:
+        order, _ = ranked(vector, None)
+        sims = {j: float(_unit(vector) @ unit[j]) for j in ids}
+        rank = 1 + sum(s > sims[image_id] for s in sims.values())
+        aug_knn, _ = ranked(vector, image_id)
+        orig_knn, _ = ranked(originals[image_id], image_id)
+        entry = per.setdefault(variant, {"ranks": [], "jaccard": {k: [] for k in ks}})
+        entry["ranks"].append(rank)
+        for k in ks:
+            a, b = set(aug_knn[:k]), set(orig_knn[:k])
+            entry["jaccard"][k].append(len(a & b) / len(a | b))
+    out = {}
+    for variant, entry in per.items():
+        ranks = np.array(entry["ranks"])
+        row = {"n": len(ranks), "mrr": float(np.mean(1.0 / ranks))}
+        row.update({f"recall_at_{k}": float(np.mean(ranks <= k)) for k in ks})
+        row.update({f"overlap_at_{k}": float(np.mean(entry["jaccard"][k])) for k in ks})
+        out[variant] = row
+    return out
+
+
+def test_exact_retrieval_matches_numpy(ingested_store):
+    result = nb.retrieval(ingested_store, KS, exact=True)
+    reference = _reference(ingested_store, KS)
+    assert result.method == "exact"
+    assert {row["augmentation"] for row in result.rows} == set(reference)
+    for row in result.rows:
+        expected = reference[row["augmentation"]]
+        assert row["n"] == expected["n"] == 6
+        for k in KS:
+            assert row[f"recall_at_{k}"] == expected[f"recall_at_{k}"]
+            assert row[f"overlap_at_{k}"] == pytest.approx(expected[f"overlap_at_{k}"], abs=1e-12)
+        assert row["mrr"] == pytest.approx(expected["mrr"], abs=1e-12)
+
+
+def test_retrieval_cli_json_keys(ingested_store):
+    out = CliRunner().invoke(
+        cli, ["retrieval", "--db", str(ingested_store), "-k", "1,5,10", "--format", "json"]
+    )
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert len(rows) == 9
+    assert list(rows[0]) == [
+        "augmentation",
+        "n",
+        "recall_at_1",
+        "recall_at_5",
+        "recall_at_10",
+        "mrr",
+        "overlap_at_1",
+        "overlap_at_5",
+        "overlap_at_10",
+    ]
+    # six images: the five others are every original's 5-NN, augmented or not
+    assert all(row["overlap_at_5"] == 1.0 and row["recall_at_10"] == 1.0 for row in rows)
+
+
+def test_neighbors_of_a_stored_variant_rank_own_original_exactly(ingested_store):
+    originals, augmented = _embeddings(ingested_store)
+    image_id, variant, vector = next(a for a in augmented if a[1] == "blur")
+    distances = {j: 1 - float(_unit(vector) @ _unit(e)) for j, e in originals.items()}
+    order = sorted(distances, key=distances.get)
+    result = nb.neighbors(ingested_store, image_id[:10], variant="blur", k=3)
+    assert [n.image_id for n in result.rows] == order[:3]
+    expected = [distances[j] for j in order[:3]]
+    assert [n.distance for n in result.rows] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert result.own_rank == order.index(image_id) + 1
+    assert result.own_distance == pytest.approx(distances[image_id], rel=1e-4, abs=1e-7)
+    assert [n.own for n in result.rows] == [j == image_id for j in order[:3]]
+
+
+def test_neighbors_cli_by_path_and_among_all(ingested_store, photos):
+    path = photos / "coffee.png"
+    out = CliRunner().invoke(
+        cli, ["neighbors", str(path), "--db", str(ingested_store), "-k", "1", "--exact"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "own original" in out.output and "rank 1, distance 0.0000" in out.output
+
+    out = CliRunner().invoke(
+        cli,
+        ["neighbors", str(path), "--db", str(ingested_store), "-k", "20", "--among", "all"]
+        + ["--format", "json"],
+    )
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert len(rows) == 20 and rows[0]["own"] and rows[0]["distance"] == pytest.approx(0, abs=1e-6)
+    assert {r["variant"] for r in rows} - {"original"}
+
+
+def test_new_image_is_embedded_as_an_ingest_would(ingested_store, photos, tmp_path):
+    from clipshift.sources import read_source
+
+    source = read_source(photos / "rocket.png")
+    con = connect(ingested_store)
+    chosen = nb._resolve_run(con)
+    stored = con.execute(
+        "SELECT embedding FROM variants WHERE image_id = ? AND variant = 'perspective'",
+        [source.image_id],
+    ).fetchone()[0]
+    embedded = nb._embed_new(chosen, source, "perspective", "cpu")
+    assert np.allclose(embedded, stored, atol=1e-5)
+
+    # a file with new content: embedded on the fly, no own original
+    from PIL import Image
+
+    new = tmp_path / "new.png"
+    Image.fromarray(np.full((40, 60, 3), 120, np.uint8)).save(new)
+    result = nb.neighbors(ingested_store, str(new), variant="blur", k=2)
+    assert result.own_rank is None and len(result.rows) == 2
+    assert not any(n.own for n in result.rows)
+
+
+def _tiny_tokenizer(folder):
+    """A byte-level CLIP BPE tokenizer with no merges: 2 specials + 512 byte symbols."""
+    from transformers import CLIPTokenizer
+
+    # GPT-2's byte -> printable character table, as CLIP's BPE uses it
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = [b for b in range(256) if b not in printable]
+    table = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(extra)}
+    symbols = [table[b] for b in range(256)]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in symbols + [s + "</w>" for s in symbols]:
+        vocab[symbol] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(
+        vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt")
+    )
+    tokenizer.save_pretrained(folder)
+
+
+def test_text_query(tiny_model, photos, tmp_path):
+    from clipshift.encoder import Encoder
+    from clipshift.ingest import ingest
+
+    model = tmp_path / "tiny-with-tokenizer"
+    shutil.copytree(tiny_model, model)
+    _tiny_tokenizer(model)
+    db = tmp_path / "db"
+    ingest([photos], db, str(model), limit=3, augmentations="blur", keep_pixels=0, device="cpu")
+
+    text = "a blurry photo"
+    vector = Encoder(str(model), device="cpu").encode_text([text])[0]
+    assert vector.shape == (16,)
+    originals, _ = _embeddings(db)
+    distances = {j: 1 - float(_unit(vector) @ _unit(e)) for j, e in originals.items()}
+    out = CliRunner().invoke(
+        cli, ["neighbors", "--text", text, "--db", str(db), "-k", "3", "--format", "json"]
+    )
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert [r["image_id"] for r in rows] == sorted(distances, key=distances.get)
+    assert [r["distance"] for r in rows] == pytest.approx(sorted(distances.values()), abs=1e-5)
+
+
+def test_text_query_without_tokenizer_is_a_clear_error(ingested_store):
+    out = CliRunner().invoke(cli, ["neighbors", "--text", "a cat", "--db", str(ingested_store)])
+    assert out.exit_code == 1
+    assert "tokenizer" in out.output and "Traceback" not in out.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["neighbors", "ffffffff"], "neither an image_id"),
+        (["neighbors"], "either QUERY"),
+        (["neighbors", "-k", "0", "x"], "-k 0"),
+        (["neighbors", "--run", "nope", "x"], "no run nope"),
+        (["retrieval", "-k", "a,b"], "comma list"),
+        (["retrieval", "-k", "0"], "1 or more"),
+        (["index"], "at least 256"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(ingested_store, args, message):
+    out = CliRunner().invoke(cli, [*args, "--db", str(ingested_store)])
+    assert out.exit_code == 1
+    assert message in out.output and "Traceback" not in out.output
+
+
+def test_neighbors_variant_must_be_in_the_run(ingested_store, photos):
+    with pytest.raises(ClipshiftError, match="--variant sharpen"):
+        nb.neighbors(ingested_store, str(photos / "coffee.png"), variant="sharpen")
+
+
+def test_index_search_agrees_with_exact(tmp_path, monkeypatch):
+    """On a small synthetic store forced onto the index: it is built once, used, and close."""
+    from benchmarks.synthetic import build_synthetic_store
+
+    db = tmp_path / "db"
+    build_synthetic_store(db, n_images=400, dim=32, grid=2, layers=1)
+    monkeypatch.setattr(nb, "INDEX_MIN_ROWS", 1000)
+    monkeypatch.setattr(nb, "RETRIEVAL_INDEX_MIN_ORIGINALS", 100)
+    ann = nb.retrieval(db, [1, 10])
+    exact = nb.retrieval(db, [1, 10], exact=True)
+    assert ann.method == "index" and exact.method == "exact"
+    assert ann.ann_recall_at_10 >= 0.9 and ann.ann_sample == 200
+    for a, e in zip(ann.rows, exact.rows, strict=True):
+        assert a["augmentation"] == e["augmentation"]
+        assert a["recall_at_1"] == pytest.approx(e["recall_at_1"], abs=0.05)
+        assert a["overlap_at_10"] == pytest.approx(e["overlap_at_10"], abs=0.1)
+
+    out = CliRunner().invoke(cli, ["index", "--db", str(db)])
+    assert out.exit_code == 0, out.output
+    assert "ANN recall@10 against exact" in out.output
+    image_id = f"{7:064x}"
+    indexed = nb.neighbors(db, image_id, variant="noise", k=5)
+    flat = nb.neighbors(db, image_id, variant="noise", k=5, exact=True)
+    assert indexed.used_index and not flat.used_index
+    assert indexed.own_rank == flat.own_rank
+    assert indexed.rows[0].image_id == flat.rows[0].image_id
