@@ -13,9 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.text import Text
+from matplotlib.ticker import MaxNLocator
 from scipy.cluster import hierarchy
 from scipy.spatial.distance import squareform
 from scipy.stats import gaussian_kde
@@ -82,11 +86,32 @@ def attention_grid(data: ReportData) -> Figure:
                 interpolation="bilinear",
                 extent=(0, width, height, 0),
             )
-            title = "original" if name == ORIGINAL else f"cos {variant['cosine']:.3f}"
+            ax.set_title(
+                "original" if name == ORIGINAL else f"cos {variant['cosine']:.3f}", fontsize=9
+            )
             if row == 0:
-                title = f"{label(name, 13)}\n{title}"
-            ax.set_title(title, fontsize=9, color=colour(name) if row == 0 else "black")
+                # the column header above the first title, in the augmentation's colour
+                ax.annotate(
+                    label(name, 13),
+                    (0.5, 1.0),
+                    xycoords="axes fraction",
+                    xytext=(0, 16),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=10,
+                    fontweight="bold",
+                    color=colour(name),
+                )
         axes[row, 0].set_ylabel(_short_path(image["path"]), fontsize=8)
+    fig.colorbar(
+        ScalarMappable(Normalize(0, 1), ATTENTION_CMAP),
+        ax=axes,
+        location="bottom",
+        shrink=0.25,
+        aspect=30,
+        label="last-layer CLS attention (each map min-max scaled)",
+    )
     return fig
 
 
@@ -118,31 +143,50 @@ def l2_kde(data: ReportData) -> Figure:
 
 
 def cosine_distribution(data: ReportData) -> Figure:
-    """Histogram and KDE of cosine per augmentation, mean and std in the legend (Fig. 4c)."""
+    """Histogram and KDE of cosine per augmentation, mean and std in the legend (Fig. 4c).
+
+    One panel per augmentation on a shared x axis: overlaid, a tight distribution (cosine
+    near 1 for a mild augmentation) would flatten every wide one to the floor.
+    """
     values = _by_augmentation(data.query("shift_values"), "cosine")
     summary = _rows(data.summary(), "augmentation")
     low = min(v.min() for v in values.values())
     high = max(v.max() for v in values.values())
     pad = 0.02 * (high - low or 1.0)
     grid = np.linspace(low - pad, min(1.0, high + pad), KDE_POINTS)
-    bins = np.linspace(low, high if high > low else low + 1e-6, 60)
-    fig = Figure(figsize=(8, 4.8), layout="constrained")
-    ax = fig.subplots()
-    for name, cosine in values.items():
+    bins = np.linspace(low - pad, min(1.0, high + pad), 50)
+    cols = 3
+    rows = math.ceil(len(values) / cols)
+    fig = Figure(figsize=(10, 2.2 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    for ax, (name, cosine) in zip(axes, values.items(), strict=False):
         stats = summary[name]
-        ax.hist(cosine, bins=bins, density=True, color=colour(name), alpha=0.18, lw=0)
-        ax.plot(
-            grid,
-            _kde(cosine, grid),
-            color=colour(name),
-            lw=1.8,
-            label=f"{label(name)}  (mean {stats['cosine_mean']:.3f}, "
-            f"std {stats['cosine_std']:.3f})",
+        ax.hist(cosine, bins=bins, density=True, color=colour(name), alpha=0.35, lw=0)
+        ax.plot(grid, _kde(cosine, grid), color=colour(name), lw=1.6)
+        ax.axvline(stats["cosine_mean"], color=colour(name), ls="--", lw=1)
+        ax.legend(
+            handles=[
+                Patch(
+                    color=colour(name),
+                    alpha=0.6,
+                    label=f"mean {stats['cosine_mean']:.3f}\nstd {stats['cosine_std']:.3f}",
+                )
+            ],
+            loc="best",
+            frameon=False,
+            fontsize=8.5,
+            handlelength=1,
         )
-    ax.set_xlabel("cosine similarity to the original embedding")
-    ax.set_ylabel("density")
-    ax.set_title("Embedding similarity: distribution of cosine per augmentation")
-    ax.legend(loc="upper left", frameon=False, fontsize=8.5)
+        ax.set_title(label(name), color=colour(name), fontweight="bold", fontsize=10)
+        ax.set_yticks([])
+        ax.spines["left"].set_visible(False)
+    for ax in axes[len(values) :]:
+        ax.set_visible(False)
+    for ax in axes[-cols:]:
+        ax.tick_params(labelbottom=True)
+    fig.supxlabel("cosine similarity to the original embedding")
+    fig.supylabel("density")
+    fig.suptitle("Embedding similarity: distribution of cosine per augmentation")
     return fig
 
 
@@ -155,32 +199,35 @@ def dendrogram(data: ReportData) -> Figure:
     names, linkage = _linkage(data.query("pairwise"), data.method)
     threshold = THRESHOLD_FRACTION * linkage[:, 2].max()
     clusters = len(set(hierarchy.fcluster(linkage, threshold, criterion="distance")))
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    fig = Figure(figsize=(8, 0.42 * len(names) + 1.6), layout="constrained")
     ax = fig.subplots()
     tree = hierarchy.dendrogram(
         linkage,
-        labels=[label(n, 14) for n in names],
+        labels=[label(n) for n in names],
         ax=ax,
-        color_threshold=threshold,
-        above_threshold_color=ORIGINAL_COLOUR,
-        leaf_rotation=0,
+        orientation="left",  # root on the left, leaf names on the right: horizontal, apart
+        link_color_func=_link_colours(linkage, threshold),
     )
-    for tick, leaf in zip(ax.get_xticklabels(), tree["leaves"], strict=True):
+    for tick, leaf in zip(ax.get_yticklabels(), tree["leaves"], strict=True):
         tick.set_color(colour(names[leaf]))
         tick.set_fontweight("bold")
-    ax.axhline(threshold, color="#c0392b", ls="--", lw=1.2)
-    ax.text(
-        ax.get_xlim()[1],
-        threshold,
-        f" threshold {threshold:.3g}\n ({THRESHOLD_FRACTION} x max)",
+    ax.axvline(threshold, color="#c0392b", ls="--", lw=1.2)
+    ax.annotate(
+        f"threshold {threshold:.3g} ({THRESHOLD_FRACTION} x max merge)",
+        (threshold, 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(-4, 0),
+        textcoords="offset points",
         color="#c0392b",
-        va="center",
-        ha="left",
+        ha="right",
+        va="top",
         fontsize=8.5,
     )
-    ax.set_ylabel(f"merge distance ({data.method} linkage)")
-    ax.set_title(f"Augmentations clustered on mean pairwise cosine distance: {clusters} clusters")
-    ax.tick_params(axis="x", labelsize=8.5)
+    ax.spines["right"].set_visible(False)
+    ax.spines["left"].set_visible(False)
+    ax.tick_params(axis="y", length=0)
+    ax.set_xlabel(f"merge distance ({data.method} linkage of mean cosine distance)")
+    ax.set_title(f"Augmentation clusters: {clusters} at the threshold")
     return fig
 
 
@@ -195,8 +242,7 @@ def clustermap(data: ReportData) -> Figure:
         orientation="left",
         ax=tree_ax,
         no_labels=True,
-        color_threshold=0,
-        above_threshold_color=ORIGINAL_COLOUR,
+        link_color_func=lambda _: ORIGINAL_COLOUR,
     )
     tree_ax.set_axis_off()
     ordered = [names[leaf] for leaf in tree["leaves"]]  # bottom to top, as the tree draws them
@@ -236,32 +282,42 @@ def radar(data: ReportData) -> Figure:
     best, worst = np.nanmax(matrix, axis=0), np.nanmin(matrix, axis=0)
     angles = np.linspace(0, 2 * np.pi, len(SCORES), endpoint=False)
     closed = np.append(angles, angles[0])
-    inner = min(0.0, math.floor(np.nanmin(matrix) * 10) / 10 - 0.1)
+    # zoomed to the scores' range (the scale is labelled): from 0 they all hug the rim
+    inner = max(-1.0, math.floor(np.nanmin(matrix) * 10) / 10 - 0.1)
     outer = max(1.0, math.ceil(np.nanmax(matrix) * 10) / 10)
     cols = 3
     rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(3.3 * cols, 3.4 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, subplot_kw={"projection": "polar"}, squeeze=False).ravel()
     for ax, name, values in zip(axes, names, matrix, strict=False):
-        ax.fill(closed, np.append(best, best[0]), color="#2e7d32", alpha=0.12, lw=0)
+        ax.set_theta_offset(np.pi / 2)  # the first score on top
+        ax.fill(closed, np.append(best, best[0]), color="#2e7d32", alpha=0.10, lw=0)
         ax.plot(closed, np.append(best, best[0]), color="#2e7d32", lw=1, ls="--")
-        ax.fill(closed, np.append(worst, worst[0]), color="#c62828", alpha=0.12, lw=0)
+        ax.fill(closed, np.append(worst, worst[0]), color="#c62828", alpha=0.10, lw=0)
         ax.plot(closed, np.append(worst, worst[0]), color="#c62828", lw=1, ls=":")
         ax.plot(closed, np.append(values, values[0]), color=colour(name), lw=2)
         ax.fill(closed, np.append(values, values[0]), color=colour(name), alpha=0.25)
         ax.set_ylim(inner, outer)
-        ax.set_xticks(angles, [label(s, 10) for s in SCORES], fontsize=7.5)
+        ax.set_xticks(angles, [label(s, 12) for s in SCORES], fontsize=7.5)
         ax.tick_params(axis="x", pad=1)
-        ax.tick_params(axis="y", labelsize=6.5)
-        ax.set_rlabel_position(90 / len(SCORES))
+        ax.tick_params(axis="y", labelsize=7, labelcolor="#555555")
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+        ax.set_rlabel_position(180 / len(SCORES))  # between the first two spokes
         ax.set_title(label(name), color=colour(name), fontweight="bold", pad=14)
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     fig.legend(
         handles=[
-            Patch(facecolor="#2e7d32", alpha=0.3, label="best augmentation per score"),
-            Patch(facecolor="#c62828", alpha=0.3, label="worst augmentation per score"),
+            (
+                Patch(facecolor="#2e7d32", alpha=0.2),
+                Line2D([], [], color="#2e7d32", ls="--", lw=1),
+            ),
+            (
+                Patch(facecolor="#c62828", alpha=0.2),
+                Line2D([], [], color="#c62828", ls=":", lw=1),
+            ),
         ],
+        labels=["best augmentation on each score", "worst augmentation on each score"],
         loc="outside lower center",
         ncols=2,
         frameon=False,
@@ -547,6 +603,17 @@ def _linkage(pairwise: dict[str, np.ndarray], method: str) -> tuple[list[str], n
     return names, hierarchy.linkage(squareform(distances), method=method)
 
 
+def _link_colours(linkage: np.ndarray, threshold: float) -> Callable[[int], str]:
+    """Links within a cluster dark, links above the threshold light: neutral greys, since
+    every hue already names an augmentation."""
+    leaves = len(linkage) + 1
+
+    def link_colour(node: int) -> str:
+        return "#222222" if linkage[node - leaves, 2] <= threshold else "#9e9e9e"
+
+    return link_colour
+
+
 def _annotate(ax, matrix, image, xs, ys, size: float = 8.5) -> None:
     """Each cell's value, in white on dark cells and black on light ones."""
     cmap, norm = image.get_cmap(), image.norm
@@ -578,11 +645,13 @@ def _label_peaks(fig: Figure, ax, peaks: list[tuple[float, float, str]]) -> None
             fontsize=9,
             fontweight="bold",
             arrowprops={"arrowstyle": "-", "color": colour(name), "lw": 0.6, "shrinkA": 0},
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
         )
         step = 0.5 * text.get_fontsize()  # points
         for _ in range(60):
             # the text's own box: an Annotation's extent would include its growing arrow
-            box = Text.get_window_extent(text, renderer).expanded(1.04, 1.15)
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer).expanded(1.06, 1.5)
             if not any(box.overlaps(other) for other in placed):
                 break
             dx, dy = text.get_position()  # the offset, in points

@@ -24,6 +24,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #22
 h1 { margin-bottom: 0.2em; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { padding: 0.3em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }
+td { white-space: nowrap; font-variant-numeric: tabular-nums; }
 th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
 table.facts td { text-align: left; border: none; padding: 0.1em 0.8em 0.1em 0; }
@@ -31,7 +32,7 @@ table.facts td:first-child { color: #666; }
 .swatch { display: inline-block; width: 0.8em; height: 0.8em; margin-right: 0.4em;
           border-radius: 2px; vertical-align: baseline; }
 figure { margin: 2.5em 0; }
-figure img, figure object { max-width: 100%; border: 1px solid #eee; }
+figure img, figure object { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { margin-top: 0.4em; color: #444; }
 figcaption b { color: #222; }
 .missing { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.8em 1em; }
@@ -39,8 +40,16 @@ nav a { margin-right: 0.8em; }
 """
 
 
-def render_page(run: dict, images: dict, figures: list, stats: dict | None) -> str:
-    """The whole page. `figures`: (name, file name or None, caption, note) in display order."""
+def render_page(
+    run: dict,
+    images: dict,
+    figures: list,
+    stats: dict | None,
+    widths: dict[str, int] | None = None,
+) -> str:
+    """The whole page. `figures`: (name, file name or None, caption, note) in display order;
+    `widths`: a figure's display width in CSS pixels, where known."""
+    widths = widths or {}
     facts = [
         ("run", run["run_id"]),
         ("model", f"{run['model']} ({run.get('model_revision') or 'unknown revision'})"),
@@ -70,24 +79,31 @@ def render_page(run: dict, images: dict, figures: list, stats: dict | None) -> s
         if filename is None:
             parts.append(f'<p class="missing"><b>{escape(name)}</b>: {escape(note)}</p>')
         else:
-            parts.append(_embed(name, filename))
+            parts.append(_embed(name, filename, widths.get(name)))
         parts.append(f"<figcaption><b>{escape(name)}</b>. {escape(caption)}</figcaption>")
         parts.append("</figure>")
     if stats is not None:
-        parts += ['<h2 id="stats">Stats</h2>', _stats_table(stats)]
+        parts += [
+            '<h2 id="stats">Stats</h2>',
+            "<p>Per augmentation: mean ± std (population) of each metric over the run's images, "
+            "the overall score (mean of the five scores) and its rank; "
+            "<code>clipshift</code>'s <code>summary</code> query.</p>",
+            _stats_table(stats),
+        ]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def _embed(name: str, filename: str) -> str:
+def _embed(name: str, filename: str, width: int | None = None) -> str:
     src = escape(filename)
+    size = f' width="{width}"' if width else ""
     if filename.endswith(".pdf"):
         # browsers show a PDF in <object>, not in <img>; the link is the fallback
         return (
             f'<object data="{src}" type="application/pdf" width="100%" height="700">'
             f'<a href="{src}">{src}</a></object>'
         )
-    return f'<a href="{src}"><img src="{src}" alt="{escape(name)}" loading="lazy"></a>'
+    return f'<a href="{src}"><img src="{src}"{size} alt="{escape(name)}"></a>'
 
 
 def _stats_table(stats: dict) -> str:

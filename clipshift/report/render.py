@@ -9,6 +9,7 @@ from pathlib import Path
 from time import perf_counter
 
 import matplotlib
+from PIL import Image
 
 from .. import ClipshiftError
 from ..analysis import connect
@@ -89,6 +90,7 @@ def report(
                 for r in results
             ],
             data.summary(),
+            widths={r.name: _display_width(r.path) for r in results if r.path},
         )
     finally:
         con.close()
@@ -106,6 +108,15 @@ def _render(name: str, data: ReportData, out: Path, fmt: str) -> FigureResult:
     path = out / f"{name}.{fmt}"
     figure.savefig(path, format=fmt, dpi=DPI)
     return FigureResult(name, path, perf_counter() - start)
+
+
+def _display_width(path: Path) -> int | None:
+    """A PNG's width in CSS pixels at its print size (96 per inch), so that every figure
+    shows its text at the same size on the page; SVG and PDF carry their size themselves."""
+    if path.suffix != ".png":
+        return None
+    with Image.open(path) as image:
+        return round(image.width * 96 / DPI)
 
 
 def _figure_names(figures: Sequence[str] | str | None) -> list[str]:

@@ -76,4 +76,4 @@ def paper_order(names) -> list[str]:
 def label(name: str, width: int | None = None) -> str:
     """A readable label: underscores to spaces, wrapped onto lines of `width` characters."""
     text = SCORE_LABELS.get(name, name).replace("_", " ")
-    return "\n".join(textwrap.wrap(text, width)) if width else text
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False)) if width else text
