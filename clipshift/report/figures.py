@@ -302,6 +302,8 @@ def radar(data: ReportData) -> Figure:
         ax.tick_params(axis="x", pad=1)
         ax.tick_params(axis="y", labelsize=7, labelcolor="#555555")
         ax.yaxis.set_major_locator(MaxNLocator(4))
+        for tick in ax.get_yticklabels():  # readable where a polygon crosses them
+            tick.set_bbox({"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
         ax.set_rlabel_position(180 / len(SCORES))  # between the first two spokes
         ax.set_title(label(name), color=colour(name), fontweight="bold", pad=14)
     for ax in axes[len(names) :]:
