@@ -327,6 +327,68 @@ def index(db, run):
         )
 
 
+@cli.command()
+@db_option
+@click.option("--run", "run_id", default=None, help="The run to report on (default: the only one).")
+@click.option("--model", default=None, help="Report on the run of this model.")
+@click.option(
+    "--out",
+    default="clipshift-report",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the figures and index.html; an earlier report there is replaced.",
+)
+@click.option("--figures", default=None, help="Comma list of figures (default: all).")
+@click.option(
+    "--samples",
+    default=4,
+    show_default=True,
+    type=int,
+    help="Images in attention_grid (cosine_heatmap always takes up to 50).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="png",
+    show_default=True,
+    type=click.Choice(["png", "svg", "pdf"]),
+    help="File format of the figures.",
+)
+@click.option(
+    "--method",
+    default="ward",
+    show_default=True,
+    help="scipy linkage method of the dendrogram and clustermap.",
+)
+@user_errors
+def report(db, run_id, model, out, figures, samples, fmt, method):
+    """Render every figure of the paper for one run into --out, with index.html showing them,
+    their captions and the stats table."""
+    from clipshift.report import report as run_report
+
+    def progress(figure):
+        if figure.path is None:
+            click.echo(f"{figure.name:<20} skipped: {figure.note}", err=True)
+        else:
+            click.echo(f"{figure.name:<20} {figure.seconds:6.1f} s  {figure.path}", err=True)
+
+    result = run_report(
+        db,
+        run=run_id,
+        model=model,
+        out=out,
+        figures=figures,
+        samples=samples,
+        fmt=fmt,
+        on_figure=progress,
+        method=method,
+    )
+    drawn = sum(f.path is not None for f in result.figures)
+    click.echo(
+        f"{drawn} of {len(result.figures)} figures for run {result.run['run_id']}: {result.index}"
+    )
+
+
 def main() -> None:
     cli()
 

@@ -1,0 +1,102 @@
+"""What the figures read: named queries of one run, run once each and shared between figures."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+from PIL import Image
+
+from .. import ClipshiftError
+from ..analysis import named_query
+
+
+class FigureUnavailable(Exception):
+    """The store lacks what a figure needs (pixels, per-layer attention): said on the page."""
+
+
+@dataclass
+class ReportData:
+    """One run's named-query results, fetched on first use and cached for the other figures."""
+
+    con: duckdb.DuckDBPyConnection
+    run: dict
+    samples: int = 4
+    heatmap_images: int = 50
+    method: str = "ward"
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.run["run_id"]
+
+    def query(self, name: str, **params) -> dict[str, np.ndarray]:
+        """`sql/NAME.sql` for this run as columns of numpy arrays (NULL floats become NaN)."""
+        key = (name, tuple(sorted(params.items())))
+        if key not in self._cache:
+            result = named_query(self.con, name, run_id=self.run_id, **params).fetchnumpy()
+            self._cache[key] = {column: _unmask(values) for column, values in result.items()}
+        return self._cache[key]
+
+    def summary(self) -> dict[str, np.ndarray]:
+        return self.query("summary")
+
+    def images(self) -> dict[str, int]:
+        counts = self.query("run_images")
+        return {column: int(values[0]) for column, values in counts.items()}
+
+    def pixel_sample(self) -> list[dict]:
+        """The sampled images that kept pixels: {image_id, path, variants: {name: row}}."""
+        rows = self.query("pixel_sample", samples=self.samples)
+        if not len(rows["pick"]):
+            raise FigureUnavailable(
+                "this run kept no pixels: ingest with --keep-pixels N (or -1 for all) "
+                "to draw the images"
+            )
+        picks: dict[int, dict] = {}
+        for i, pick in enumerate(rows["pick"]):
+            image = picks.setdefault(
+                int(pick),
+                {"image_id": rows["image_id"][i], "path": rows["path"][i], "variants": {}},
+            )
+            image["variants"][rows["variant"][i]] = {
+                "pixels": decode_png(rows["pixels"][i]),
+                "attention": np.asarray(rows["attention"][i], dtype=np.float64),
+                "cosine": float(rows["cosine"][i]),
+            }
+        return [picks[pick] for pick in sorted(picks)]
+
+
+def _unmask(values: np.ndarray) -> np.ndarray:
+    if isinstance(values, np.ma.MaskedArray):
+        if values.dtype.kind in "fiu":
+            return values.astype(np.float64).filled(np.nan)
+        return values.filled(None)
+    return values
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _resolve_run(con: duckdb.DuckDBPyConnection, run: str | None = None, model: str | None = None):
+    """The run a report is about: the given one, the only run of `model`, or the only run."""
+    runs = con.execute("SELECT * FROM runs ORDER BY created_at").fetchall()
+    columns = [d[0] for d in con.description]
+    runs = [dict(zip(columns, row, strict=True)) for row in runs]
+    if not runs:
+        raise ClipshiftError("the store has no runs yet: ingest images with `clipshift ingest`")
+    matches = [
+        r for r in runs if (run is None or r["run_id"] == run) and (model in (None, r["model"]))
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    listing = ", ".join(f"{r['run_id']} ({r['model']})" for r in runs)
+    if not matches:
+        wanted = " and ".join(
+            part for part in (run and f"run {run}", model and f"model {model}") if part
+        )
+        raise ClipshiftError(f"no run with {wanted} in the store; its runs: {listing}")
+    raise ClipshiftError(f"the store holds {len(matches)} runs: choose one with --run ({listing})")

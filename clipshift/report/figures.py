@@ -1,0 +1,683 @@
+"""One function per figure of the paper: each reads named queries (or stored pixels and
+attention maps) through ReportData and returns a matplotlib Figure.
+
+No metric is computed here: every number drawn comes out of a query in sql/. Python only
+smooths (the KDE of a distribution, as the paper draws it), clusters the `pairwise` distances
+for the dendrograms, and lays things out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.text import Text
+from matplotlib.ticker import MaxNLocator
+from scipy.cluster import hierarchy
+from scipy.spatial.distance import squareform
+from scipy.stats import gaussian_kde
+
+from ..augment import ORIGINAL
+from .data import FigureUnavailable, ReportData
+from .style import (
+    ATTENTION_CMAP,
+    ORIGINAL_COLOUR,
+    SCORE_COLOURS,
+    SCORES,
+    SEQUENTIAL_CMAP,
+    colour,
+    label,
+    paper_order,
+)
+
+KDE_POINTS = 200
+THRESHOLD_FRACTION = 0.7  # the paper's cluster threshold: 0.7 x the largest merge height
+
+
+# -- the images ---------------------------------------------------------------------------
+
+
+def augmentations(data: ReportData) -> Figure:
+    """One image, original and its augmentations in a row (Fig. 4a)."""
+    image = data.pixel_sample()[0]
+    names = paper_order(image["variants"])
+    fig = Figure(figsize=(1.6 * len(names), 2.3), layout="constrained")
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=True):
+        ax.imshow(image["variants"][name]["pixels"])
+        ax.set_title(label(name, 13), color=colour(name), fontsize=10, fontweight="bold")
+        _bare(ax)
+    return fig
+
+
+def attention_grid(data: ReportData) -> Figure:
+    """Sampled images: each row original + augmentations with the last-layer CLS attention
+    overlaid, the cosine to the original in each title (Fig. 1)."""
+    images = data.pixel_sample()
+    names = paper_order(images[0]["variants"])
+    grid = int(data.run["patch_grid"])
+    fig = Figure(figsize=(1.5 * len(names), 1.85 * len(images) + 0.5), layout="constrained")
+    axes = fig.subplots(len(images), len(names), squeeze=False)
+    for row, image in enumerate(images):
+        for col, name in enumerate(names):
+            ax = axes[row, col]
+            variant = image["variants"].get(name)
+            _bare(ax)
+            if variant is None:
+                continue
+            pixels = variant["pixels"]
+            height, width = pixels.shape[:2]
+            ax.imshow(pixels)
+            attention = _min_max(variant["attention"]).reshape(grid, grid)
+            # bilinear upsampling of the g x g map onto the image, drawn translucent on top
+            ax.imshow(
+                attention,
+                cmap=ATTENTION_CMAP,
+                alpha=0.45,
+                vmin=0,
+                vmax=1,
+                interpolation="bilinear",
+                extent=(0, width, height, 0),
+            )
+            ax.set_title(
+                "original" if name == ORIGINAL else f"cos {variant['cosine']:.3f}", fontsize=9
+            )
+            if row == 0:
+                # the column header above the first title, in the augmentation's colour
+                ax.annotate(
+                    label(name, 13),
+                    (0.5, 1.0),
+                    xycoords="axes fraction",
+                    xytext=(0, 16),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=10,
+                    fontweight="bold",
+                    color=colour(name),
+                )
+        axes[row, 0].set_ylabel(_short_path(image["path"]), fontsize=8)
+    fig.colorbar(
+        ScalarMappable(Normalize(0, 1), ATTENTION_CMAP),
+        ax=axes,
+        location="bottom",
+        shrink=0.25,
+        aspect=30,
+        label="last-layer CLS attention (each map min-max scaled)",
+    )
+    return fig
+
+
+# -- distributions ------------------------------------------------------------------------
+
+
+def l2_kde(data: ReportData) -> Figure:
+    """Gaussian KDE of l2 per augmentation, each curve labelled at its peak (Fig. 4b)."""
+    values = _by_augmentation(data.query("shift_values"), "l2")
+    low = min(v.min() for v in values.values())
+    high = max(v.max() for v in values.values())
+    pad = 0.05 * (high - low or 1.0)
+    grid = np.linspace(max(0.0, low - pad), high + pad, KDE_POINTS)
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    peaks = []
+    for name, l2 in values.items():
+        density = _kde(l2, grid)
+        ax.plot(grid, density, color=colour(name), lw=1.8)
+        ax.fill_between(grid, density, color=colour(name), alpha=0.12, lw=0)
+        peak = int(np.argmax(density))
+        peaks.append((grid[peak], density[peak], name))
+    ax.set_ylim(0, max(p[1] for p in peaks) * 1.25)
+    _label_peaks(fig, ax, peaks)
+    ax.set_xlabel("l2 distance to the original embedding")
+    ax.set_ylabel("density")
+    ax.set_title("Embedding shift: KDE of l2 distance per augmentation")
+    return fig
+
+
+def cosine_distribution(data: ReportData) -> Figure:
+    """Histogram and KDE of cosine per augmentation, mean and std in the legend (Fig. 4c).
+
+    One panel per augmentation on a shared x axis: overlaid, a tight distribution (cosine
+    near 1 for a mild augmentation) would flatten every wide one to the floor.
+    """
+    values = _by_augmentation(data.query("shift_values"), "cosine")
+    summary = _rows(data.summary(), "augmentation")
+    low = min(v.min() for v in values.values())
+    high = max(v.max() for v in values.values())
+    pad = 0.02 * (high - low or 1.0)
+    grid = np.linspace(low - pad, min(1.0, high + pad), KDE_POINTS)
+    bins = np.linspace(low - pad, min(1.0, high + pad), 50)
+    cols = 3
+    rows = math.ceil(len(values) / cols)
+    fig = Figure(figsize=(10, 2.2 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    for ax, (name, cosine) in zip(axes, values.items(), strict=False):
+        stats = summary[name]
+        ax.hist(cosine, bins=bins, density=True, color=colour(name), alpha=0.35, lw=0)
+        ax.plot(grid, _kde(cosine, grid), color=colour(name), lw=1.6)
+        ax.axvline(stats["cosine_mean"], color=colour(name), ls="--", lw=1)
+        ax.legend(
+            handles=[
+                Patch(
+                    color=colour(name),
+                    alpha=0.6,
+                    label=f"mean {stats['cosine_mean']:.3f}\nstd {stats['cosine_std']:.3f}",
+                )
+            ],
+            loc="best",
+            frameon=False,
+            fontsize=8.5,
+            handlelength=1,
+        )
+        ax.set_title(label(name), color=colour(name), fontweight="bold", fontsize=10)
+        ax.set_yticks([])
+        ax.spines["left"].set_visible(False)
+    for ax in axes[len(values) :]:
+        ax.set_visible(False)
+    for ax in axes[-cols:]:
+        ax.tick_params(labelbottom=True)
+    fig.supxlabel("cosine similarity to the original embedding")
+    fig.supylabel("density")
+    fig.suptitle("Embedding similarity: distribution of cosine per augmentation")
+    return fig
+
+
+# -- clustering -----------------------------------------------------------------------------
+
+
+def dendrogram(data: ReportData) -> Figure:
+    """Hierarchical clustering of the augmentations on their mean pairwise cosine distance,
+    with the cluster threshold line (Fig. 4d)."""
+    names, linkage = _linkage(data.query("pairwise"), data.method)
+    threshold = THRESHOLD_FRACTION * linkage[:, 2].max()
+    clusters = len(set(hierarchy.fcluster(linkage, threshold, criterion="distance")))
+    fig = Figure(figsize=(8, 0.42 * len(names) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    tree = hierarchy.dendrogram(
+        linkage,
+        labels=[label(n) for n in names],
+        ax=ax,
+        orientation="left",  # root on the left, leaf names on the right: horizontal, apart
+        link_color_func=_link_colours(linkage, threshold),
+    )
+    for tick, leaf in zip(ax.get_yticklabels(), tree["leaves"], strict=True):
+        tick.set_color(colour(names[leaf]))
+        tick.set_fontweight("bold")
+    ax.axvline(threshold, color="#c0392b", ls="--", lw=1.2)
+    ax.annotate(
+        f"threshold {threshold:.3g} ({THRESHOLD_FRACTION} x max merge)",
+        (threshold, 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(-4, 0),
+        textcoords="offset points",
+        color="#c0392b",
+        ha="right",
+        va="top",
+        fontsize=8.5,
+    )
+    ax.spines["right"].set_visible(False)
+    ax.spines["left"].set_visible(False)
+    ax.tick_params(axis="y", length=0)
+    ax.set_xlabel(f"merge distance ({data.method} linkage of mean cosine distance)")
+    ax.set_title(f"Augmentation clusters: {clusters} at the threshold")
+    return fig
+
+
+def clustermap(data: ReportData) -> Figure:
+    """The five scores as a heatmap, augmentations reordered by their dendrogram (Fig. 8a)."""
+    names, linkage = _linkage(data.query("pairwise"), data.method)
+    scores = _rows(data.query("scores"), "augmentation")
+    fig = Figure(figsize=(8.5, 0.5 * len(names) + 1.6), layout="constrained")
+    tree_ax, heat_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 3.2], "wspace": 0})
+    tree = hierarchy.dendrogram(
+        linkage,
+        orientation="left",
+        ax=tree_ax,
+        no_labels=True,
+        link_color_func=lambda _: ORIGINAL_COLOUR,
+    )
+    tree_ax.set_axis_off()
+    ordered = [names[leaf] for leaf in tree["leaves"]]  # bottom to top, as the tree draws them
+    matrix = np.array([[scores[name][s] for s in SCORES] for name in ordered])
+    # the tree puts leaf k at y = 10k + 5: rows of height 10 line the heatmap up with it
+    extent = (0, len(SCORES), 0, 10 * len(ordered))
+    image = heat_ax.imshow(
+        matrix, cmap=SEQUENTIAL_CMAP, aspect="auto", origin="lower", extent=extent
+    )
+    tree_ax.set_ylim(0, 10 * len(ordered))
+    _annotate(
+        heat_ax, matrix, image, xs=np.arange(len(SCORES)) + 0.5, ys=10 * np.arange(len(ordered)) + 5
+    )
+    heat_ax.set_xticks(np.arange(len(SCORES)) + 0.5, [label(s, 12) for s in SCORES])
+    heat_ax.set_yticks(10 * np.arange(len(ordered)) + 5, [label(n) for n in ordered])
+    heat_ax.yaxis.tick_right()
+    for tick, name in zip(heat_ax.get_yticklabels(), ordered, strict=True):
+        tick.set_color(colour(name))
+        tick.set_fontweight("bold")
+    heat_ax.tick_params(length=0)
+    for side in heat_ax.spines.values():
+        side.set_visible(False)
+    fig.colorbar(image, ax=heat_ax, location="top", shrink=0.5, label="mean score")
+    fig.suptitle("Five scores, augmentations ordered by their dendrogram")
+    return fig
+
+
+# -- the five scores ---------------------------------------------------------------------
+
+
+def radar(data: ReportData) -> Figure:
+    """One radar per augmentation over the five scores; the best and worst value of each
+    score over all augmentations shaded (Fig. 5)."""
+    scores = _rows(data.query("scores"), "augmentation")
+    names = paper_order(scores)
+    matrix = np.array([[scores[n][s] for s in SCORES] for n in names], dtype=np.float64)
+    best, worst = np.nanmax(matrix, axis=0), np.nanmin(matrix, axis=0)
+    angles = np.linspace(0, 2 * np.pi, len(SCORES), endpoint=False)
+    closed = np.append(angles, angles[0])
+    # zoomed to the scores' range (the scale is labelled): from 0 they all hug the rim
+    inner = max(-1.0, math.floor(np.nanmin(matrix) * 10) / 10 - 0.1)
+    outer = max(1.0, math.ceil(np.nanmax(matrix) * 10) / 10)
+    cols = 3
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(3.3 * cols, 3.4 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, subplot_kw={"projection": "polar"}, squeeze=False).ravel()
+    for ax, name, values in zip(axes, names, matrix, strict=False):
+        ax.set_theta_offset(np.pi / 2)  # the first score on top
+        ax.fill(closed, np.append(best, best[0]), color="#2e7d32", alpha=0.10, lw=0)
+        ax.plot(closed, np.append(best, best[0]), color="#2e7d32", lw=1, ls="--")
+        ax.fill(closed, np.append(worst, worst[0]), color="#c62828", alpha=0.10, lw=0)
+        ax.plot(closed, np.append(worst, worst[0]), color="#c62828", lw=1, ls=":")
+        ax.plot(closed, np.append(values, values[0]), color=colour(name), lw=2)
+        ax.fill(closed, np.append(values, values[0]), color=colour(name), alpha=0.25)
+        ax.set_ylim(inner, outer)
+        ax.set_xticks(angles, [label(s, 12) for s in SCORES], fontsize=7.5)
+        ax.tick_params(axis="x", pad=1)
+        ax.tick_params(axis="y", labelsize=7, labelcolor="#555555")
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+        for tick in ax.get_yticklabels():  # readable where a polygon crosses them
+            tick.set_bbox({"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
+        ax.set_rlabel_position(180 / len(SCORES))  # between the first two spokes
+        ax.set_title(label(name), color=colour(name), fontweight="bold", pad=14)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    fig.legend(
+        handles=[
+            (
+                Patch(facecolor="#2e7d32", alpha=0.2),
+                Line2D([], [], color="#2e7d32", ls="--", lw=1),
+            ),
+            (
+                Patch(facecolor="#c62828", alpha=0.2),
+                Line2D([], [], color="#c62828", ls=":", lw=1),
+            ),
+        ],
+        labels=["best augmentation on each score", "worst augmentation on each score"],
+        loc="outside lower center",
+        ncols=2,
+        frameon=False,
+    )
+    return fig
+
+
+def metrics_heatmap(data: ReportData) -> Figure:
+    """The five scores (and overall) x augmentations, columns sorted by overall (Fig. 3)."""
+    scores = data.query("scores")  # sorted by rank: best overall first
+    names = [str(n) for n in scores["augmentation"]]
+    rows = (*SCORES, "overall")
+    matrix = np.array([scores[s] for s in rows], dtype=np.float64)
+    fig = Figure(figsize=(1.0 * len(names) + 2.2, 4.6), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap=SEQUENTIAL_CMAP, aspect="auto")
+    _annotate(ax, matrix, image, xs=np.arange(len(names)), ys=np.arange(len(rows)))
+    ax.axhline(len(SCORES) - 0.5, color="white", lw=3)
+    ax.set_xticks(np.arange(len(names)), [label(n, 13) for n in names], fontsize=8.5)
+    ax.set_yticks(np.arange(len(rows)), [label(s) for s in rows])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="mean score")
+    ax.set_title("Mean scores, augmentations sorted by overall score (best left)")
+    return fig
+
+
+def rank(data: ReportData) -> Figure:
+    """Overall score per augmentation as bars, ranked (Fig. 6)."""
+    scores = data.query("scores")
+    names = [str(n) for n in scores["augmentation"]]
+    overall = np.asarray(scores["overall"], dtype=np.float64)
+    ranks = [int(r) for r in scores["rank"]]
+    fig = Figure(figsize=(7.5, 0.42 * len(names) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(names))[::-1]  # rank 1 on top
+    ax.barh(y, overall, color=[colour(n) for n in names], height=0.7)
+    for yi, value in zip(y, overall, strict=True):
+        ax.text(value, yi, f" {value:.3f}", va="center", fontsize=9)
+    ax.set_yticks(y, [f"{r}. {label(n)}" for r, n in zip(ranks, names, strict=True)])
+    ax.set_xlim(min(0.0, np.nanmin(overall)), np.nanmax(overall) * 1.12)
+    ax.set_xlabel("overall score (mean of the five scores)")
+    ax.set_title("Augmentations ranked by overall score (1 = least shift)")
+    return fig
+
+
+def l2_bar(data: ReportData) -> Figure:
+    """Mean l2 per augmentation with std error bars (Fig. 7)."""
+    summary = _rows(data.summary(), "augmentation")
+    names = sorted(summary, key=lambda n: summary[n]["l2_mean"])
+    means = np.array([summary[n]["l2_mean"] for n in names])
+    stds = np.array([summary[n]["l2_std"] for n in names])
+    fig = Figure(figsize=(8, 4.4), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    ax.bar(x, means, yerr=stds, color=[colour(n) for n in names], capsize=4, width=0.7)
+    ax.set_xticks(x, [label(n, 13) for n in names], fontsize=8.5)
+    ax.set_ylabel("mean l2 distance to the original (± std)")
+    ax.set_title("Embedding shift: mean l2 distance per augmentation")
+    ax.set_ylim(0, np.nanmax(means + stds) * 1.1)
+    return fig
+
+
+def metric_averages(data: ReportData) -> Figure:
+    """Mean of each score per augmentation, in the paper's order, unsorted (Fig. 8b)."""
+    scores = _rows(data.query("scores"), "augmentation")
+    names = paper_order(scores)
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    width = 0.8 / len(SCORES)
+    for i, score in enumerate(SCORES):
+        ax.bar(
+            x + (i - (len(SCORES) - 1) / 2) * width,
+            [scores[n][score] for n in names],
+            width=width,
+            color=SCORE_COLOURS[score],
+            label=label(score),
+        )
+    ax.scatter(
+        x,
+        [scores[n]["overall"] for n in names],
+        marker="D",
+        color="black",
+        zorder=3,
+        label="overall",
+        s=22,
+    )
+    ax.set_xticks(x, [label(n, 13) for n in names], fontsize=8.5)
+    for tick, name in zip(ax.get_xticklabels(), names, strict=True):
+        tick.set_color(colour(name))
+        tick.set_fontweight("bold")
+    values = np.array([[scores[n][s] for s in SCORES] for n in names], dtype=np.float64)
+    ax.set_ylim(min(0.0, np.nanmin(values)), 1.0)
+    ax.set_ylabel("mean score")
+    ax.set_title("Mean of each score per augmentation")
+    ax.legend(ncols=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+    return fig
+
+
+# -- per image ----------------------------------------------------------------------------
+
+
+def cosine_heatmap(data: ReportData) -> Figure:
+    """Seeded random images x augmentations, the cosine to the original in each cell (Fig. 9)."""
+    rows = data.query("cosine_sample", samples=data.heatmap_images)
+    picks = sorted(set(int(p) for p in rows["pick"]))
+    names = paper_order(set(str(a) for a in rows["augmentation"]))
+    matrix = np.full((len(picks), len(names)), np.nan)
+    paths = {}
+    for pick, path, name, cosine in zip(
+        rows["pick"], rows["path"], rows["augmentation"], rows["cosine"], strict=True
+    ):
+        matrix[picks.index(int(pick)), names.index(name)] = cosine
+        paths[int(pick)] = path
+    fig = Figure(figsize=(1.0 * len(names) + 3, 0.24 * len(picks) + 2.2), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap=SEQUENTIAL_CMAP, aspect="auto")
+    _annotate(ax, matrix, image, xs=np.arange(len(names)), ys=np.arange(len(picks)), size=7)
+    ax.set_xticks(np.arange(len(names)), [label(n, 13) for n in names], fontsize=8.5)
+    ax.xaxis.tick_top()
+    ax.set_yticks(np.arange(len(picks)), [_short_path(paths[p]) for p in picks], fontsize=7)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    fig.colorbar(image, ax=ax, shrink=0.5, label="cosine to the original")
+    ax.set_title(f"Cosine similarity of {len(picks)} random images (seed {data.run['seed']})")
+    return fig
+
+
+def layer_drift(data: ReportData) -> Figure:
+    """Mean attention similarity to the original at every layer, per augmentation."""
+    rows = data.query("layers")
+    if not len(rows["layer"]):
+        raise FigureUnavailable("this run stored no per-layer attention maps (attention_layers)")
+    names = paper_order(set(str(a) for a in rows["augmentation"]))
+    fig = Figure(figsize=(8.5, 4.6), layout="constrained")
+    ax = fig.subplots()
+    for name in names:
+        mine = rows["augmentation"] == name
+        order = np.argsort(rows["layer"][mine])
+        layers = rows["layer"][mine][order] + 1
+        ax.plot(
+            layers,
+            rows["attention_similarity"][mine][order],
+            color=colour(name),
+            marker="o",
+            ms=3.5,
+            lw=1.6,
+            label=label(name),
+        )
+    count = int(np.max(rows["layer"])) + 1
+    ax.set_xticks(np.arange(1, count + 1))
+    ax.set_xlabel("transformer layer")
+    ax.set_ylabel("mean attention similarity to the original")
+    ax.set_title("Attention drift through the layers")
+    fig.legend(loc="outside right center", frameon=False)
+    return fig
+
+
+# -- the registry -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    draw: Callable[[ReportData], Figure]
+    caption: str
+
+
+FIGURES: dict[str, FigureSpec] = {
+    "augmentations": FigureSpec(
+        augmentations, "One image, original and its augmentations (paper Fig. 4a)."
+    ),
+    "attention_grid": FigureSpec(
+        attention_grid,
+        "Last-layer CLS attention over the image, original and each augmentation; the title "
+        "gives the cosine similarity of the augmented embedding to the original (paper Fig. 1).",
+    ),
+    "l2_kde": FigureSpec(
+        l2_kde,
+        "Gaussian KDE of the l2 distance between original and augmented embeddings, one curve "
+        "per augmentation labelled at its peak (paper Fig. 4b).",
+    ),
+    "cosine_distribution": FigureSpec(
+        cosine_distribution,
+        "Histogram and KDE of the cosine similarity to the original, per augmentation; mean "
+        "and std in the legend (paper Fig. 4c).",
+    ),
+    "dendrogram": FigureSpec(
+        dendrogram,
+        "Hierarchical clustering of the augmentations on their mean pairwise cosine distance; "
+        "the dashed line is the cluster threshold, 0.7 x the largest merge (paper Fig. 4d).",
+    ),
+    "radar": FigureSpec(
+        radar,
+        "The five mean scores of each augmentation; green and red shade the best and worst "
+        "augmentation on each score (paper Fig. 5).",
+    ),
+    "metrics_heatmap": FigureSpec(
+        metrics_heatmap,
+        "Mean scores per augmentation, columns sorted by overall score (paper Fig. 3).",
+    ),
+    "rank": FigureSpec(
+        rank, "Overall score (mean of the five scores) per augmentation, ranked (paper Fig. 6)."
+    ),
+    "l2_bar": FigureSpec(
+        l2_bar, "Mean l2 distance to the original per augmentation, ± std (paper Fig. 7)."
+    ),
+    "clustermap": FigureSpec(
+        clustermap,
+        "The five mean scores, augmentations reordered by the dendrogram of their pairwise "
+        "cosine distance (paper Fig. 8a).",
+    ),
+    "metric_averages": FigureSpec(
+        metric_averages,
+        "Mean of each score per augmentation, unsorted; the diamond is the overall score "
+        "(paper Fig. 8b).",
+    ),
+    "cosine_heatmap": FigureSpec(
+        cosine_heatmap,
+        "Cosine similarity to the original for random images of the run (seeded by the run's "
+        "seed) and every augmentation (paper Fig. 9).",
+    ),
+    "layer_drift": FigureSpec(
+        layer_drift,
+        "Beyond the paper: mean attention similarity to the original at every transformer "
+        "layer, per augmentation.",
+    ),
+}
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _rows(columns: dict[str, np.ndarray], key: str) -> dict[str, dict]:
+    """Query columns as {key value: {column: value}}."""
+    names = list(columns)
+    return {
+        str(row[names.index(key)]): dict(zip(names, row, strict=True))
+        for row in zip(*columns.values(), strict=True)
+    }
+
+
+def _by_augmentation(columns: dict[str, np.ndarray], metric: str) -> dict[str, np.ndarray]:
+    """One metric's finite values per augmentation, in the paper's order."""
+    augmentation = columns["augmentation"]
+    values = np.asarray(columns[metric], dtype=np.float64)
+    result = {}
+    for name in paper_order(set(str(a) for a in augmentation)):
+        mine = values[augmentation == name]
+        mine = mine[np.isfinite(mine)]
+        if len(mine):
+            result[name] = mine
+    if not result:
+        raise FigureUnavailable(f"the run has no {metric} values yet")
+    return result
+
+
+def _kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """scipy's gaussian_kde (default bandwidth) on `grid`; a spike where all values agree."""
+    if len(values) > 1 and np.ptp(values) > 0:
+        return gaussian_kde(values)(grid)
+    density = np.zeros_like(grid)
+    density[np.argmin(np.abs(grid - values[0]))] = 1.0 / (grid[1] - grid[0])
+    return density
+
+
+def _linkage(pairwise: dict[str, np.ndarray], method: str) -> tuple[list[str], np.ndarray]:
+    """scipy linkage of the `pairwise` query's mean cosine distances."""
+    names = paper_order(set(str(a) for a in pairwise["augmentation_a"]))
+    if len(names) < 2:
+        raise FigureUnavailable("clustering needs at least two augmentations")
+    index = {name: i for i, name in enumerate(names)}
+    distances = np.zeros((len(names), len(names)))
+    for a, b, distance in zip(
+        pairwise["augmentation_a"], pairwise["augmentation_b"], pairwise["distance"], strict=True
+    ):
+        distances[index[a], index[b]] = distance
+    # float noise can leave a tiny asymmetry or a negative zero: squareform wants neither
+    distances = np.clip((distances + distances.T) / 2, 0, None)
+    np.fill_diagonal(distances, 0)
+    return names, hierarchy.linkage(squareform(distances), method=method)
+
+
+def _link_colours(linkage: np.ndarray, threshold: float) -> Callable[[int], str]:
+    """Links within a cluster dark, links above the threshold light: neutral greys, since
+    every hue already names an augmentation."""
+    leaves = len(linkage) + 1
+
+    def link_colour(node: int) -> str:
+        return "#222222" if linkage[node - leaves, 2] <= threshold else "#9e9e9e"
+
+    return link_colour
+
+
+def _annotate(ax, matrix, image, xs, ys, size: float = 8.5) -> None:
+    """Each cell's value, in white on dark cells and black on light ones."""
+    cmap, norm = image.get_cmap(), image.norm
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            value = matrix[i, j]
+            if not np.isfinite(value):
+                ax.text(x, y, "n/a", ha="center", va="center", fontsize=size, color="grey")
+                continue
+            r, g, b, _ = cmap(norm(value))
+            ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            ax.text(x, y, f"{value:.3f}", ha="center", va="center", fontsize=size, color=ink)
+
+
+def _label_peaks(fig: Figure, ax, peaks: list[tuple[float, float, str]]) -> None:
+    """Name each curve above its peak, nudging labels up until none overlap."""
+    fig.draw_without_rendering()  # lay the figure out first: overlaps are judged in pixels
+    renderer = fig._get_renderer()
+    placed = []
+    for x, y, name in sorted(peaks, key=lambda p: -p[1]):
+        text = ax.annotate(
+            label(name),
+            (x, y),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            color=colour(name),
+            fontsize=9,
+            fontweight="bold",
+            arrowprops={"arrowstyle": "-", "color": colour(name), "lw": 0.6, "shrinkA": 0},
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+        )
+        step = 0.5 * text.get_fontsize()  # points
+        for _ in range(60):
+            # the text's own box: an Annotation's extent would include its growing arrow
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer).expanded(1.06, 1.5)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            dx, dy = text.get_position()  # the offset, in points
+            text.set_position((dx, dy + step))
+        placed.append(Text.get_window_extent(text, renderer))
+    # keep the highest label inside the axes
+    top = ax.transData.inverted().transform((0, max(box.y1 for box in placed)))[1]
+    if top > ax.get_ylim()[1]:
+        ax.set_ylim(0, top * 1.03)
+
+
+def _min_max(values: np.ndarray) -> np.ndarray:
+    """A map scaled to [0, 1] for display (a constant map shows as zeros)."""
+    span = values.max() - values.min()
+    return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+
+
+def _short_path(path, width: int = 26) -> str:
+    name = str(path).rsplit("/", 1)[-1] if path else "?"
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _bare(ax) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)

@@ -1,0 +1,149 @@
+"""`report`: render the figures of one run into a folder, with index.html showing them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+
+import matplotlib
+from PIL import Image
+
+from .. import ClipshiftError
+from ..analysis import connect
+from .data import FigureUnavailable, ReportData, _resolve_run
+from .figures import FIGURES
+from .page import render_page
+from .style import DPI, RC
+
+FORMATS = ("png", "svg", "pdf")
+DEFAULT_OUT = "clipshift-report"
+DEFAULT_SAMPLES = 4
+HEATMAP_IMAGES = 50
+LINKAGE_METHODS = ("ward", "average", "complete", "single", "weighted", "centroid", "median")
+
+
+@dataclass
+class FigureResult:
+    name: str
+    path: Path | None  # None: the store lacks what the figure needs, `note` says what
+    seconds: float
+    note: str | None = None
+
+
+@dataclass
+class ReportResult:
+    out: Path
+    index: Path
+    run: dict
+    figures: list[FigureResult]
+
+
+def report(
+    db: str | os.PathLike,
+    run: str | None = None,
+    model: str | None = None,
+    out: str | os.PathLike = DEFAULT_OUT,
+    figures: Sequence[str] | str | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    fmt: str = "png",
+    on_figure: Callable[[FigureResult], None] | None = None,
+    method: str = "ward",
+) -> ReportResult:
+    """Render the figures of one run into `out` (one file each) and `out/index.html`.
+
+    `figures` picks some (default all, in the page's order); `samples` is the number of
+    images in attention_grid; `method` the scipy linkage of the dendrograms. A figure whose
+    data the store lacks (pixels not kept) is named on the page instead; the rest render.
+    Files of an earlier report in `out` are replaced, never mixed with this one.
+    """
+    names = _figure_names(figures)
+    if fmt not in FORMATS:
+        raise ClipshiftError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    if samples < 1:
+        raise ClipshiftError(f"--samples {samples}: use at least 1")
+    if method not in LINKAGE_METHODS:
+        raise ClipshiftError(f"linkage method {method}: use one of {', '.join(LINKAGE_METHODS)}")
+    con = connect(db)
+    try:
+        chosen = _resolve_run(con, run, model)
+        data = ReportData(
+            con, chosen, samples=samples, heatmap_images=HEATMAP_IMAGES, method=method
+        )
+        images = data.images()
+        if not images["images"]:
+            raise ClipshiftError(f"run {chosen['run_id']} holds no images yet: nothing to draw")
+        out = _prepare(Path(out))
+        results = []
+        with matplotlib.rc_context(RC):
+            for name in names:
+                results.append(_render(name, data, out, fmt))
+                if on_figure:
+                    on_figure(results[-1])
+        page = render_page(
+            chosen,
+            images,
+            [
+                (r.name, r.path.name if r.path else None, FIGURES[r.name].caption, r.note)
+                for r in results
+            ],
+            data.summary(),
+            widths={r.name: _display_width(r.path) for r in results if r.path},
+        )
+    finally:
+        con.close()
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return ReportResult(out=out, index=index, run=chosen, figures=results)
+
+
+def _render(name: str, data: ReportData, out: Path, fmt: str) -> FigureResult:
+    start = perf_counter()
+    try:
+        figure = FIGURES[name].draw(data)
+    except FigureUnavailable as missing:
+        return FigureResult(name, None, perf_counter() - start, str(missing))
+    path = out / f"{name}.{fmt}"
+    figure.savefig(path, format=fmt, dpi=DPI)
+    return FigureResult(name, path, perf_counter() - start)
+
+
+def _display_width(path: Path) -> int | None:
+    """A PNG's width in CSS pixels at its print size (96 per inch), so that every figure
+    shows its text at the same size on the page; SVG and PDF carry their size themselves."""
+    if path.suffix != ".png":
+        return None
+    with Image.open(path) as image:
+        return round(image.width * 96 / DPI)
+
+
+def _figure_names(figures: Sequence[str] | str | None) -> list[str]:
+    if figures is None:
+        return list(FIGURES)
+    if isinstance(figures, str):
+        figures = [f.strip() for f in figures.split(",") if f.strip()]
+    unknown = [f for f in figures if f not in FIGURES]
+    if unknown:
+        raise ClipshiftError(
+            f"unknown figure {', '.join(unknown)}: choose from {', '.join(FIGURES)}"
+        )
+    if not figures:
+        raise ClipshiftError(f"no figure named: choose from {', '.join(FIGURES)}")
+    return list(dict.fromkeys(figures))  # each once, in the order asked
+
+
+def _prepare(out: Path) -> Path:
+    """Make `out`, and remove what an earlier report wrote there (and only that)."""
+    if out.exists() and not out.is_dir():
+        raise ClipshiftError(f"--out {out} is a file: choose a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in FIGURES:
+            for fmt in FORMATS:
+                (out / f"{name}.{fmt}").unlink(missing_ok=True)
+        (out / "index.html").unlink(missing_ok=True)
+    except OSError as exc:
+        raise ClipshiftError(f"cannot write the report into {out}: {exc.strerror}") from None
+    return out

@@ -1,0 +1,79 @@
+"""One look for every figure: a fixed colour per augmentation, score names, fonts."""
+
+from __future__ import annotations
+
+import textwrap
+
+import matplotlib
+from matplotlib.colors import to_hex
+
+from ..augment import AUGMENTATIONS, ORIGINAL
+
+# tab10 without its grey (index 7): nine distinct hues for the nine augmentations, so that
+# grey stays free for the original.
+_TAB10 = [to_hex(c) for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i != 7]
+AUGMENTATION_COLOURS: dict[str, str] = dict(zip(AUGMENTATIONS, _TAB10, strict=True))
+ORIGINAL_COLOUR = "#4d4d4d"
+# an augmentation unknown to this clipshift (a newer store): still drawn, in black
+UNKNOWN_COLOUR = "#000000"
+
+# the paper's five scores, in its order, as the `scores` and `summary` queries name them
+SCORES = (
+    "cosine",
+    "attention_similarity",
+    "patch_similarity",
+    "edge_preservation",
+    "detail_preservation",
+)
+SCORE_LABELS = {
+    "cosine": "embedding similarity",
+    "attention_similarity": "attention similarity",
+    "patch_similarity": "patch similarity",
+    "edge_preservation": "edge preservation",
+    "detail_preservation": "detail preservation",
+    "overall": "overall",
+}
+# the scores are bars side by side in one figure: a palette apart from the augmentations'
+SCORE_COLOURS = dict(
+    zip(SCORES, ("#264653", "#2a9d8f", "#8ab17d", "#e9c46a", "#e76f51"), strict=True)
+)
+
+SEQUENTIAL_CMAP = "viridis"
+ATTENTION_CMAP = "jet"
+
+# sizes chosen for print: a 7 in wide figure keeps 9 pt text readable in a two-column paper
+RC = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "figure.titlesize": 13,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.1,
+    "svg.fonttype": "none",
+    "pdf.fonttype": 42,
+}
+DPI = 150
+
+
+def colour(variant: str) -> str:
+    """The colour of an augmentation (or of the original) in every figure."""
+    if variant == ORIGINAL:
+        return ORIGINAL_COLOUR
+    return AUGMENTATION_COLOURS.get(variant, UNKNOWN_COLOUR)
+
+
+def paper_order(names) -> list[str]:
+    """Augmentation names in the paper's order (the registry's); unknown names last, sorted."""
+    order = {name: i for i, name in enumerate((ORIGINAL, *AUGMENTATIONS))}
+    return sorted(names, key=lambda name: (order.get(name, len(order)), name))
+
+
+def label(name: str, width: int | None = None) -> str:
+    """A readable label: underscores to spaces, wrapped onto lines of `width` characters."""
+    text = SCORE_LABELS.get(name, name).replace("_", " ")
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False)) if width else text

@@ -1,0 +1,195 @@
+"""`clipshift report` on real stores: every figure file, the page, missing pixels, reruns."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from matplotlib.colors import to_hex
+from PIL import Image
+
+from benchmarks.synthetic import build_synthetic_store
+from cli import cli
+from clipshift import ClipshiftError
+from clipshift.analysis import connect
+from clipshift.report import FIGURES, report
+from clipshift.report import figures as drawn
+from clipshift.report.data import ReportData, _resolve_run
+from clipshift.report.style import colour
+
+PIXEL_FIGURES = {"augmentations", "attention_grid"}
+
+
+@pytest.fixture(scope="module")
+def rendered(ingested_store, tmp_path_factory):
+    """The whole report of the tiny-model store (six photos, pixels kept), rendered once."""
+    out = tmp_path_factory.mktemp("report") / "out"
+    progress = []
+    result = report(ingested_store, out=out, on_figure=progress.append)
+    return result, progress
+
+
+@pytest.fixture(scope="module")
+def pixelless_store(tmp_path_factory):
+    """A small synthetic store: no pixels kept, but attention for every layer."""
+    db = tmp_path_factory.mktemp("synthetic") / "db"
+    build_synthetic_store(db, n_images=60, dim=16, layers=3, chunk=30)
+    return db
+
+
+@pytest.fixture
+def data(ingested_store):
+    con = connect(ingested_store)
+    yield ReportData(con, _resolve_run(con))
+    con.close()
+
+
+def test_every_figure_is_a_sensible_image(rendered):
+    result, progress = rendered
+    assert [f.name for f in result.figures] == list(FIGURES)
+    assert [f.name for f in progress] == list(FIGURES)  # one progress call per figure
+    for figure in result.figures:
+        assert figure.path == result.out / f"{figure.name}.png", figure.note
+        with Image.open(figure.path) as image:
+            image.verify()
+        with Image.open(figure.path) as image:
+            width, height = image.size
+            assert image.format == "PNG"
+            assert 500 <= width <= 4000 and 250 <= height <= 4000, (figure.name, image.size)
+            # not a blank canvas: a figure has ink
+            assert np.asarray(image.convert("L")).std() > 10, figure.name
+
+
+def test_page_references_only_files_that_exist(rendered):
+    result, _ = rendered
+    page = result.index.read_text()
+    references = set(re.findall(r'(?:src|href|data)="([^"#]+)"', page))
+    assert references == {f"{name}.png" for name in FIGURES}
+    for reference in references:
+        assert (result.out / reference).is_file()
+    run = result.run
+    assert run["run_id"] in page and str(run["model"]) in page
+    assert "6 (6 with pixels kept)" in page and "<td>seed</td><td>0</td>" in page
+    for name, spec in FIGURES.items():
+        assert f'id="{name}"' in page
+        assert spec.caption.split(" (")[0].replace("'", "&#x27;") in page
+    stats = page[page.index('id="stats"') :]
+    assert stats.count("<tr>") == 1 + 9  # header + one row per augmentation
+
+
+def test_store_without_pixels_renders_the_rest(pixelless_store, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["report", "--db", str(pixelless_store), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in FIGURES:
+        exists = (out / f"{name}.png").is_file()
+        assert exists == (name not in PIXEL_FIGURES), name
+    page = (out / "index.html").read_text()
+    assert page.count("--keep-pixels") == len(PIXEL_FIGURES)
+    assert "augmentations.png" not in page and "attention_grid.png" not in page
+    assert "layer_drift.png" in page  # the synthetic store has attention for every layer
+    # a progress line per figure, saying which were skipped and why
+    assert result.output.count("skipped: this run kept no pixels") == len(PIXEL_FIGURES)
+    assert f"{len(FIGURES) - 2} of {len(FIGURES)} figures" in result.output
+
+
+def test_rerun_replaces_the_earlier_report(ingested_store, tmp_path):
+    out = tmp_path / "out"
+    report(ingested_store, out=out, figures=["rank", "l2_bar"])
+    (out / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(
+        cli,
+        ["report", "--db", str(ingested_store), "--out", str(out)]
+        + ["--figures", "rank,dendrogram", "--format", "svg"],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dendrogram.svg", "index.html", "notes.txt", "rank.svg"
+    ]  # fmt: skip
+    assert (out / "rank.svg").read_text().lstrip().startswith("<?xml")
+    page = (out / "index.html").read_text()
+    assert set(re.findall(r'src="([^"]+)"', page)) == {"rank.svg", "dendrogram.svg"}
+
+
+def test_pdf_format(ingested_store, tmp_path):
+    result = report(ingested_store, out=tmp_path, figures="metrics_heatmap", fmt="pdf")
+    assert (tmp_path / "metrics_heatmap.pdf").read_bytes().startswith(b"%PDF")
+    assert 'data="metrics_heatmap.pdf"' in result.index.read_text()
+
+
+def test_samples_and_the_seeded_cosine_sample(data, ingested_store):
+    data.samples = 2
+    images = data.pixel_sample()
+    assert len(images) == 2
+    assert all(len(image["variants"]) == 10 for image in images)
+    assert images[0]["variants"]["original"]["pixels"].shape == (224, 224, 3)
+    first = data.query("cosine_sample", samples=50)
+    assert len(first["pick"]) == 6 * 9  # all six images: the run has fewer than 50
+    con = connect(ingested_store)
+    second = ReportData(con, data.run).query("cosine_sample", samples=3)
+    con.close()
+    # the same seed picks the same images, in the same order
+    assert list(second["image_id"]) == list(first["image_id"][: 3 * 9])
+
+
+def test_figures_draw_the_query_numbers(data):
+    scores = data.query("scores")
+    fig = drawn.rank(data)
+    bars = fig.axes[0].patches
+    np.testing.assert_allclose([b.get_width() for b in bars], scores["overall"])
+    # one colour per augmentation, the same in every figure
+    assert [to_hex(b.get_facecolor()) for b in bars] == [colour(n) for n in scores["augmentation"]]
+    summary = data.summary()
+    fig = drawn.l2_bar(data)
+    heights = {round(b.get_height(), 6): to_hex(b.get_facecolor()) for b in fig.axes[0].patches}
+    for name, mean in zip(summary["augmentation"], summary["l2_mean"], strict=True):
+        assert heights[round(mean, 6)] == colour(name)
+    fig = drawn.metrics_heatmap(data)
+    matrix = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(matrix[0], scores["cosine"])
+    np.testing.assert_allclose(matrix[-1], scores["overall"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--figures", "rank,pie"], "unknown figure pie: choose from augmentations,"),
+        (["--samples", "0"], "--samples 0: use at least 1"),
+        (["--run", "nope"], "no run with run nope in the store"),
+        (["--model", "other"], "no run with model other in the store"),
+        (["--method", "nearest"], "linkage method nearest"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(ingested_store, tmp_path, args, message):
+    result = CliRunner().invoke(
+        cli, ["report", "--db", str(ingested_store), "--out", str(tmp_path / "o"), *args]
+    )
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_store_and_out_that_is_a_file(ingested_store, tmp_path):
+    with pytest.raises(ClipshiftError, match="no clipshift store"):
+        report(tmp_path / "absent", out=tmp_path / "out")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ClipshiftError, match="is a file"):
+        report(ingested_store, out=tmp_path / "file", figures="rank")
+
+
+def test_two_runs_need_a_choice(ingested_store, tmp_path, tiny_model, photos):
+    from clipshift.ingest import ingest
+
+    db = tmp_path / "db"
+    shutil.copytree(ingested_store, db)
+    ingest([photos], db, str(tiny_model), seed=1, limit=2, augmentations="noise,blur")
+    with pytest.raises(ClipshiftError, match="holds 2 runs: choose one with --run"):
+        report(db, out=tmp_path / "out", figures="rank")
+    con = connect(db)
+    runs = con.execute("SELECT run_id, seed FROM runs").fetchall()
+    seeded = next(run_id for run_id, seed in runs if seed == 1)
+    result = report(db, run=seeded, out=tmp_path / "out", figures="rank,radar")
+    assert result.run["seed"] == 1 and all(f.path for f in result.figures)
