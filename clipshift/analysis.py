@@ -9,8 +9,10 @@ SQL is switched off and the setting locked before any user SQL runs.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from . import ClipshiftError
@@ -123,3 +125,210 @@ def _when(row: dict) -> str:
 def _as_dicts(result: duckdb.DuckDBPyConnection) -> list[dict]:
     columns = [d[0] for d in result.description]
     return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Rows:
+    """A query's result: column names and row tuples, with the run it describes (if any).
+
+    `total_rows` is the full count where only the first rows were fetched (see `sql`).
+    """
+
+    columns: list[str]
+    rows: list[tuple]
+    run: dict | None = None
+    total_rows: int | None = None
+
+    def records(self) -> list[dict]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+def _fetch(result: duckdb.DuckDBPyConnection, run: dict | None = None) -> Rows:
+    return Rows([d[0] for d in result.description], result.fetchall(), run)
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+# what `clipshift stats` shows in a table; CSV and JSON carry every column of sql/summary.sql
+STATS_TABLE_COLUMNS = (
+    "augmentation",
+    "n",
+    "cosine_mean",
+    "cosine_std",
+    "l2_mean",
+    "l2_std",
+    "attention_similarity_mean",
+    "patch_similarity_mean",
+    "edge_preservation_mean",
+    "detail_preservation_mean",
+    "overall",
+    "rank",
+)
+
+
+def stats(db: str | os.PathLike | Store, run: str | None = None, model: str | None = None) -> Rows:
+    """The per-augmentation summary of one run (sql/summary.sql), sorted by rank.
+
+    Columns: augmentation, n, and the mean, std, median, p5 and p95 of every metric, then
+    overall and rank. `Rows.run` is the run shown (with its selection_note).
+    """
+    con = connect(db)
+    chosen = resolve_run(con, run, model)
+    _require_augmented_rows(con, chosen)
+    return _fetch(named_query(con, "summary", run_id=chosen["run_id"]), chosen)
+
+
+def _require_augmented_rows(con: duckdb.DuckDBPyConnection, run: dict) -> None:
+    counts = dict(
+        con.execute(
+            "SELECT variant = 'original', count(*) FROM variants WHERE run_id = $run_id "
+            "GROUP BY ALL",
+            {"run_id": run["run_id"]},
+        ).fetchall()
+    )
+    if not counts:
+        raise ClipshiftError(
+            f"run {run['run_id']} ({run['model']}) holds no images yet: "
+            'its ingest stored nothing (see `clipshift sql "SELECT * FROM errors"`)'
+        )
+    if not counts.get(False):
+        raise ClipshiftError(
+            f"run {run['run_id']} ({run['model']}) has no augmented rows, only originals: "
+            "ingest with --augmentations all (or a list) to compare augmentations"
+        )
+
+
+# -- ad hoc SQL ------------------------------------------------------------------------------
+
+
+def sql(db: str | os.PathLike | Store, query: str, max_rows: int | None = None) -> Rows:
+    """Run the user's `query` over the views; read-only towards the store (see `connect`).
+
+    With `max_rows`, only that many rows are fetched into Python and `total_rows` counts
+    them all (the rest stay in Arrow), so a query over every embedding is cheap to preview.
+    A bad query raises ClipshiftError with DuckDB's message on one line.
+    """
+    con = connect(db)
+    relation = _run_user_query(con, query)
+    if relation is None:  # a statement without rows (CREATE VIEW, SET, ...)
+        return Rows([], [])
+    columns = list(relation.columns)
+    if max_rows is None:
+        return Rows(columns, _guarded(relation.fetchall))
+    kept: list[tuple] = []
+    total = 0
+    reader = _guarded(relation.to_arrow_reader)
+    for batch in reader:
+        if len(kept) < max_rows:
+            head = batch.slice(0, max_rows - len(kept)).to_pylist()
+            kept += [tuple(row.values()) for row in head]
+        total += batch.num_rows
+    return Rows(columns, kept, total_rows=total)
+
+
+def sql_arrow(db: str | os.PathLike | Store, query: str) -> pa.Table:
+    """The user's `query` as an Arrow table (for Parquet output); errors as in `sql`."""
+    con = connect(db)
+    relation = _run_user_query(con, query)
+    if relation is None:
+        raise ClipshiftError("the query returns no rows to write: give a SELECT")
+    return _guarded(relation.to_arrow_table)
+
+
+def _run_user_query(con: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckDBPyRelation | None:
+    """The relation of the query's last statement (None where it returns no rows)."""
+    if not query.strip():
+        raise ClipshiftError('empty query: give SQL, e.g. clipshift sql "SELECT * FROM runs"')
+    return _guarded(con.sql, query)
+
+
+def _guarded(call, *args):
+    """Call DuckDB; its error (a user's bad SQL) becomes a one-line ClipshiftError."""
+    try:
+        return call(*args)
+    except duckdb.Error as exc:
+        raise ClipshiftError(one_line_error(exc)) from None
+
+
+def one_line_error(exc: Exception) -> str:
+    """DuckDB's message without the query excerpt and caret that follow it, on one line."""
+    message = str(exc).split("\n\nLINE ")[0].split("\nLINE ")[0]
+    return " ".join(message.split())
+
+
+# -- clusters --------------------------------------------------------------------------------
+
+LINKAGE_METHODS = ("ward", "average", "complete", "single")
+# fcluster's default cut: this fraction of the largest merge height (metrics.md)
+DEFAULT_THRESHOLD_FRACTION = 0.7
+
+
+@dataclass
+class Clusters:
+    """Hierarchical clustering of a run's augmentations on their mean pairwise distance."""
+
+    run: dict
+    method: str
+    augmentations: list[str]
+    distances: np.ndarray  # the square pairwise matrix, rows/columns in `augmentations` order
+    linkage: np.ndarray  # scipy's linkage matrix: (a, b, height, size) per merge
+    threshold: float
+    labels: list[int]  # fcluster's label of each augmentation
+
+    @property
+    def members(self) -> dict[int, list[str]]:
+        """Each cluster's augmentations, clusters numbered as fcluster numbers them."""
+        groups: dict[int, list[str]] = {}
+        for name, label in zip(self.augmentations, self.labels, strict=True):
+            groups.setdefault(label, []).append(name)
+        return dict(sorted(groups.items()))
+
+    def merges(self) -> list[tuple[float, list[str], list[str]]]:
+        """Each merge, lowest first: its height and the two groups it joins."""
+        groups = [[name] for name in self.augmentations]
+        found = []
+        for a, b, height, _ in self.linkage:
+            left, right = groups[int(a)], groups[int(b)]
+            found.append((float(height), left, right))
+            groups.append(left + right)
+        return found
+
+
+def clusters(
+    db: str | os.PathLike | Store,
+    run: str | None = None,
+    model: str | None = None,
+    method: str = "ward",
+    threshold: float | None = None,
+) -> Clusters:
+    """scipy `linkage` on the run's 9 x 9 mean pairwise cosine distance (sql/pairwise.sql),
+    `fcluster` with criterion "distance" at `threshold` (default 0.7 x the largest merge)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    if method not in LINKAGE_METHODS:
+        raise ClipshiftError(f"unknown method {method!r}: one of {', '.join(LINKAGE_METHODS)}")
+    if threshold is not None and not threshold > 0:
+        raise ClipshiftError(f"--threshold must be a positive distance, not {threshold}")
+    con = connect(db)
+    chosen = resolve_run(con, run, model)
+    _require_augmented_rows(con, chosen)
+    pairs = named_query(con, "pairwise", run_id=chosen["run_id"]).fetchall()
+    names = sorted({a for a, _, _ in pairs})
+    if len(names) < 2:
+        raise ClipshiftError(
+            f"run {chosen['run_id']} has {len(names)} augmentation: clustering needs two or more"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    matrix = np.zeros((len(names), len(names)))
+    for a, b, distance in pairs:
+        matrix[index[a], index[b]] = distance
+    # the view's matrix is symmetric with a zero diagonal; checks=False tolerates the last-bit
+    # noise of a mean of float distances
+    tree = linkage(squareform(matrix, checks=False), method=method)
+    cut = DEFAULT_THRESHOLD_FRACTION * float(tree[:, 2].max()) if threshold is None else threshold
+    labels = fcluster(tree, t=cut, criterion="distance")
+    return Clusters(chosen, method, names, matrix, tree, cut, [int(x) for x in labels])
