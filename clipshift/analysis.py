@@ -36,6 +36,9 @@ def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
             )
     for path in sorted((resource_dir("sql") / "views").glob("*.sql")):
         con.execute(path.read_text())
+    # a query over the paper-size store can pass DuckDB's 2 s progress-bar delay: its bar
+    # would mix into the command's output
+    con.execute("SET enable_progress_bar = false")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con

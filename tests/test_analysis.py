@@ -372,9 +372,7 @@ def test_sql_command_formats_and_truncation(ingested_store, tmp_path):
     as_json = invoke("sql", "--db", ingested_store, "SELECT augmentation, cosine FROM shifts")
     assert as_json.exit_code == 0
     records = json.loads(
-        invoke(
-            "sql", "--db", ingested_store, "--format", "json", "SELECT * FROM runs"
-        ).stdout
+        invoke("sql", "--db", ingested_store, "--format", "json", "SELECT * FROM runs").stdout
     )
     assert records[0]["model"] and records[0]["created_at"]
 
@@ -456,7 +454,8 @@ def test_format_rows():
         {"name": "b", "n": 2, "x": None},
         {"name": "c", "n": 3, "x": None},
     ]
-    assert format_rows(columns, rows, "csv").splitlines() == ["name,n,x", "a,1,0.5", "b,2,nan", "c,3,"]
+    as_csv = format_rows(columns, rows, "csv").splitlines()
+    assert as_csv == ["name,n,x", "a,1,0.5", "b,2,nan", "c,3,"]
     long = format_rows(["v"], [([0.1] * 100,)], "table")
     assert max(len(line) for line in long.splitlines()) <= 48
     with pytest.raises(ValueError):
