@@ -83,7 +83,7 @@ def paper_loop(db: Path, run_id: str) -> dict[str, dict[str, float]]:
     pixel = {m: table.column(m).to_numpy() for m in METRICS[3:]}
     samples: dict[str, dict] = {}
     for row, (image_id, variant) in enumerate(
-        zip(table.column("image_id").to_pylist(), table.column("variant").to_pylist())
+        zip(table.column("image_id").to_pylist(), table.column("variant").to_pylist(), strict=True)
     ):
         samples.setdefault(image_id, {})[variant] = {
             "embedding": embeddings[row],
