@@ -15,6 +15,7 @@ and checks that both give the same numbers. Also times the other named queries.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -161,7 +162,8 @@ def run(db: Path, repeat: int) -> None:
     images, rows = con.execute(
         "SELECT count(DISTINCT image_id), count(*) FROM variants WHERE run_id = $r", {"r": run_id}
     ).fetchone()
-    print(f"store: {images:,} images, {rows:,} variant rows (run {run_id})\n")
+    print(f"store: {images:,} images, {rows:,} variant rows (run {run_id})")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (1 min)\n")
 
     first, _ = timed(lambda: stats(db), 1)
     warm, result = timed(lambda: stats(db), repeat)
@@ -196,6 +198,9 @@ def run(db: Path, repeat: int) -> None:
         print(f"  {name:<10} {describe(times)}")
     times, _ = timed(lambda: clusters(db), 2)
     print(f"  clusters   {describe(times)}")
+    print(
+        f"\nload average at the end {os.getloadavg()[0]:.1f}: other work on the machine slows both"
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""DuckDB over the store: one connection per command, the store's tables as views, and the
-named queries in sql/.
+"""DuckDB over the store: one connection per command, the store's tables as views, the named
+queries in sql/, and the analysis commands built on them (stats, sql, clusters).
 
 The Lance tables are scanned through Arrow (a pylance dataset registered with DuckDB), so no
 DuckDB extension is needed. The connection is read-only towards the store: file access from
 SQL is switched off and the setting locked before any user SQL runs.
+
+Every metric is computed in SQL (sql/views/*.sql, sql/*.sql); Python picks the run, binds the
+parameters and shapes the result. `resolve_run` is the one run selection every command uses.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ TABLES = ("runs", "images", "variants", "errors")
 
 
 def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the views runs, images, variants, errors and shifts."""
+    """A DuckDB connection with the views runs, images, variants, errors (the store's tables)
+    and shifts, summary, pairwise, layer_shifts (sql/views/), locked read-only."""
     store = db if isinstance(db, Store) else Store.open(db)
     con = duckdb.connect(":memory:")
     for name in TABLES:
@@ -44,11 +48,11 @@ def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def named_query(
-    con: duckdb.DuckDBPyConnection, name: str, **params
-) -> duckdb.DuckDBPyRelation | None:
-    """Run `sql/NAME.sql` with its $parameters bound; returns DuckDB's result."""
+def named_query(con: duckdb.DuckDBPyConnection, name: str, **params) -> duckdb.DuckDBPyConnection:
+    """Run `sql/NAME.sql` with its $parameters bound; returns DuckDB's result to fetch from."""
     path = resource_dir("sql") / f"{name}.sql"
+    if not path.is_file():
+        raise ClipshiftError(f"no named query {name!r}: one of {', '.join(query_names())}")
     return con.execute(path.read_text(), params)
 
 
