@@ -346,6 +346,13 @@ def test_stats_and_clusters_say_which_run_of_several(two_runs):
         assert "showing run synthetic001" in result.stderr
         picked = invoke(command, "--db", two_runs, "--run", "synthetic000")
         assert picked.exit_code == 0 and picked.stderr == ""
+    ambiguous = invoke("stats", "--db", two_runs, "--run", "synthetic00")
+    assert ambiguous.exit_code != 0 and "matches 2 runs" in ambiguous.output  # never a guess
+    by_run = invoke("stats", "--db", two_runs, "--run", "synthetic000", "--format", "json")
+    by_model = invoke("stats", "--db", two_runs, "--model", "synthetic", "--format", "json")
+    latest = invoke("stats", "--db", two_runs, "--run", "synthetic001", "--format", "json")
+    assert json.loads(by_model.stdout) == json.loads(latest.stdout)
+    assert json.loads(by_run.stdout) != json.loads(latest.stdout)
     unknown = invoke("stats", "--db", two_runs, "--run", "zzz")
     assert unknown.exit_code != 0 and "no run 'zzz'" in unknown.output
 
