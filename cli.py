@@ -9,8 +9,7 @@ import sys
 
 import click
 
-from clipshift import ClipshiftError, __version__
-from clipshift.encoder import DEFAULT_MODEL
+from clipshift import DEFAULT_MODEL, ClipshiftError, __version__
 from clipshift.store import DEFAULT_DB
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -387,6 +386,153 @@ def report(db, run_id, model, out, figures, samples, fmt, method):
     click.echo(
         f"{drawn} of {len(result.figures)} figures for run {result.run['run_id']}: {result.index}"
     )
+
+
+# -- analysis: stats, sql, clusters (clipshift/analysis.py) -----------------------------------
+
+run_option = click.option(
+    "--run", "run_id", default=None, help="A run_id (or a unique prefix); default: the latest run."
+)
+model_option = click.option(
+    "--model", default=None, help="The most recent run of this model (a Hugging Face id)."
+)
+format_option = click.option(
+    "--format",
+    "fmt",
+    default="table",
+    show_default=True,
+    type=click.Choice(["table", "csv", "json"]),
+    help="table for reading; csv and json carry every column at full precision.",
+)
+
+
+def _note_run(run: dict | None) -> None:
+    """Say on stderr which run is shown when the choice was not obvious."""
+    if run and run.get("selection_note"):
+        click.echo(run["selection_note"], err=True)
+
+
+@cli.command()
+@db_option
+@run_option
+@model_option
+@format_option
+@user_errors
+def stats(db, run_id, model, fmt):
+    """Per-augmentation summary of a run, sorted by rank (1 = least shift): n, mean and std of
+    cosine and l2, the mean of every other score, overall score. csv and json add the median,
+    p5 and p95 of every metric."""
+    from clipshift.analysis import STATS_TABLE_COLUMNS
+    from clipshift.analysis import stats as run_stats
+    from clipshift.formatting import format_rows
+
+    result = run_stats(db, run=run_id, model=model)
+    _note_run(result.run)
+    columns, rows = result.columns, result.rows
+    if fmt == "table":
+        keep = [columns.index(name) for name in STATS_TABLE_COLUMNS]
+        columns, rows = list(STATS_TABLE_COLUMNS), [tuple(r[i] for i in keep) for r in rows]
+    click.echo(format_rows(columns, rows, fmt, max_rows=None))
+
+
+@cli.command()
+@click.argument("query", required=False)
+@click.option("--file", "-f", "query_file", type=click.File("r"), help="Read the SQL from F.")
+@db_option
+@click.option(
+    "--format",
+    "fmt",
+    default="table",
+    show_default=True,
+    type=click.Choice(["table", "csv", "json", "parquet"]),
+    help="parquet needs --output.",
+)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to this file.")
+@click.option(
+    "--max-rows",
+    default=50,
+    show_default=True,
+    type=int,
+    help="Rows a table shows (the rest are counted); csv, json and parquet carry all.",
+)
+@user_errors
+def sql(query, query_file, db, fmt, output, max_rows):
+    """Run QUERY (or --file F) over the views runs, images, variants, errors, shifts, summary,
+    pairwise and layer_shifts. Read-only: nothing a query says can change the store."""
+    from clipshift import ClipshiftError
+    from clipshift.analysis import sql as run_sql
+    from clipshift.analysis import sql_arrow
+    from clipshift.formatting import format_rows
+
+    if (query is None) == (query_file is None):
+        raise ClipshiftError("give either a QUERY or --file F (one of them)")
+    text = query if query is not None else query_file.read()
+    if fmt == "parquet":
+        if not output:
+            raise ClipshiftError("--format parquet writes a file: give --output F.parquet")
+        import pyarrow.parquet as pq
+
+        table = sql_arrow(db, text)
+        try:
+            pq.write_table(table, output)
+        except OSError as exc:
+            raise ClipshiftError(f"cannot write {output}: {exc}") from None
+        click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
+        return
+    result = run_sql(db, text, max_rows=max_rows if fmt == "table" and not output else None)
+    if not result.columns:
+        click.echo("ok (the statement returns no rows)", err=True)
+        return
+    limit = max_rows if fmt == "table" and not output else None
+    text_out = format_rows(
+        result.columns, result.rows, fmt, max_rows=limit, total_rows=result.total_rows
+    )
+    if output:
+        try:
+            with open(output, "w") as handle:
+                handle.write(text_out + "\n")
+        except OSError as exc:
+            raise ClipshiftError(f"cannot write {output}: {exc.strerror}") from None
+        click.echo(f"wrote {len(result.rows)} rows to {output}", err=True)
+    else:
+        click.echo(text_out)
+
+
+@cli.command()
+@db_option
+@run_option
+@model_option
+@click.option(
+    "--method",
+    default="ward",
+    show_default=True,
+    type=click.Choice(["ward", "average", "complete", "single"]),
+    help="scipy linkage method (the paper used ward).",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="fcluster distance cut; default 0.7 x the largest merge height.",
+)
+@user_errors
+def clusters(db, run_id, model, method, threshold):
+    """Cluster the augmentations on their mean pairwise cosine distance (the paper's
+    dendrogram): each cluster's members, then every merge and its height."""
+    from clipshift.analysis import clusters as find_clusters
+
+    found = find_clusters(db, run=run_id, model=model, method=method, threshold=threshold)
+    _note_run(found.run)
+    how = "given" if threshold is not None else "0.7 x the largest merge height"
+    click.echo(
+        f"run {found.run['run_id']} ({found.run['model']}): {method} linkage, "
+        f"cut at {found.threshold:.6g} ({how}): {len(found.members)} clusters"
+    )
+    for label, names in found.members.items():
+        click.echo(f"  cluster {label}: {', '.join(names)}")
+    click.echo("merges (height: joined groups):")
+    for height, left, right in found.merges():
+        click.echo(f"  {height:.6g}: {' + '.join(left)}  |  {' + '.join(right)}")
 
 
 def main() -> None:

@@ -1,18 +1,24 @@
-"""DuckDB over the store: one connection per command, the store's tables as views, and the
-named queries in sql/.
+"""DuckDB over the store: one connection per command, the store's tables as views, the named
+queries in sql/, and the analysis commands built on them (stats, sql, clusters).
 
 The Lance tables are scanned through Arrow (a pylance dataset registered with DuckDB), so no
 DuckDB extension is needed. The connection is read-only towards the store: file access from
 SQL is switched off and the setting locked before any user SQL runs.
+
+Every metric is computed in SQL (sql/views/*.sql, sql/*.sql); Python picks the run, binds the
+parameters and shapes the result. `resolve_run` is the one run selection every command uses.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
+from . import ClipshiftError
 from .resources import resource_dir
 from .store import Store, variants_schema
 
@@ -20,7 +26,8 @@ TABLES = ("runs", "images", "variants", "errors")
 
 
 def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the views runs, images, variants, errors and shifts."""
+    """A DuckDB connection with the views runs, images, variants, errors (the store's tables)
+    and shifts, summary, pairwise, layer_shifts (sql/views/), locked read-only."""
     store = db if isinstance(db, Store) else Store.open(db)
     con = duckdb.connect(":memory:")
     for name in TABLES:
@@ -33,18 +40,302 @@ def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
             )
     for path in sorted((resource_dir("sql") / "views").glob("*.sql")):
         con.execute(path.read_text())
+    # a query over the paper-size store can pass DuckDB's 2 s progress-bar delay: its bar
+    # would mix into the command's output
+    con.execute("SET enable_progress_bar = false")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
 
 
-def named_query(
-    con: duckdb.DuckDBPyConnection, name: str, **params
-) -> duckdb.DuckDBPyRelation | None:
-    """Run `sql/NAME.sql` with its $parameters bound; returns DuckDB's result."""
+def named_query(con: duckdb.DuckDBPyConnection, name: str, **params) -> duckdb.DuckDBPyConnection:
+    """Run `sql/NAME.sql` with its $parameters bound; returns DuckDB's result to fetch from."""
     path = resource_dir("sql") / f"{name}.sql"
+    if not path.is_file():
+        raise ClipshiftError(f"no named query {name!r}: one of {', '.join(query_names())}")
     return con.execute(path.read_text(), params)
 
 
 def query_names() -> list[str]:
     return sorted(p.stem for p in resource_dir("sql").glob("*.sql"))
+
+
+# -- run selection ---------------------------------------------------------------------------
+
+RUN_COLUMNS = (
+    "run_id, model, model_revision, embedding_dim, patch_grid, num_layers, image_size, seed, "
+    "augmentations, augmentation_hash, clipshift_version, created_at"
+)
+
+
+def resolve_run(
+    con: duckdb.DuckDBPyConnection, run: str | None = None, model: str | None = None
+) -> dict:
+    """The `runs` row a command works on, chosen by `--run ID | --model M`.
+
+    `run` is a run_id or a unique prefix of one; `model` picks that model's most recent run.
+    With neither, the only run, or the most recent one of several. The returned dict is the
+    runs row plus `selection_note`: None when the choice was unambiguous, else one line saying
+    which run was picked and how to pick another (commands print it on stderr).
+    Raises ClipshiftError for an empty store, an unknown run or an unknown model.
+    """
+    try:
+        result = con.execute(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, run_id")
+    except duckdb.CatalogException:
+        result = None
+    rows = [] if result is None else _as_dicts(result)
+    if not rows:
+        raise ClipshiftError("the store holds no runs yet: run `clipshift ingest IMAGES` first")
+    listing = "; ".join(f"{r['run_id']} ({r['model']}, {_when(r)})" for r in rows)
+    candidates = rows
+    if run is not None:
+        candidates = [r for r in rows if r["run_id"] == run] or [
+            r for r in rows if r["run_id"].startswith(run)
+        ]
+        if not candidates:
+            raise ClipshiftError(f"no run {run!r} in the store; its runs: {listing}")
+        if len(candidates) > 1:
+            raise ClipshiftError(
+                f"--run {run!r} matches {len(candidates)} runs: "
+                + ", ".join(r["run_id"] for r in candidates)
+                + "; give more of the run id"
+            )
+    if model is not None:
+        matching = [r for r in candidates if r["model"] == model]
+        if not matching:
+            if run is not None:
+                raise ClipshiftError(
+                    f"run {candidates[0]['run_id']} is of model {candidates[0]['model']!r}, "
+                    f"not {model!r}"
+                )
+            models = ", ".join(sorted({r["model"] for r in rows}))
+            raise ClipshiftError(f"no run of model {model!r} in the store; its models: {models}")
+        candidates = matching
+    chosen = dict(candidates[0])
+    chosen["selection_note"] = None
+    if len(candidates) > 1:
+        others = "; ".join(f"{r['run_id']} ({r['model']}, {_when(r)})" for r in candidates[1:6]) + (
+            "; ..." if len(candidates) > 6 else ""
+        )
+        chosen["selection_note"] = (
+            f"showing run {chosen['run_id']} ({chosen['model']}, {_when(chosen)}), the most "
+            f"recent of {len(candidates)} runs; pick another with --run ID: {others}"
+        )
+    return chosen
+
+
+def _when(row: dict) -> str:
+    created = row.get("created_at")
+    return created.strftime("%Y-%m-%d %H:%M") if created is not None else "unknown time"
+
+
+def _as_dicts(result: duckdb.DuckDBPyConnection) -> list[dict]:
+    columns = [d[0] for d in result.description]
+    return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Rows:
+    """A query's result: column names and row tuples, with the run it describes (if any).
+
+    `total_rows` is the full count where only the first rows were fetched (see `sql`).
+    """
+
+    columns: list[str]
+    rows: list[tuple]
+    run: dict | None = None
+    total_rows: int | None = None
+
+    def records(self) -> list[dict]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
+
+
+def _fetch(result: duckdb.DuckDBPyConnection, run: dict | None = None) -> Rows:
+    return Rows([d[0] for d in result.description], result.fetchall(), run)
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+# what `clipshift stats` shows in a table; CSV and JSON carry every column of sql/summary.sql
+STATS_TABLE_COLUMNS = (
+    "augmentation",
+    "n",
+    "cosine_mean",
+    "cosine_std",
+    "l2_mean",
+    "l2_std",
+    "attention_similarity_mean",
+    "patch_similarity_mean",
+    "edge_preservation_mean",
+    "detail_preservation_mean",
+    "overall",
+    "rank",
+)
+
+
+def stats(db: str | os.PathLike | Store, run: str | None = None, model: str | None = None) -> Rows:
+    """The per-augmentation summary of one run (sql/summary.sql), sorted by rank.
+
+    Columns: augmentation, n, and the mean, std, median, p5 and p95 of every metric, then
+    overall and rank. `Rows.run` is the run shown (with its selection_note).
+    """
+    con = connect(db)
+    chosen = resolve_run(con, run, model)
+    _require_augmented_rows(con, chosen)
+    return _fetch(named_query(con, "summary", run_id=chosen["run_id"]), chosen)
+
+
+def _require_augmented_rows(con: duckdb.DuckDBPyConnection, run: dict) -> None:
+    counts = dict(
+        con.execute(
+            "SELECT variant = 'original', count(*) FROM variants WHERE run_id = $run_id "
+            "GROUP BY ALL",
+            {"run_id": run["run_id"]},
+        ).fetchall()
+    )
+    if not counts:
+        raise ClipshiftError(
+            f"run {run['run_id']} ({run['model']}) holds no images yet: "
+            'its ingest stored nothing (see `clipshift sql "SELECT * FROM errors"`)'
+        )
+    if not counts.get(False):
+        raise ClipshiftError(
+            f"run {run['run_id']} ({run['model']}) has no augmented rows, only originals: "
+            "ingest with --augmentations all (or a list) to compare augmentations"
+        )
+
+
+# -- ad hoc SQL ------------------------------------------------------------------------------
+
+
+def sql(db: str | os.PathLike | Store, query: str, max_rows: int | None = None) -> Rows:
+    """Run the user's `query` over the views; read-only towards the store (see `connect`).
+
+    With `max_rows`, only that many rows are fetched into Python and `total_rows` counts
+    them all (the rest stay in Arrow), so a query over every embedding is cheap to preview.
+    A bad query raises ClipshiftError with DuckDB's message on one line.
+    """
+    con = connect(db)
+    relation = _run_user_query(con, query)
+    if relation is None:  # a statement without rows (CREATE VIEW, SET, ...)
+        return Rows([], [])
+    columns = list(relation.columns)
+    if max_rows is None:
+        return Rows(columns, _guarded(relation.fetchall))
+    kept: list[tuple] = []
+    total = 0
+    reader = _guarded(relation.to_arrow_reader)
+    for batch in reader:
+        if len(kept) < max_rows:
+            head = batch.slice(0, max_rows - len(kept)).to_pylist()
+            kept += [tuple(row.values()) for row in head]
+        total += batch.num_rows
+    return Rows(columns, kept, total_rows=total)
+
+
+def sql_arrow(db: str | os.PathLike | Store, query: str) -> pa.Table:
+    """The user's `query` as an Arrow table (for Parquet output); errors as in `sql`."""
+    con = connect(db)
+    relation = _run_user_query(con, query)
+    if relation is None:
+        raise ClipshiftError("the query returns no rows to write: give a SELECT")
+    return _guarded(relation.to_arrow_table)
+
+
+def _run_user_query(con: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckDBPyRelation | None:
+    """The relation of the query's last statement (None where it returns no rows)."""
+    if not query.strip():
+        raise ClipshiftError('empty query: give SQL, e.g. clipshift sql "SELECT * FROM runs"')
+    return _guarded(con.sql, query)
+
+
+def _guarded(call, *args):
+    """Call DuckDB; its error (a user's bad SQL) becomes a one-line ClipshiftError."""
+    try:
+        return call(*args)
+    except duckdb.Error as exc:
+        raise ClipshiftError(one_line_error(exc)) from None
+
+
+def one_line_error(exc: Exception) -> str:
+    """DuckDB's message without the query excerpt and caret that follow it, on one line."""
+    message = str(exc).split("\n\nLINE ")[0].split("\nLINE ")[0]
+    return " ".join(message.split())
+
+
+# -- clusters --------------------------------------------------------------------------------
+
+LINKAGE_METHODS = ("ward", "average", "complete", "single")
+# fcluster's default cut: this fraction of the largest merge height (metrics.md)
+DEFAULT_THRESHOLD_FRACTION = 0.7
+
+
+@dataclass
+class Clusters:
+    """Hierarchical clustering of a run's augmentations on their mean pairwise distance."""
+
+    run: dict
+    method: str
+    augmentations: list[str]
+    distances: np.ndarray  # the square pairwise matrix, rows/columns in `augmentations` order
+    linkage: np.ndarray  # scipy's linkage matrix: (a, b, height, size) per merge
+    threshold: float
+    labels: list[int]  # fcluster's label of each augmentation
+
+    @property
+    def members(self) -> dict[int, list[str]]:
+        """Each cluster's augmentations, clusters numbered as fcluster numbers them."""
+        groups: dict[int, list[str]] = {}
+        for name, label in zip(self.augmentations, self.labels, strict=True):
+            groups.setdefault(label, []).append(name)
+        return dict(sorted(groups.items()))
+
+    def merges(self) -> list[tuple[float, list[str], list[str]]]:
+        """Each merge, lowest first: its height and the two groups it joins."""
+        groups = [[name] for name in self.augmentations]
+        found = []
+        for a, b, height, _ in self.linkage:
+            left, right = groups[int(a)], groups[int(b)]
+            found.append((float(height), left, right))
+            groups.append(left + right)
+        return found
+
+
+def clusters(
+    db: str | os.PathLike | Store,
+    run: str | None = None,
+    model: str | None = None,
+    method: str = "ward",
+    threshold: float | None = None,
+) -> Clusters:
+    """scipy `linkage` on the run's 9 x 9 mean pairwise cosine distance (sql/pairwise.sql),
+    `fcluster` with criterion "distance" at `threshold` (default 0.7 x the largest merge)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    if method not in LINKAGE_METHODS:
+        raise ClipshiftError(f"unknown method {method!r}: one of {', '.join(LINKAGE_METHODS)}")
+    if threshold is not None and not threshold > 0:
+        raise ClipshiftError(f"--threshold must be a positive distance, not {threshold}")
+    con = connect(db)
+    chosen = resolve_run(con, run, model)
+    _require_augmented_rows(con, chosen)
+    pairs = named_query(con, "pairwise", run_id=chosen["run_id"]).fetchall()
+    names = sorted({a for a, _, _ in pairs})
+    if len(names) < 2:
+        raise ClipshiftError(
+            f"run {chosen['run_id']} has {len(names)} augmentation: clustering needs two or more"
+        )
+    index = {name: i for i, name in enumerate(names)}
+    matrix = np.zeros((len(names), len(names)))
+    for a, b, distance in pairs:
+        matrix[index[a], index[b]] = distance
+    # the view's matrix is symmetric with a zero diagonal; checks=False tolerates the last-bit
+    # noise of a mean of float distances
+    tree = linkage(squareform(matrix, checks=False), method=method)
+    cut = DEFAULT_THRESHOLD_FRACTION * float(tree[:, 2].max()) if threshold is None else threshold
+    labels = fcluster(tree, t=cut, criterion="distance")
+    return Clusters(chosen, method, names, matrix, tree, cut, [int(x) for x in labels])

@@ -17,7 +17,6 @@ import torch
 
 from . import ClipshiftError
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 # CLIP's own normalisation; used when the model folder has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

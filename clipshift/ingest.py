@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from . import ClipshiftError, __version__
+from . import DEFAULT_MODEL, ClipshiftError, __version__
 from .augment import ORIGINAL, Augmenter, augmentation_config, config_hash, parse_augmentations
-from .encoder import DEFAULT_MODEL, Encoder
+from .encoder import Encoder
 from .pixels import IDENTICAL, PixelReference
 from .sources import DecodeError, Source, decode, discover, read_source
 from .store import DEFAULT_DB, Store, variants_schema

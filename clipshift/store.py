@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import os
 import re
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import lancedb
+import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -71,7 +72,7 @@ class Migration:
     name: str
     path: Path
 
-    def apply(self, db: lancedb.DBConnection) -> None:
+    def apply(self, db) -> None:
         spec = importlib.util.spec_from_file_location(
             f"clipshift_migration_{self.version}", self.path
         )
@@ -100,9 +101,8 @@ def _now() -> datetime:
 class Store:
     """An open clipshift store: a LanceDB directory at a known schema version."""
 
-    def __init__(self, path: Path, db: lancedb.DBConnection):
+    def __init__(self, path: Path):
         self.path = path
-        self.db = db
         # What this process knows is stored, and the table versions that knowledge reflects:
         # while a table is still at that version no other writer has committed, so a batch
         # needs no scan of the table (a scan per batch grows with the store).
@@ -155,7 +155,7 @@ class Store:
                 f"cannot create a store at {path}: {existing} is not a writable folder"
             )
         if existing == path:
-            store = Store(path, lancedb.connect(str(path)))
+            store = Store(path)
             if store.schema_version():
                 store.check_version()
 
@@ -170,13 +170,23 @@ class Store:
             raise ClipshiftError(
                 f"no clipshift store at {path}: run `clipshift ingest IMAGES --db {path}` first"
             )
-        return cls(path, lancedb.connect(str(path)))
+        return cls(path)
 
     # -- schema and migrations -----------------------------------------------------------
 
+    @functools.cached_property
+    def db(self):
+        """The LanceDB connection, for writes and vector search.
+
+        Reads go through pylance directly (`dataset`): importing lancedb takes most of a
+        second, which a read-only command such as `clipshift stats` need not pay.
+        """
+        import lancedb
+
+        return lancedb.connect(str(self.path))
+
     def table_names(self) -> list[str]:
-        listing = self.db.list_tables()
-        return list(getattr(listing, "tables", listing))
+        return sorted(p.name[: -len(".lance")] for p in self.path.glob("*.lance") if p.is_dir())
 
     def has_table(self, name: str) -> bool:
         return name in self.table_names()
@@ -184,7 +194,8 @@ class Store:
     def schema_version(self) -> int:
         if not self.has_table(MIGRATIONS_TABLE):
             return 0
-        versions = self.db.open_table(MIGRATIONS_TABLE).to_arrow().column("version").to_pylist()
+        versions = self.dataset(MIGRATIONS_TABLE).to_table(columns=["version"])["version"]
+        versions = versions.to_pylist()
         return max(versions, default=0)
 
     def migrate(self, target: int | None = None) -> list[Migration]:
@@ -215,21 +226,18 @@ class Store:
 
     # -- reading -------------------------------------------------------------------------
 
-    def table(self, name: str) -> lancedb.table.Table:
+    def table(self, name: str):
+        """The LanceDB table `name`."""
         return self.db.open_table(name)
 
     def dataset(self, name: str):
         """The table as a pylance dataset (an Arrow dataset DuckDB scans directly)."""
-        return self.table(name).to_lance()
+        return lance.dataset(str(self.path / f"{name}.lance"))
 
     def embedding_dim(self) -> int | None:
         if not self.has_table("variants"):
             return None
-        return self.table("variants").schema.field("embedding").type.list_size
-
-    def run(self, run_id: str) -> dict | None:
-        rows = self.table("runs").search().where(f"run_id = '{_quote(run_id)}'").to_list()
-        return rows[0] if rows else None
+        return self.dataset("variants").schema.field("embedding").type.list_size
 
     def stored_images(self, run_id: str, image_ids: Sequence[str] | None = None) -> set[str]:
         """The image_ids whose variants this run has stored (all or nothing, by commit)."""
