@@ -37,6 +37,28 @@ db_option = click.option(
 )
 
 
+run_option = click.option(
+    "--run", "run_id", default=None, help="A run_id (or a unique prefix); default: the latest run."
+)
+model_option = click.option(
+    "--model", default=None, help="The most recent run of this model (a Hugging Face id)."
+)
+format_option = click.option(
+    "--format",
+    "fmt",
+    default="table",
+    show_default=True,
+    type=click.Choice(["table", "csv", "json"]),
+    help="table for reading; csv and json carry every column at full precision.",
+)
+
+
+def _note_run(run: dict | None) -> None:
+    """Say on stderr which run is shown when the choice was not obvious."""
+    if run and run.get("selection_note"):
+        click.echo(run["selection_note"], err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="clipshift")
 def cli():
@@ -328,8 +350,8 @@ def index(db, run):
 
 @cli.command()
 @db_option
-@click.option("--run", "run_id", default=None, help="The run to report on (default: the only one).")
-@click.option("--model", default=None, help="Report on the run of this model.")
+@run_option
+@model_option
 @click.option(
     "--out",
     default="clipshift-report",
@@ -382,6 +404,7 @@ def report(db, run_id, model, out, figures, samples, fmt, method):
         on_figure=progress,
         method=method,
     )
+    _note_run(result.run)
     drawn = sum(f.path is not None for f in result.figures)
     click.echo(
         f"{drawn} of {len(result.figures)} figures for run {result.run['run_id']}: {result.index}"
@@ -389,27 +412,6 @@ def report(db, run_id, model, out, figures, samples, fmt, method):
 
 
 # -- analysis: stats, sql, clusters (clipshift/analysis.py) -----------------------------------
-
-run_option = click.option(
-    "--run", "run_id", default=None, help="A run_id (or a unique prefix); default: the latest run."
-)
-model_option = click.option(
-    "--model", default=None, help="The most recent run of this model (a Hugging Face id)."
-)
-format_option = click.option(
-    "--format",
-    "fmt",
-    default="table",
-    show_default=True,
-    type=click.Choice(["table", "csv", "json"]),
-    help="table for reading; csv and json carry every column at full precision.",
-)
-
-
-def _note_run(run: dict | None) -> None:
-    """Say on stderr which run is shown when the choice was not obvious."""
-    if run and run.get("selection_note"):
-        click.echo(run["selection_note"], err=True)
 
 
 @cli.command()

@@ -12,6 +12,7 @@ parameters and shapes the result. `resolve_run` is the one run selection every c
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import duckdb
@@ -313,9 +314,6 @@ def clusters(
 ) -> Clusters:
     """scipy `linkage` on the run's 9 x 9 mean pairwise cosine distance (sql/pairwise.sql),
     `fcluster` with criterion "distance" at `threshold` (default 0.7 x the largest merge)."""
-    from scipy.cluster.hierarchy import fcluster, linkage
-    from scipy.spatial.distance import squareform
-
     if method not in LINKAGE_METHODS:
         raise ClipshiftError(f"unknown method {method!r}: one of {', '.join(LINKAGE_METHODS)}")
     if threshold is not None and not threshold > 0:
@@ -324,10 +322,24 @@ def clusters(
     chosen = resolve_run(con, run, model)
     _require_augmented_rows(con, chosen)
     pairs = named_query(con, "pairwise", run_id=chosen["run_id"]).fetchall()
+    return cluster_pairs(chosen, pairs, method, threshold)
+
+
+def cluster_pairs(
+    run: dict,
+    pairs: Iterable[tuple[str, str, float]],
+    method: str = "ward",
+    threshold: float | None = None,
+) -> Clusters:
+    """Clusters from rows of sql/pairwise.sql: (augmentation_a, augmentation_b, distance)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    pairs = list(pairs)
     names = sorted({a for a, _, _ in pairs})
     if len(names) < 2:
         raise ClipshiftError(
-            f"run {chosen['run_id']} has {len(names)} augmentation: clustering needs two or more"
+            f"run {run['run_id']} has {len(names)} augmentation: clustering needs two or more"
         )
     index = {name: i for i, name in enumerate(names)}
     matrix = np.zeros((len(names), len(names)))
@@ -338,4 +350,4 @@ def clusters(
     tree = linkage(squareform(matrix, checks=False), method=method)
     cut = DEFAULT_THRESHOLD_FRACTION * float(tree[:, 2].max()) if threshold is None else threshold
     labels = fcluster(tree, t=cut, criterion="distance")
-    return Clusters(chosen, method, names, matrix, tree, cut, [int(x) for x in labels])
+    return Clusters(run, method, names, matrix, tree, cut, [int(x) for x in labels])

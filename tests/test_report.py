@@ -14,10 +14,10 @@ from PIL import Image
 from benchmarks.synthetic import build_synthetic_store
 from cli import cli
 from clipshift import ClipshiftError
-from clipshift.analysis import connect
+from clipshift.analysis import connect, resolve_run
 from clipshift.report import FIGURES, report
 from clipshift.report import figures as drawn
-from clipshift.report.data import ReportData, _resolve_run
+from clipshift.report.data import ReportData
 from clipshift.report.style import colour
 
 PIXEL_FIGURES = {"augmentations", "attention_grid"}
@@ -43,7 +43,7 @@ def pixelless_store(tmp_path_factory):
 @pytest.fixture
 def data(ingested_store):
     con = connect(ingested_store)
-    yield ReportData(con, _resolve_run(con))
+    yield ReportData(con, resolve_run(con))
     con.close()
 
 
@@ -158,8 +158,8 @@ def test_figures_draw_the_query_numbers(data):
     [
         (["--figures", "rank,pie"], "unknown figure pie: choose from augmentations,"),
         (["--samples", "0"], "--samples 0: use at least 1"),
-        (["--run", "nope"], "no run with run nope in the store"),
-        (["--model", "other"], "no run with model other in the store"),
+        (["--run", "nope"], "no run 'nope' in the store"),
+        (["--model", "other"], "no run of model 'other' in the store"),
         (["--method", "nearest"], "linkage method nearest"),
     ],
 )
@@ -186,8 +186,9 @@ def test_two_runs_need_a_choice(ingested_store, tmp_path, tiny_model, photos):
     db = tmp_path / "db"
     shutil.copytree(ingested_store, db)
     ingest([photos], db, str(tiny_model), seed=1, limit=2, augmentations="noise,blur")
-    with pytest.raises(ClipshiftError, match="holds 2 runs: choose one with --run"):
-        report(db, out=tmp_path / "out", figures="rank")
+    latest = report(db, out=tmp_path / "out", figures="rank")
+    assert latest.run["seed"] == 1  # the most recent run, and the page says how to pick another
+    assert "pick another with --run" in latest.run["selection_note"]
     con = connect(db)
     runs = con.execute("SELECT run_id, seed FROM runs").fetchall()
     seeded = next(run_id for run_id, seed in runs if seed == 1)

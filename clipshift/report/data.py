@@ -9,7 +9,6 @@ import duckdb
 import numpy as np
 from PIL import Image
 
-from .. import ClipshiftError
 from ..analysis import named_query
 
 
@@ -79,24 +78,3 @@ def _unmask(values: np.ndarray) -> np.ndarray:
 
 def decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def _resolve_run(con: duckdb.DuckDBPyConnection, run: str | None = None, model: str | None = None):
-    """The run a report is about: the given one, the only run of `model`, or the only run."""
-    runs = con.execute("SELECT * FROM runs ORDER BY created_at").fetchall()
-    columns = [d[0] for d in con.description]
-    runs = [dict(zip(columns, row, strict=True)) for row in runs]
-    if not runs:
-        raise ClipshiftError("the store has no runs yet: ingest images with `clipshift ingest`")
-    matches = [
-        r for r in runs if (run is None or r["run_id"] == run) and (model in (None, r["model"]))
-    ]
-    if len(matches) == 1:
-        return matches[0]
-    listing = ", ".join(f"{r['run_id']} ({r['model']})" for r in runs)
-    if not matches:
-        wanted = " and ".join(
-            part for part in (run and f"run {run}", model and f"model {model}") if part
-        )
-        raise ClipshiftError(f"no run with {wanted} in the store; its runs: {listing}")
-    raise ClipshiftError(f"the store holds {len(matches)} runs: choose one with --run ({listing})")

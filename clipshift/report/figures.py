@@ -21,9 +21,10 @@ from matplotlib.patches import Patch
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 from scipy.cluster import hierarchy
-from scipy.spatial.distance import squareform
 from scipy.stats import gaussian_kde
 
+from .. import ClipshiftError
+from ..analysis import DEFAULT_THRESHOLD_FRACTION, Clusters, cluster_pairs
 from ..augment import ORIGINAL
 from .data import FigureUnavailable, ReportData
 from .style import (
@@ -38,7 +39,6 @@ from .style import (
 )
 
 KDE_POINTS = 200
-THRESHOLD_FRACTION = 0.7  # the paper's cluster threshold: 0.7 x the largest merge height
 
 
 # -- the images ---------------------------------------------------------------------------
@@ -196,9 +196,9 @@ def cosine_distribution(data: ReportData) -> Figure:
 def dendrogram(data: ReportData) -> Figure:
     """Hierarchical clustering of the augmentations on their mean pairwise cosine distance,
     with the cluster threshold line (Fig. 4d)."""
-    names, linkage = _linkage(data.query("pairwise"), data.method)
-    threshold = THRESHOLD_FRACTION * linkage[:, 2].max()
-    clusters = len(set(hierarchy.fcluster(linkage, threshold, criterion="distance")))
+    found = _clusters(data)
+    names, linkage, threshold = found.augmentations, found.linkage, found.threshold
+    clusters = len(set(found.labels))
     fig = Figure(figsize=(8, 0.42 * len(names) + 1.6), layout="constrained")
     ax = fig.subplots()
     tree = hierarchy.dendrogram(
@@ -213,7 +213,7 @@ def dendrogram(data: ReportData) -> Figure:
         tick.set_fontweight("bold")
     ax.axvline(threshold, color="#c0392b", ls="--", lw=1.2)
     ax.annotate(
-        f"threshold {threshold:.3g} ({THRESHOLD_FRACTION} x max merge)",
+        f"threshold {threshold:.3g} ({DEFAULT_THRESHOLD_FRACTION} x max merge)",
         (threshold, 1.0),
         xycoords=("data", "axes fraction"),
         xytext=(-4, 0),
@@ -233,7 +233,8 @@ def dendrogram(data: ReportData) -> Figure:
 
 def clustermap(data: ReportData) -> Figure:
     """The five scores as a heatmap, augmentations reordered by their dendrogram (Fig. 8a)."""
-    names, linkage = _linkage(data.query("pairwise"), data.method)
+    found = _clusters(data)
+    names, linkage = found.augmentations, found.linkage
     scores = _rows(data.query("scores"), "augmentation")
     fig = Figure(figsize=(8.5, 0.5 * len(names) + 1.6), layout="constrained")
     tree_ax, heat_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 3.2], "wspace": 0})
@@ -588,21 +589,16 @@ def _kde(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return density
 
 
-def _linkage(pairwise: dict[str, np.ndarray], method: str) -> tuple[list[str], np.ndarray]:
-    """scipy linkage of the `pairwise` query's mean cosine distances."""
-    names = paper_order(set(str(a) for a in pairwise["augmentation_a"]))
-    if len(names) < 2:
-        raise FigureUnavailable("clustering needs at least two augmentations")
-    index = {name: i for i, name in enumerate(names)}
-    distances = np.zeros((len(names), len(names)))
-    for a, b, distance in zip(
+def _clusters(data: ReportData) -> Clusters:
+    """The shared clustering of the `pairwise` query (the same as `clipshift clusters`)."""
+    pairwise = data.query("pairwise")
+    pairs = zip(
         pairwise["augmentation_a"], pairwise["augmentation_b"], pairwise["distance"], strict=True
-    ):
-        distances[index[a], index[b]] = distance
-    # float noise can leave a tiny asymmetry or a negative zero: squareform wants neither
-    distances = np.clip((distances + distances.T) / 2, 0, None)
-    np.fill_diagonal(distances, 0)
-    return names, hierarchy.linkage(squareform(distances), method=method)
+    )
+    try:
+        return cluster_pairs(data.run, pairs, data.method)
+    except ClipshiftError as exc:
+        raise FigureUnavailable(str(exc)) from None
 
 
 def _link_colours(linkage: np.ndarray, threshold: float) -> Callable[[int], str]:

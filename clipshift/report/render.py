@@ -12,8 +12,8 @@ import matplotlib
 from PIL import Image
 
 from .. import ClipshiftError
-from ..analysis import connect
-from .data import FigureUnavailable, ReportData, _resolve_run
+from ..analysis import connect, resolve_run
+from .data import FigureUnavailable, ReportData
 from .figures import FIGURES
 from .page import render_page
 from .style import DPI, RC
@@ -68,7 +68,7 @@ def report(
         raise ClipshiftError(f"linkage method {method}: use one of {', '.join(LINKAGE_METHODS)}")
     con = connect(db)
     try:
-        chosen = _resolve_run(con, run, model)
+        chosen = resolve_run(con, run, model)
         data = ReportData(
             con, chosen, samples=samples, heatmap_images=HEATMAP_IMAGES, method=method
         )
