@@ -7,9 +7,10 @@ against all its originals and scores recall@k, MRR and k-NN overlap per augmenta
 
 Distances are cosine distances, 1 - cos, on the stored (un-normalised) embeddings. The rank of
 an image's own original is 1 + the number of candidates strictly closer to the query (ties
-count in the query's favour). Exact retrieval is a blocked matrix product over the normalised
-embeddings, which on the paper-size store is faster than 120k index queries; docs/neighbors.md
-has the measurements behind each threshold here.
+count in the query's favour). Exact retrieval screens with a bfloat16 matrix product over the
+normalised embeddings and settles the candidates in float32 (`_exact_neighbours`), which on the
+paper-size store is 100x faster than 120k index queries; docs/neighbors.md has the
+measurements behind each threshold here.
 """
 
 from __future__ import annotations
@@ -35,17 +36,20 @@ DEFAULT_KS = (1, 5, 10)
 # neither built nor used.
 INDEX_MIN_ROWS = 100_000
 # Bulk retrieval through the index costs ~6 ms per query (HNSW, ef 150, 2 cores) against
-# ~0.3 ms per query for the exact product with 13k originals; the index only pays for the
-# bulk evaluation of a run with about this many originals.
-RETRIEVAL_INDEX_MIN_ORIGINALS = 150_000
+# 0.05 ms per query for the exact search with 13k originals and 0.3 ms with 133k (linear in
+# the originals: ~2 ms at 1M); the index only pays for the bulk evaluation of a run with
+# about this many originals.
+RETRIEVAL_INDEX_MIN_ORIGINALS = 1_000_000
 # HNSW search breadth: recall@10 against exact 0.91 at 50, 0.96 at 200 on the synthetic store.
 HNSW_EF = 150
 ANN_RECALL_SAMPLE = 200
-# queries per block of the exact retrieval: its bfloat16 screen is block x originals x 2 bytes
-# (27 MB at 13k originals), one block per core at a time
+# queries per block of the exact retrieval, one block per core at a time; fewer when the
+# block's similarities (bfloat16 screen, float32 for a full recomputation) would pass
+# EXACT_BLOCK_BYTES: 1024 x 13k originals x 4 bytes = 55 MB
 EXACT_BLOCK = 1024
-# originals the screen keeps per query beyond the `depth` nearest: 24 keeps ~97% of the paper-size
-# synthetic store's queries off the full float32 recomputation
+EXACT_BLOCK_BYTES = 64 * 2**20
+# originals the screen keeps per query beyond the `depth` nearest: with 24, 98% of the
+# paper-size synthetic store's queries are settled without the full float32 recomputation
 SCREEN_EXTRA = 24
 # queries per gather of their candidates' embeddings (128 x 35 x 512 floats = 9 MB)
 REFINE_BLOCK = 128
@@ -566,7 +570,7 @@ def _exact_neighbours(
     own original, and the indices of its `depth` nearest originals other than its own, nearest
     first.
 
-    A bfloat16 product screens all originals (4-5x faster than float32 on this CPU) and keeps
+    A bfloat16 product screens all originals (4x faster than float32 on AVX512-BF16) and keeps
     each query's `depth + SCREEN_EXTRA` most similar; float32 recomputes the similarities of
     those. A query whose screen cannot prove, with `_Bf16Screen`'s error bound, that its
     candidates hold every original more similar than its own and its exact top `depth` is
@@ -580,8 +584,10 @@ def _exact_neighbours(
     ranks = np.empty(len(queries), np.int64)
     knn = np.empty((len(queries), depth), np.int64)
 
+    rows = max(1, min(EXACT_BLOCK, EXACT_BLOCK_BYTES // (4 * len(originals))))
+
     def one_block(start: int) -> None:
-        stop = min(start + EXACT_BLOCK, len(queries))
+        stop = min(start + rows, len(queries))
         block, own_block = torch.from_numpy(queries[start:stop]), torch.from_numpy(own[start:stop])
         block_ranks, block_knn = _block_neighbours(originals_t, screen, block, own_block, depth)
         ranks[start:stop] = block_ranks.numpy()
@@ -599,7 +605,7 @@ def _exact_neighbours(
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(single_threaded, range(0, len(queries), EXACT_BLOCK)))
+            list(pool.map(single_threaded, range(0, len(queries), rows)))
     finally:
         torch.set_num_threads(workers)
     return ranks, knn
