@@ -574,13 +574,14 @@ def _exact_neighbours(
     each query's `depth + SCREEN_EXTRA` most similar; float32 recomputes the similarities of
     those. A query whose screen cannot prove, with `_Bf16Screen`'s error bound, that its
     candidates hold every original more similar than its own and its exact top `depth` is
-    recomputed in full in float32 (`_full_rows`, the plain method)."""
+    recomputed in full in float32 (`_full_rows`, the plain method), as every query is on a CPU
+    without native bfloat16 arithmetic."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
     originals_t = torch.from_numpy(originals)
-    screen = _Bf16Screen(originals_t)
+    screen = _Bf16Screen(originals_t) if _native_bf16() else None
     ranks = np.empty(len(queries), np.int64)
     knn = np.empty((len(queries), depth), np.int64)
 
@@ -589,7 +590,10 @@ def _exact_neighbours(
     def one_block(start: int) -> None:
         stop = min(start + rows, len(queries))
         block, own_block = torch.from_numpy(queries[start:stop]), torch.from_numpy(own[start:stop])
-        block_ranks, block_knn = _block_neighbours(originals_t, screen, block, own_block, depth)
+        if screen is None:
+            block_ranks, block_knn = _full_rows(originals_t, block, own_block, depth)
+        else:
+            block_ranks, block_knn = _block_neighbours(originals_t, screen, block, own_block, depth)
         ranks[start:stop] = block_ranks.numpy()
         knn[start:stop] = block_knn.numpy()
 
@@ -609,6 +613,18 @@ def _exact_neighbours(
     finally:
         torch.set_num_threads(workers)
     return ranks, knn
+
+
+def _native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): emulated, the
+    screen would be slower than the float32 product it saves."""
+    import torch
+
+    try:
+        capability = torch._C._cpu._get_cpu_capability()  # private: absent means unknown
+    except AttributeError:
+        return False
+    return bool(capability.get("avx512_bf16") or capability.get("amx_bf16"))
 
 
 def _block_neighbours(originals, screen, block, own, depth):

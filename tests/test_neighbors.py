@@ -297,6 +297,7 @@ def _numpy_neighbours(originals, queries, own, depth):
 def test_screened_exact_neighbours_match_numpy_on_near_ties(monkeypatch):
     originals, queries, own = _near_tied()
     monkeypatch.setattr(nb, "EXACT_BLOCK", 16)  # several blocks, spread over the workers
+    monkeypatch.setattr(nb, "_native_bf16", lambda: True)  # the screen, even where emulated
     recomputed = []
     full_rows = nb._full_rows
     monkeypatch.setattr(
@@ -309,6 +310,14 @@ def test_screened_exact_neighbours_match_numpy_on_near_ties(monkeypatch):
     # both paths ran: the screen's candidates settled some queries, the full product others
     assert 0 < sum(recomputed) < len(queries)
     assert ranks.min() == 1 and 1 < np.median(ranks) < 90 < ranks.max()
+
+    # without native bfloat16: the plain float32 product throughout
+    monkeypatch.setattr(nb, "_native_bf16", lambda: False)
+    recomputed.clear()
+    ranks, knn = nb._exact_neighbours(originals, queries, own, 10)
+    assert ranks.tolist() == expected_ranks.tolist() and knn.tolist() == expected_knn.tolist()
+    assert sum(recomputed) == len(queries)
+    monkeypatch.setattr(nb, "_native_bf16", lambda: True)
 
     # one original (no neighbours) and two
     ranks, knn = nb._exact_neighbours(originals[:1], queries, np.zeros(len(queries), int), 0)
