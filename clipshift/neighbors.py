@@ -574,8 +574,8 @@ def _exact_neighbours(
     each query's `depth + SCREEN_EXTRA` most similar; float32 recomputes the similarities of
     those. A query whose screen cannot prove, with `_Bf16Screen`'s error bound, that its
     candidates hold every original more similar than its own and its exact top `depth` is
-    recomputed in full in float32 (`_full_rows`, the plain method), as every query is on a CPU
-    without native bfloat16 arithmetic."""
+    recomputed in full in float32 (`_full_rows`, the plain method). On a CPU without native
+    bfloat16 arithmetic every query takes that plain path."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -584,7 +584,6 @@ def _exact_neighbours(
     screen = _Bf16Screen(originals_t) if _native_bf16() else None
     ranks = np.empty(len(queries), np.int64)
     knn = np.empty((len(queries), depth), np.int64)
-
     rows = max(1, min(EXACT_BLOCK, EXACT_BLOCK_BYTES // (4 * len(originals))))
 
     def one_block(start: int) -> None:
@@ -642,14 +641,15 @@ def _block_neighbours(originals, screen, block, own, depth):
     knn = top.indices.gather(1, torch.topk(exact[:, 1:], depth, dim=1).indices)
 
     # the screen left out only originals with approx <= the lowest kept, whose exact
-    # similarity is therefore at most `ceiling`
+    # similarity is therefore at most `ceiling` (approx + error(approx) grows with approx)
     proven = torch.ones(len(block), dtype=torch.bool)
     if kept < len(originals) - 1:
         lowest = top.values[:, -1].float()
         ceiling = lowest + error(lowest)
         proven &= ceiling <= exact[:, 0]
         if depth > 0:
-            # at least `depth` kept originals are exactly >= kth - error(kth)
+            # at least `depth` kept originals are exactly >= kth - error(kth), so the exact
+            # top `depth` all lie above the ceiling
             kth = top.values[:, depth - 1].float()
             proven &= ceiling < kth - error(kth)
     redo = torch.nonzero(~proven)[:, 0]
