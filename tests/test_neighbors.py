@@ -255,3 +255,92 @@ def test_index_search_agrees_with_exact(tmp_path, monkeypatch):
     assert indexed.used_index and not flat.used_index
     assert indexed.own_rank == flat.own_rank
     assert indexed.rows[0].image_id == flat.rows[0].image_id
+
+
+def _unit_rows(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _near_tied(seed=0, dim=128):
+    """Queries each with a group of originals at similarities 0.6 + 3e-5 j, all within 3e-3
+    of each other (far below bfloat16's resolution, far above float32's), among random
+    originals at similarity ~0 +- 0.1. Groups of 30 fit the screen's candidates, groups of 90
+    do not; own originals sit at the top, the middle or the bottom of their group, or, for
+    every fifth query, among the random ones (a deep rank)."""
+    rng = np.random.default_rng(seed)
+    queries = _unit_rows(rng.normal(size=(48, dim)))
+    originals, own = [_unit_rows(rng.normal(size=(600, dim)))], []
+    count = 600
+    for i, q in enumerate(queries.astype(np.float64)):
+        size = 30 if i % 2 else 90
+        similarity = 0.6 + 3e-5 * rng.permutation(size)
+        side = rng.normal(size=(size, dim))
+        side -= np.outer(side @ q, q)
+        side /= np.linalg.norm(side, axis=1, keepdims=True)
+        originals.append(
+            _unit_rows(similarity[:, None] * q + np.sqrt(1 - similarity**2)[:, None] * side)
+        )
+        position = [np.argmax(similarity), np.argsort(similarity)[size // 2], np.argmin(similarity)]
+        own.append(count + position[i % 3] if i % 5 else rng.integers(600))
+        count += size
+    return np.concatenate(originals), queries, np.asarray(own)
+
+
+def _numpy_neighbours(originals, queries, own, depth):
+    similarities = queries @ originals.T  # float32, numpy's own product
+    rows = np.arange(len(queries))
+    ranks = 1 + (similarities > similarities[rows, own][:, None]).sum(1)
+    similarities[rows, own] = -np.inf
+    return ranks, np.argsort(-similarities, axis=1, kind="stable")[:, :depth]
+
+
+def test_screened_exact_neighbours_match_numpy_on_near_ties(monkeypatch):
+    originals, queries, own = _near_tied()
+    monkeypatch.setattr(nb, "EXACT_BLOCK", 16)  # several blocks, spread over the workers
+    monkeypatch.setattr(nb, "_native_bf16", lambda: True)  # the screen, even where emulated
+    recomputed = []
+    full_rows = nb._full_rows
+    monkeypatch.setattr(
+        nb, "_full_rows", lambda o, q, *a: recomputed.append(len(q)) or full_rows(o, q, *a)
+    )
+    ranks, knn = nb._exact_neighbours(originals, queries, own, 10)
+    expected_ranks, expected_knn = _numpy_neighbours(originals, queries, own, 10)
+    assert ranks.tolist() == expected_ranks.tolist()
+    assert knn.tolist() == expected_knn.tolist()
+    # both paths ran: the screen's candidates settled some queries, the full product others
+    assert 0 < sum(recomputed) < len(queries)
+    assert ranks.min() == 1 and 1 < np.median(ranks) < 90 < ranks.max()
+
+    # without native bfloat16: the plain float32 product throughout
+    monkeypatch.setattr(nb, "_native_bf16", lambda: False)
+    recomputed.clear()
+    ranks, knn = nb._exact_neighbours(originals, queries, own, 10)
+    assert ranks.tolist() == expected_ranks.tolist() and knn.tolist() == expected_knn.tolist()
+    assert sum(recomputed) == len(queries)
+    monkeypatch.setattr(nb, "_native_bf16", lambda: True)
+
+    # one original (no neighbours) and two
+    ranks, knn = nb._exact_neighbours(originals[:1], queries, np.zeros(len(queries), int), 0)
+    assert ranks.tolist() == [1] * len(queries) and knn.shape == (len(queries), 0)
+    pair = originals[[0, 700]]
+    own = np.arange(len(queries)) % 2
+    ranks, knn = nb._exact_neighbours(pair, queries, own, 1)
+    expected_ranks, expected_knn = _numpy_neighbours(pair, queries, own, 1)
+    assert ranks.tolist() == expected_ranks.tolist() and knn.tolist() == expected_knn.tolist()
+
+
+def test_bf16_screen_error_bound():
+    """The screen's error bound, without its margin, holds on this machine's bfloat16 kernel,
+    for random and for near-parallel unit vectors (similarities close to 1)."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    originals = _unit_rows(rng.normal(size=(2000, 512)))
+    near = originals[:500] + rng.normal(scale=0.002, size=(500, 512))
+    queries = _unit_rows(np.concatenate([rng.normal(size=(500, 512)), near]))
+    screen = nb._Bf16Screen(torch.from_numpy(originals))
+    approx, error = screen(torch.from_numpy(queries))
+    approx = approx.float()
+    exact = queries.astype(np.float64) @ originals.astype(np.float64).T
+    worst = np.abs(approx.numpy() - exact) / (error(approx).numpy() / screen.MARGIN)
+    assert approx.max() > 0.99 and worst.max() <= 1.0
