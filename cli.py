@@ -256,7 +256,7 @@ def migrate(db):
 def neighbors(query, db, text, variant, k, among, run, exact, device, fmt):
     """The k stored embeddings nearest to QUERY: an image_id (or unique prefix), a stored
     image's path, a new image file (embedded with the run's model), or --text."""
-    from clipshift.neighbors import _format_rows
+    from clipshift.formatting import format_rows
     from clipshift.neighbors import neighbors as find_neighbors
 
     result = find_neighbors(
@@ -291,7 +291,7 @@ def neighbors(query, db, text, variant, k, among, run, exact, device, fmt):
             f"run {result.run_id}, query {result.query}, "
             f"{'index' if result.used_index else 'exact'} search"
         )
-    click.echo(_format_rows(columns, rows, fmt))
+    click.echo(format_rows(columns, rows, fmt))
     if fmt == "table" and result.own_rank is not None:
         click.echo(
             f"own original {result.own_image_id[:12]}: rank {result.own_rank}, "
@@ -315,14 +315,14 @@ def neighbors(query, db, text, variant, k, among, run, exact, device, fmt):
 def retrieval(db, ks, exact, run, fmt):
     """Per augmentation: recall@k and MRR of the own original, and k-NN overlap, querying with
     every augmented embedding against all originals of the run."""
-    from clipshift.neighbors import _format_rows
+    from clipshift.formatting import format_rows
     from clipshift.neighbors import retrieval as evaluate
 
     result = evaluate(db, ks, exact=exact, run=run)
     if result.note:
         click.echo(f"note: {result.note}", err=True)
     rows = [[row[c] for c in result.columns] for row in result.rows]
-    click.echo(_format_rows(result.columns, rows, fmt))
+    click.echo(format_rows(result.columns, rows, fmt))
     if result.ann_recall_at_10 is not None:
         click.echo(
             f"index search: ANN recall@10 against exact {result.ann_recall_at_10:.3f} "

@@ -15,8 +15,6 @@ measurements behind each threshold here.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import sys
@@ -56,71 +54,11 @@ REFINE_BLOCK = 128
 ANN_BLOCK = 512
 
 
-# -- shared helpers (the lead swaps these for analysis.resolve_run / formatting.format_rows) --
-
-
-def _resolve_run(con, run: str | None = None, model: str | None = None) -> dict:
-    """The run to query: the given one, the model's, the only one, or the most recent (with a
-    note saying so). Returns the `runs` row as a dict, plus `note` (str or None)."""
-    runs = con.execute("SELECT * FROM runs ORDER BY created_at DESC").fetchall()
-    columns = [d[0] for d in con.description]
-    rows = [dict(zip(columns, r, strict=True)) for r in runs]
-    if not rows:
-        raise ClipshiftError("the store holds no runs yet: run `clipshift ingest IMAGES` first")
-    note = None
-    if run is not None:
-        chosen = [r for r in rows if r["run_id"].startswith(run)]
-        if not chosen:
-            known = ", ".join(r["run_id"] for r in rows)
-            raise ClipshiftError(f"no run {run} in the store: known runs are {known}")
-        if len(chosen) > 1:
-            raise ClipshiftError(f"--run {run} matches {len(chosen)} runs: give more characters")
-    elif model is not None:
-        chosen = [r for r in rows if r["model"] == model or r["model"].endswith(model)]
-        if not chosen:
-            raise ClipshiftError(f"no run of model {model} in the store")
-    else:
-        chosen = rows
-    if len(chosen) > 1:
-        note = f"{len(chosen)} runs in the store; using the most recent, {chosen[0]['run_id']}"
-    return {**chosen[0], "note": note}
-
-
-def _format_rows(
-    columns: Sequence[str], rows: Sequence[Sequence], fmt: str, max_rows: int | None = None
-) -> str:
-    """Rows as an aligned text table, CSV or a JSON list of objects."""
-    if fmt == "json":
-        return json.dumps([dict(zip(columns, r, strict=True)) for r in rows], indent=2)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
-        return out.getvalue().rstrip("\n")
-    if fmt != "table":
-        raise ClipshiftError(f"unknown --format {fmt}: choose table, csv or json")
-    shown = list(rows if max_rows is None else rows[:max_rows])
-
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4f}"
-        return "" if value is None else str(value)
-
-    cells = [[cell(v) for v in r] for r in shown]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    if len(shown) < len(rows):
-        lines.append(f"... {len(rows) - len(shown)} more rows")
-    return "\n".join(lines)
-
-
 # -- loading ------------------------------------------------------------------------------
 
 
 def _open(db: str | os.PathLike | Store, run: str | None) -> tuple[Store, dict]:
-    from .analysis import connect
+    from .analysis import connect, resolve_run
 
     store = db if isinstance(db, Store) else Store.open(db)
     if not store.has_table("variants"):
@@ -129,7 +67,7 @@ def _open(db: str | os.PathLike | Store, run: str | None) -> tuple[Store, dict]:
         )
     con = connect(store)
     try:
-        chosen = _resolve_run(con, run=run)
+        chosen = resolve_run(con, run=run)
     finally:
         con.close()
     return store, chosen
@@ -384,7 +322,7 @@ def neighbors(
     if own_id is not None:
         own_rank, own_distance = _own_rank(store, vector, own_id, where)
     return NeighborsResult(
-        run_id, described, own_id, own_rank, own_distance, rows, use_index, chosen["note"]
+        run_id, described, own_id, own_rank, own_distance, rows, use_index, chosen["selection_note"]
     )
 
 
@@ -555,7 +493,12 @@ def retrieval(
     columns = ["augmentation", "n", *(f"recall_at_{k}" for k in ks), "mrr"]
     columns += [f"overlap_at_{k}" for k in ks]
     result = RetrievalResult(
-        run_id, ks, "index" if use_index else "exact", rows, note=chosen["note"], columns=columns
+        run_id,
+        ks,
+        "index" if use_index else "exact",
+        rows,
+        note=chosen["selection_note"],
+        columns=columns,
     )
     if use_index:
         result.ann_recall_at_10, result.ann_sample = ann_recall(store, run_id)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cli import cli
 from clipshift import ClipshiftError
 from clipshift import neighbors as nb
-from clipshift.analysis import connect
+from clipshift.analysis import connect, resolve_run
 
 KS = [1, 2, 3]
 
@@ -138,7 +138,7 @@ def test_new_image_is_embedded_as_an_ingest_would(ingested_store, photos, tmp_pa
 
     source = read_source(photos / "rocket.png")
     con = connect(ingested_store)
-    chosen = nb._resolve_run(con)
+    chosen = resolve_run(con)
     stored = con.execute(
         "SELECT embedding FROM variants WHERE image_id = ? AND variant = 'perspective'",
         [source.image_id],
@@ -212,7 +212,7 @@ def test_text_query_without_tokenizer_is_a_clear_error(ingested_store):
         (["neighbors", "ffffffff"], "neither an image_id"),
         (["neighbors"], "either QUERY"),
         (["neighbors", "-k", "0", "x"], "-k 0"),
-        (["neighbors", "--run", "nope", "x"], "no run nope"),
+        (["neighbors", "--run", "nope", "x"], "no run 'nope' in the store"),
         (["retrieval", "-k", "a,b"], "comma list"),
         (["retrieval", "-k", "0"], "1 or more"),
         (["index"], "at least 256"),
