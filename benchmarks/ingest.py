@@ -33,6 +33,7 @@ from PIL import Image  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+VARIANTS = 10  # the original and nine augmentations
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "camera", "cat")
 
 
@@ -62,18 +63,20 @@ def write_distinct_photos(folder: Path, count: int) -> None:
         Image.fromarray(crop).save(folder / f"photo_{i:05d}.jpg", quality=92)
 
 
-def bare_forward(model_dir: Path, batch_inputs: int, batches: int, device: str) -> float:
-    """Model inputs per second of the forward pass ingest uses, on ready tensors."""
+def forward_child(args: argparse.Namespace) -> None:
+    """Time the forward pass ingest uses, on ready batches, in this (fresh) process."""
     from clipshift.encoder import Encoder
 
-    encoder = Encoder(str(model_dir), device=device)
+    encoder = Encoder(args.model, device=args.device)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch_inputs, 224, 224, 3), dtype=np.uint8)
+    inputs = args.batch_size * VARIANTS
+    images = rng.integers(0, 256, (inputs, 224, 224, 3), dtype=np.uint8)
     encoder.encode(images)  # warm-up
     start = time.perf_counter()
-    for _ in range(batches):
+    for _ in range(args.batches):
         encoder.encode(images)
-    return batch_inputs * batches / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"inputs": inputs * args.batches, "seconds": seconds}))
 
 
 def ingest_child(args: argparse.Namespace) -> None:
@@ -97,52 +100,41 @@ def ingest_child(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "images": summary.stored,
-                "variants": summary.stored * (1 + len(summary.augmentations)),
-                "seconds_total": summary.seconds,
-                "seconds_after_model_load": steady,
+                "inputs": summary.stored * (1 + len(summary.augmentations)),
+                "seconds": steady,
+                "seconds_with_model_load": summary.seconds,
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )
     )
 
 
-def run_ingest(model: Path, photos: Path, db: Path, batch_size: int, device: str) -> dict:
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        "--model",
-        str(model),
-        "--photos",
-        str(photos),
-        "--db",
-        str(db),
-        "--batch-size",
-        str(batch_size),
-        "--device",
-        device,
-    ]
+def child(mode: str, args: argparse.Namespace, **options) -> dict:
+    """Run this script as `--child MODE` in a fresh process; its JSON line."""
+    command = [sys.executable, __file__, "--child", mode, "--batch-size", str(args.batch_size),
+               "--device", args.device]  # fmt: skip
+    for name, value in options.items():
+        command += [f"--{name}", str(value)]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--images", type=int, default=32, help="N (the second ingest has 2N)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["forward", "ingest"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--photos", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        ingest_child(args)
-        return
+    if args.child == "forward":
+        return forward_child(args)
+    if args.child == "ingest":
+        return ingest_child(args)
 
-    import torch
-
-    variants = 10
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = save_full_size_clip(tmp / "vit-b-32-random")
@@ -152,29 +144,34 @@ def main() -> None:
         for path in sorted((tmp / "photos").iterdir())[: args.images]:
             os.link(path, small / path.name)
 
-        batch_inputs = args.batch_size * variants
-        forward = bare_forward(
-            model, batch_inputs, max(2, args.images // args.batch_size), args.device
-        )
-        first = run_ingest(model, small, tmp / "db-n", args.batch_size, args.device)
-        second = run_ingest(model, tmp / "photos", tmp / "db-2n", args.batch_size, args.device)
+        # every measurement in a fresh process of its own, forward passes before and after
+        # the ingests, so a passing load on the machine shows as a spread, not a bias
+        batches = max(2, args.images // args.batch_size)
+        forwards = [child("forward", args, model=model, batches=batches)]
+        small_run = child("ingest", args, model=model, photos=small, db=tmp / "db-n")
+        large_run = child("ingest", args, model=model, photos=tmp / "photos", db=tmp / "db-2n")
+        forwards.append(child("forward", args, model=model, batches=batches))
 
-    rate = second["variants"] / second["seconds_after_model_load"]
-    rate_total = second["variants"] / second["seconds_total"]
+    forward_rates = [f["inputs"] / f["seconds"] for f in forwards]
+    forward = sum(forward_rates) / len(forward_rates)
+    rate = large_run["inputs"] / large_run["seconds"]
+    with_load = large_run["inputs"] / large_run["seconds_with_model_load"]
+    inputs = args.batch_size * VARIANTS
+    print(f"ViT-B/32 (random weights), device {args.device}, {os.cpu_count()} cores")
+    print(f"batch: {args.batch_size} images x {VARIANTS} variants = {inputs} model inputs")
     print(
-        f"ViT-B/32 (random weights), device {args.device}, torch threads {torch.get_num_threads()}"
+        "bare forward (embedding + all-layer attention): "
+        + ", ".join(f"{r:.1f}" for r in forward_rates)
+        + f" inputs/s (before, after the ingests; mean {forward:.1f})"
     )
-    print(f"batch: {args.batch_size} images x {variants} variants = {batch_inputs} model inputs")
-    print(f"bare forward (embeddings + all-layer attention):   {forward:7.1f} inputs/s")
     print(
-        f"ingest end to end, {second['images']} images, after model load: {rate:7.1f} inputs/s"
-        f"  ({rate / variants:.2f} source images/s)"
+        f"ingest end to end, {large_run['images']} images: {rate:.1f} inputs/s "
+        f"({rate / VARIANTS:.2f} images/s), {with_load:.1f} with the model load"
     )
-    print(f"ingest end to end, including model load:           {rate_total:7.1f} inputs/s")
     print(f"ratio ingest / bare forward: {rate / forward:.2f}  (target >= 0.85)")
     print(
-        f"peak RSS: {first['images']} images {first['max_rss_mb']:.0f} MB, "
-        f"{second['images']} images {second['max_rss_mb']:.0f} MB"
+        f"peak RSS: {small_run['images']} images {small_run['max_rss_mb']:.0f} MB, "
+        f"{large_run['images']} images {large_run['max_rss_mb']:.0f} MB"
     )
 
 

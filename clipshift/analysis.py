@@ -185,11 +185,14 @@ def stats(db: str | os.PathLike | Store, run: str | None = None, model: str | No
     """
     con = connect(db)
     chosen = resolve_run(con, run, model)
-    _require_augmented_rows(con, chosen)
-    return _fetch(named_query(con, "summary", run_id=chosen["run_id"]), chosen)
+    result = _fetch(named_query(con, "summary", run_id=chosen["run_id"]), chosen)
+    if not result.rows:
+        _require_augmented_rows(con, chosen)
+    return result
 
 
 def _require_augmented_rows(con: duckdb.DuckDBPyConnection, run: dict) -> None:
+    """Say why a run has nothing to compare (a scan of variants: only when needed)."""
     counts = dict(
         con.execute(
             "SELECT variant = 'original', count(*) FROM variants WHERE run_id = $run_id "
