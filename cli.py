@@ -240,20 +240,14 @@ def migrate(db):
     type=click.Choice(["originals", "all"]),
     help="Search the run's originals only, or all its variants.",
 )
-@click.option("--run", default=None, help="Run id (or prefix); default: the only or latest run.")
+@run_option
 @click.option("--exact", is_flag=True, help="Exact search, never the index.")
 @click.option(
     "--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"])
 )
-@click.option(
-    "--format",
-    "fmt",
-    default="table",
-    show_default=True,
-    type=click.Choice(["table", "csv", "json"]),
-)
+@format_option
 @user_errors
-def neighbors(query, db, text, variant, k, among, run, exact, device, fmt):
+def neighbors(query, db, text, variant, k, among, run_id, exact, device, fmt):
     """The k stored embeddings nearest to QUERY: an image_id (or unique prefix), a stored
     image's path, a new image file (embedded with the run's model), or --text."""
     from clipshift.formatting import format_rows
@@ -266,7 +260,7 @@ def neighbors(query, db, text, variant, k, among, run, exact, device, fmt):
         variant=variant,
         k=k,
         among=among,
-        run=run,
+        run=run_id,
         exact=exact,
         device=device,
     )
@@ -303,22 +297,16 @@ def neighbors(query, db, text, variant, k, among, run, exact, device, fmt):
 @db_option
 @click.option("-k", "ks", default="1,5,10", show_default=True, help="Comma list of k.")
 @click.option("--exact", is_flag=True, default=None, help="Exact search, never the index.")
-@click.option("--run", default=None, help="Run id (or prefix); default: the only or latest run.")
-@click.option(
-    "--format",
-    "fmt",
-    default="table",
-    show_default=True,
-    type=click.Choice(["table", "csv", "json"]),
-)
+@run_option
+@format_option
 @user_errors
-def retrieval(db, ks, exact, run, fmt):
+def retrieval(db, ks, exact, run_id, fmt):
     """Per augmentation: recall@k and MRR of the own original, and k-NN overlap, querying with
     every augmented embedding against all originals of the run."""
     from clipshift.formatting import format_rows
     from clipshift.neighbors import retrieval as evaluate
 
-    result = evaluate(db, ks, exact=exact, run=run)
+    result = evaluate(db, ks, exact=exact, run=run_id)
     if result.note:
         click.echo(f"note: {result.note}", err=True)
     rows = [[row[c] for c in result.columns] for row in result.rows]

@@ -23,6 +23,18 @@ from . import ClipshiftError
 from .resources import resource_dir
 from .store import Store, variants_schema
 
+# the per-(image, augmentation) metrics of the `shifts` view, in docs/metrics.md's order
+METRICS = (
+    "cosine",
+    "l2",
+    "attention_similarity",
+    "patch_similarity",
+    "edge_preservation",
+    "detail_preservation",
+)
+# the paper's five scores (radar, heatmap, rank); overall is their plain mean
+SCORES = tuple(m for m in METRICS if m != "l2")
+
 TABLES = ("runs", "images", "variants", "errors")
 
 

@@ -7,16 +7,8 @@ from html import escape
 
 import numpy as np
 
+from ..analysis import METRICS
 from .style import colour, label
-
-STATS_METRICS = (
-    "cosine",
-    "l2",
-    "attention_similarity",
-    "patch_similarity",
-    "edge_preservation",
-    "detail_preservation",
-)
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #222;
@@ -109,14 +101,14 @@ def _embed(name: str, filename: str, width: int | None = None) -> str:
 def _stats_table(stats: dict) -> str:
     """The `summary` query: mean ± std of each metric, overall and rank, one row per
     augmentation in rank order."""
-    head = ["augmentation", "n", *(label(m) for m in STATS_METRICS), "overall", "rank"]
+    head = ["augmentation", "n", *(label(m) for m in METRICS), "overall", "rank"]
     rows = ["<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
     for i, name in enumerate(stats["augmentation"]):
         cells = [
             f'<span class="swatch" style="background:{colour(name)}"></span>{escape(str(name))}',
             f"{int(stats['n'][i]):,}",
         ]
-        for metric in STATS_METRICS:
+        for metric in METRICS:
             mean, std = stats[f"{metric}_mean"][i], stats[f"{metric}_std"][i]
             cells.append("n/a" if not np.isfinite(mean) else f"{mean:.3f} ± {std:.3f}")
         cells += [f"{stats['overall'][i]:.3f}", f"{int(stats['rank'][i])}"]

@@ -7,6 +7,7 @@ import textwrap
 import matplotlib
 from matplotlib.colors import to_hex
 
+from ..analysis import SCORES
 from ..augment import AUGMENTATIONS, ORIGINAL
 
 # tab10 without its grey (index 7): nine distinct hues for the nine augmentations, so that
@@ -17,14 +18,6 @@ ORIGINAL_COLOUR = "#4d4d4d"
 # an augmentation unknown to this clipshift (a newer store): still drawn, in black
 UNKNOWN_COLOUR = "#000000"
 
-# the paper's five scores, in its order, as the `scores` and `summary` queries name them
-SCORES = (
-    "cosine",
-    "attention_similarity",
-    "patch_similarity",
-    "edge_preservation",
-    "detail_preservation",
-)
 SCORE_LABELS = {
     "cosine": "embedding similarity",
     "attention_similarity": "attention similarity",
