@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -114,6 +115,9 @@ def resolve_run(
                 + "; give more of the run id"
             )
     if model is not None:
+        # a local model folder is stored as its absolute path
+        local = Path(model).expanduser()
+        model = str(local.resolve()) if local.is_dir() else model
         matching = [r for r in candidates if r["model"] == model]
         if not matching:
             if run is not None:
