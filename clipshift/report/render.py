@@ -12,7 +12,7 @@ import matplotlib
 from PIL import Image
 
 from .. import ClipshiftError
-from ..analysis import connect, resolve_run
+from ..analysis import LINKAGE_METHODS, connect, resolve_run
 from .data import FigureUnavailable, ReportData
 from .figures import FIGURES
 from .page import render_page
@@ -22,7 +22,6 @@ FORMATS = ("png", "svg", "pdf")
 DEFAULT_OUT = "clipshift-report"
 DEFAULT_SAMPLES = 4
 HEATMAP_IMAGES = 50
-LINKAGE_METHODS = ("ward", "average", "complete", "single", "weighted", "centroid", "median")
 
 
 @dataclass
