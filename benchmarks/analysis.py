@@ -32,20 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.synthetic import build_synthetic_store  # noqa: E402
-from clipshift.analysis import clusters, connect, named_query, resolve_run, stats  # noqa: E402
-from clipshift.store import Store  # noqa: E402
-
-METRICS = (
-    "cosine",
-    "l2",
-    "attention_similarity",
-    "patch_similarity",
-    "edge_preservation",
-    "detail_preservation",
+from clipshift.analysis import (  # noqa: E402
+    METRICS,
+    SCORES,
+    clusters,
+    connect,
+    named_query,
+    resolve_run,
+    stats,
 )
-SCORES = ("cosine", "attention_similarity", "patch_similarity", "edge_preservation")
-SCORES += ("detail_preservation",)
-
+from clipshift.store import Store  # noqa: E402
 
 # -- the paper's way -------------------------------------------------------------------------
 
