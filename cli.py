@@ -177,7 +177,7 @@ class _ProgressBar:
 
     def update(self, done: int, summary) -> None:
         if self.bar:
-            rate = f"{summary.stored / summary.seconds:.2f} images/s" if summary.seconds else ""
+            rate = f"{summary.images_per_second:.2f} images/s" if summary.seconds else ""
             self.bar.update(done - self.done, rate)
             self.done = done
 

@@ -128,10 +128,11 @@ def ingest(
     config = augmentation_config(names)
     aug_hash = config_hash(config)
     run_id = run_identity(model, encoder.revision, image_size, seed, aug_hash)
+    model_id = str(encoder.local_dir or model)  # a local folder as its absolute path
     store.ensure_run(
         {
             "run_id": run_id,
-            "model": str(encoder.local_dir or model),
+            "model": model_id,
             "model_revision": encoder.revision,
             "embedding_dim": encoder.embedding_dim,
             "patch_grid": encoder.patch_grid,
@@ -148,7 +149,7 @@ def ingest(
     summary = IngestSummary(
         db=str(db),
         run_id=run_id,
-        model=str(encoder.local_dir or model),
+        model=model_id,
         model_revision=encoder.revision,
         image_size=image_size,
         seed=seed,

@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 from PIL import Image
 
-from ..analysis import named_query
+from ..analysis import SCORES, named_query
 
 
 class FigureUnavailable(Exception):
@@ -41,6 +41,15 @@ class ReportData:
 
     def summary(self) -> dict[str, np.ndarray]:
         return self.query("summary")
+
+    def scores(self) -> dict[str, np.ndarray]:
+        """The five-score table (sql/scores.sql's columns), taken from the summary the page
+        already fetched rather than running the same aggregation twice; sorted by rank."""
+        summary = self.summary()
+        columns = {"augmentation": summary["augmentation"]}
+        columns.update({score: summary[f"{score}_mean"] for score in SCORES})
+        columns.update(overall=summary["overall"], rank=summary["rank"])
+        return columns
 
     def images(self) -> dict[str, int]:
         counts = self.query("run_images")

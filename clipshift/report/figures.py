@@ -235,7 +235,7 @@ def clustermap(data: ReportData) -> Figure:
     """The five scores as a heatmap, augmentations reordered by their dendrogram (Fig. 8a)."""
     found = _clusters(data)
     names, linkage = found.augmentations, found.linkage
-    scores = _rows(data.query("scores"), "augmentation")
+    scores = _rows(data.scores(), "augmentation")
     fig = Figure(figsize=(8.5, 0.5 * len(names) + 1.6), layout="constrained")
     tree_ax, heat_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 3.2], "wspace": 0})
     tree = hierarchy.dendrogram(
@@ -277,7 +277,7 @@ def clustermap(data: ReportData) -> Figure:
 def radar(data: ReportData) -> Figure:
     """One radar per augmentation over the five scores; the best and worst value of each
     score over all augmentations shaded (Fig. 5)."""
-    scores = _rows(data.query("scores"), "augmentation")
+    scores = _rows(data.scores(), "augmentation")
     names = paper_order(scores)
     matrix = np.array([[scores[n][s] for s in SCORES] for n in names], dtype=np.float64)
     best, worst = np.nanmax(matrix, axis=0), np.nanmin(matrix, axis=0)
@@ -330,7 +330,7 @@ def radar(data: ReportData) -> Figure:
 
 def metrics_heatmap(data: ReportData) -> Figure:
     """The five scores (and overall) x augmentations, columns sorted by overall (Fig. 3)."""
-    scores = data.query("scores")  # sorted by rank: best overall first
+    scores = data.scores()  # sorted by rank: best overall first
     names = [str(n) for n in scores["augmentation"]]
     rows = (*SCORES, "overall")
     matrix = np.array([scores[s] for s in rows], dtype=np.float64)
@@ -351,7 +351,7 @@ def metrics_heatmap(data: ReportData) -> Figure:
 
 def rank(data: ReportData) -> Figure:
     """Overall score per augmentation as bars, ranked (Fig. 6)."""
-    scores = data.query("scores")
+    scores = data.scores()
     names = [str(n) for n in scores["augmentation"]]
     overall = np.asarray(scores["overall"], dtype=np.float64)
     ranks = [int(r) for r in scores["rank"]]
@@ -387,7 +387,7 @@ def l2_bar(data: ReportData) -> Figure:
 
 def metric_averages(data: ReportData) -> Figure:
     """Mean of each score per augmentation, in the paper's order, unsorted (Fig. 8b)."""
-    scores = _rows(data.query("scores"), "augmentation")
+    scores = _rows(data.scores(), "augmentation")
     names = paper_order(scores)
     fig = Figure(figsize=(10, 4.6), layout="constrained")
     ax = fig.subplots()
