@@ -1,14 +1,14 @@
 """Ingest: discover -> read -> decode -> augment -> pixel metrics -> encode -> write.
 
-Each stage is a small function over one image (or one batch, for encode and write), so a
-stage can be swapped or moved to another worker without touching the others. A batch is
-written in one commit; an image is stored when, and only when, all its variant rows are.
+The stages themselves live in `clipshift.stages` (one function per image or per batch); this
+module is the local engine that orchestrates them: it keeps discovery order, resolves skipped
+and duplicate files, batches, and writes. A batch is written in one commit; an image is stored
+when, and only when, all its variant rows are.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import queue
 import threading
@@ -19,43 +19,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
-import pyarrow as pa
-from PIL import Image
-
 from . import DEFAULT_MODEL, ClipshiftError, __version__
-from .augment import ORIGINAL, Augmenter, augmentation_config, config_hash, parse_augmentations
+from .augment import augmentation_config, config_hash, parse_augmentations
 from .encoder import Encoder
-from .pixels import IDENTICAL, PixelReference
-from .sources import DecodeError, Source, decode, discover, read_source
-from .store import DEFAULT_DB, Store, variants_schema
+from .sources import discover
+from .stages import (
+    STAGES,
+    EncodeError,
+    Failure,
+    Prepared,
+    PrepareSettings,
+    Skipped,
+    encode_batch,
+    image_rows,
+    prepare_image,
+    variant_rows,
+)
+from .store import DEFAULT_DB, Store
 
 DEFAULT_BATCH_SIZE = 8
 T = TypeVar("T")
 DEFAULT_KEEP_PIXELS = 64
-
-
-@dataclass
-class Prepared:
-    """One image ready for the model: its original and augmented pixels, with pixel metrics."""
-
-    source: Source
-    width: int
-    height: int
-    format: str
-    mode: str
-    names: list[str]
-    pixels: np.ndarray  # (1 + augmentations, S, S, 3) uint8, original first
-    params: list[dict]
-    metrics: list[dict]
-    keep_pixels: bool
-
-
-@dataclass
-class Failure:
-    path: str
-    stage: str
-    message: str
 
 
 @dataclass
@@ -73,6 +57,8 @@ class IngestSummary:
     duplicates: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    # seconds spent in each stage (STAGES); the per-image CPU stages are summed over images
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @property
     def failed(self) -> int:
@@ -161,22 +147,32 @@ def ingest(
 
     already = store.stored_images(run_id)
     failed_before = _failed_paths(store, run_id)
-    augmenter = Augmenter(names, seed)
+    settings = PrepareSettings(image_size, tuple(names), seed)
     batch: list[Prepared] = []
     failures: list[Failure] = []
+    seen: set[str] = set()
 
     def flush() -> None:
         nonlocal batch, failures
         if batch:
             try:
-                written = _encode_and_write(store, encoder, run_id, batch)
+                clock = time.perf_counter()
+                encoded = encode_batch(encoder, batch)
+                summary.timings["encode"] += time.perf_counter() - clock
             except EncodeError as exc:
-                failures.extend(Failure(str(p.source.path), "encode", str(exc)) for p in batch)
+                failures.extend(Failure(p.path, "encode", str(exc), p.image_id) for p in batch)
             else:
+                clock = time.perf_counter()
+                written = store.write_batch(
+                    run_id,
+                    image_rows(batch),
+                    variant_rows(run_id, batch, encoded, encoder.embedding_dim),
+                )
                 summary.stored += len(written)
                 summary.skipped += len(batch) - len(written)  # another writer stored them
-                recovered = [str(p.source.path) for p in batch if p.source.image_id in written]
+                recovered = [p.path for p in batch if p.image_id in written]
                 store.clear_errors(run_id, [p for p in recovered if p in failed_before])
+                summary.timings["write"] += time.perf_counter() - clock
         if failures:
             store.record_errors(
                 [
@@ -187,15 +183,24 @@ def ingest(
             summary.failures.extend(failures)
         batch, failures = [], []
 
-    prepared = _read_and_prepare(files, already, image_size, augmenter, keep_pixels)
-    for done, item in enumerate(in_background(prepared, depth=2 * batch_size), start=1):
-        if item is SKIPPED:
+    keep = [keep_pixels < 0 or index < keep_pixels for index in range(len(files))]
+    prepared = in_background(
+        (prepare_image(path, settings, keep[i], already) for i, path in enumerate(files)),
+        depth=2 * batch_size,
+    )
+    for done, item in enumerate(prepared, start=1):
+        for stage, seconds in item.timings.items():
+            summary.timings[stage] += seconds
+        if isinstance(item, Skipped):
             summary.skipped += 1
-        elif item is DUPLICATE:
-            summary.duplicates += 1
+        elif item.image_id is not None and item.image_id in seen:
+            summary.duplicates += 1  # the first file with these bytes is the one stored
         elif isinstance(item, Failure):
+            if item.image_id is not None:
+                seen.add(item.image_id)
             failures.append(item)
         else:
+            seen.add(item.image_id)
             batch.append(item)
             if len(batch) >= batch_size:
                 flush()
@@ -226,30 +231,6 @@ def _check_options(image_size: int, batch_size: int, limit: int | None, keep_pix
 def _failed_paths(store: Store, run_id: str) -> set[str]:
     errors = store.dataset("errors").to_table(columns=["path"], filter=f"run_id = '{run_id}'")
     return set(errors.column("path").to_pylist())
-
-
-SKIPPED = "skipped: already in the store"
-DUPLICATE = "skipped: the same bytes as an earlier file"
-
-
-def _read_and_prepare(
-    files: Sequence[Path], already: set[str], size: int, augmenter: Augmenter, keep_pixels: int
-) -> Iterator[Prepared | Failure | str]:
-    """The CPU stages (read, decode, augment, pixel metrics): one item per file, in order."""
-    seen: set[str] = set()
-    for index, path in enumerate(files):
-        try:
-            source = read_source(path)
-        except OSError as exc:
-            yield Failure(str(path), "read", exc.strerror or str(exc))
-            continue
-        if source.image_id in already:
-            yield SKIPPED
-        elif source.image_id in seen:
-            yield DUPLICATE
-        else:
-            seen.add(source.image_id)
-            yield _prepare(source, size, augmenter, keep=keep_pixels < 0 or index < keep_pixels)
 
 
 def in_background(items: Iterator[T], depth: int) -> Iterator[T]:
@@ -296,98 +277,3 @@ def in_background(items: Iterator[T], depth: int) -> Iterator[T]:
 @dataclass
 class _Raised:
     exception: BaseException
-
-
-def _prepare(source: Source, size: int, augmenter: Augmenter, keep: bool) -> Prepared | Failure:
-    """Decode, augment and measure one image; a failure names its stage."""
-    try:
-        decoded = decode(source.data, size)
-    except DecodeError as exc:
-        return Failure(str(source.path), "decode", str(exc))
-    try:
-        augmented = augmenter(decoded.pixels, source.image_id)
-        reference = PixelReference(decoded.pixels)
-        metrics = [IDENTICAL] + [reference.compare(a.pixels) for a in augmented]
-    except Exception as exc:  # noqa: BLE001 - one bad image must not stop the run
-        return Failure(str(source.path), "augment", f"{type(exc).__name__}: {exc}")
-    return Prepared(
-        source=source,
-        width=decoded.width,
-        height=decoded.height,
-        format=decoded.format,
-        mode=decoded.mode,
-        names=[ORIGINAL] + [a.name for a in augmented],
-        pixels=np.stack([decoded.pixels] + [a.pixels for a in augmented]),
-        params=[{}] + [a.params for a in augmented],
-        metrics=metrics,
-        keep_pixels=keep,
-    )
-
-
-class EncodeError(Exception):
-    """The model failed on a batch; its images are recorded as failed and the run goes on."""
-
-
-def _encode_and_write(
-    store: Store, encoder: Encoder, run_id: str, batch: list[Prepared]
-) -> set[str]:
-    try:
-        encoded = encoder.encode(np.concatenate([p.pixels for p in batch]))
-    except Exception as exc:  # noqa: BLE001
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise EncodeError(f"{type(exc).__name__}: {first_line}") from exc
-    images = pa.table(
-        {
-            "image_id": [p.source.image_id for p in batch],
-            "path": [str(p.source.path) for p in batch],
-            "width": pa.array([p.width for p in batch], pa.int32()),
-            "height": pa.array([p.height for p in batch], pa.int32()),
-            "format": [p.format for p in batch],
-            "mode": [p.mode for p in batch],
-        }
-    )
-    return store.write_batch(
-        run_id, images, _variant_rows(run_id, batch, encoded, encoder.embedding_dim)
-    )
-
-
-def _variant_rows(run_id: str, batch: list[Prepared], encoded, dim: int) -> pa.Table:
-    rows = [(p, i) for p in batch for i in range(len(p.names))]
-    n, layers, cells = encoded.attention.shape
-
-    def column(key: str) -> list:
-        return [p.metrics[i][key] for p, i in rows]
-
-    def float_lists(values: np.ndarray, width: int) -> pa.Array:
-        offsets = np.arange(0, n * width + 1, width, dtype=np.int32)
-        return pa.ListArray.from_arrays(
-            pa.array(offsets), pa.array(values.reshape(-1), pa.float32())
-        )
-
-    embeddings = pa.FixedSizeListArray.from_arrays(
-        pa.array(encoded.embeddings.reshape(-1), pa.float32()), dim
-    )
-    return pa.table(
-        {
-            "run_id": [run_id] * n,
-            "image_id": [p.source.image_id for p, _ in rows],
-            "variant": [p.names[i] for p, i in rows],
-            "embedding": embeddings,
-            "attention": float_lists(encoded.attention[:, -1], cells),
-            "attention_layers": float_lists(encoded.attention, layers * cells),
-            "patch_similarity": pa.array(column("patch_similarity"), pa.float64()),
-            "edge_preservation": pa.array(column("edge_preservation"), pa.float64()),
-            "detail_preservation": pa.array(column("detail_preservation"), pa.float64()),
-            "params": [json.dumps(p.params[i], sort_keys=True) for p, i in rows],
-            "pixels": pa.array(
-                [_png(p.pixels[i]) if p.keep_pixels else None for p, i in rows], pa.binary()
-            ),
-        },
-        schema=variants_schema(dim),
-    )
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
