@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from . import ClipshiftError
-from .augment import ORIGINAL
+from .defaults import AMONG, DEFAULT_KS, ORIGINAL
 from .store import Store, _quote
 
-DEFAULT_KS = (1, 5, 10)
 # A flat LanceDB scan answers one query in ~0.1 s per 100k rows, and at the paper's 133k rows
 # a `neighbors` query took 0.75 s flat against 0.86 s through the index, which took ~150 s to
 # build: below about a million rows (~1 s a scan) an index is not built unasked. One built
@@ -286,7 +285,7 @@ def neighbors(
     of a stored image, a new image file (embedded, and augmented with `variant`), or `text`."""
     if k < 1:
         raise ClipshiftError(f"-k {k}: ask for 1 or more neighbours")
-    if among not in ("originals", "all"):
+    if among not in AMONG:
         raise ClipshiftError(f"--among {among}: choose originals or all")
     if (query is None) == (text is None):
         raise ClipshiftError("give either QUERY (an image_id, image path or file) or --text")
