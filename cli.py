@@ -261,8 +261,8 @@ def neighbors(query, db, text, variant, k, among, run_id, exact, device, fmt):
         exact=exact,
         device=device,
     )
-    if result.note:
-        click.echo(f"note: {result.note}", err=True)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     columns = ["rank", "image_id", "path", "variant", "distance", "own"]
     rows = [
         [
@@ -306,8 +306,8 @@ def retrieval(db, ks, exact, run_id, fmt):
     from clipshift.neighbors import retrieval as evaluate
 
     result = evaluate(db, ks, exact=exact, run=run_id)
-    if result.note:
-        click.echo(f"note: {result.note}", err=True)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     rows = [[row[c] for c in result.columns] for row in result.rows]
     click.echo(format_rows(result.columns, rows, fmt))
     if result.ann_recall_at_10 is not None:
