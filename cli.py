@@ -9,8 +9,8 @@ import sys
 
 import click
 
-from clipshift import DEFAULT_MODEL, ClipshiftError, __version__
-from clipshift.store import DEFAULT_DB
+from clipshift import ClipshiftError, __version__
+from clipshift import defaults as D
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -30,7 +30,7 @@ def user_errors(command):
 
 db_option = click.option(
     "--db",
-    default=lambda: os.environ.get("CLIPSHIFT_DB", DEFAULT_DB),
+    default=lambda: os.environ.get("CLIPSHIFT_DB", D.DEFAULT_DB),
     show_default="$CLIPSHIFT_DB or ./clipshift-store",
     type=click.Path(file_okay=True, dir_okay=True),
     help="The store: a LanceDB directory.",
@@ -41,14 +41,16 @@ run_option = click.option(
     "--run", "run_id", default=None, help="A run_id (or a unique prefix); default: the latest run."
 )
 model_option = click.option(
-    "--model", default=None, help="The most recent run of this model (a Hugging Face id)."
+    "--model",
+    default=None,
+    help="The most recent run of this model (a Hugging Face id or a local model folder).",
 )
 format_option = click.option(
     "--format",
     "fmt",
     default="table",
     show_default=True,
-    type=click.Choice(["table", "csv", "json"]),
+    type=click.Choice(D.FORMATS),
     help="table for reading; csv and json carry every column at full precision.",
 )
 
@@ -74,20 +76,20 @@ def cli():
 @db_option
 @click.option(
     "--model",
-    default=DEFAULT_MODEL,
+    default=D.DEFAULT_MODEL,
     show_default=True,
     help="A Hugging Face hub id, or a local folder saved with save_pretrained.",
 )
 @click.option(
     "--image-size",
-    default=224,
+    default=D.IMAGE_SIZE,
     show_default=True,
     type=int,
     help="Working size S: every image is resized to S x S.",
 )
 @click.option(
     "--batch-size",
-    default=8,
+    default=D.BATCH_SIZE,
     show_default=True,
     type=int,
     help="Images per forward pass; each brings its original and augmented copies.",
@@ -99,20 +101,17 @@ def cli():
     "--augmentations",
     default="all",
     show_default=True,
-    help="Comma list of: noise, blur, color_jitter, shift_scale_rotate, horizontal_flip, "
-    "elastic, perspective, random_brightness_contrast, coarse_dropout.",
+    help=f"Comma list of: {', '.join(D.AUGMENTATION_NAMES)}.",
 )
 @click.option("--limit", type=int, default=None, help="Ingest at most N images.")
 @click.option(
     "--keep-pixels",
-    default=64,
+    default=D.KEEP_PIXELS,
     show_default=True,
     type=int,
     help="Store PNG pixels for the first N images (0 none, -1 all).",
 )
-@click.option(
-    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"])
-)
+@click.option("--device", default="auto", show_default=True, type=click.Choice(D.DEVICES))
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @user_errors
 def ingest(
@@ -120,7 +119,7 @@ def ingest(
 ):
     """Embed images and their nine augmentations into the store.
 
-    PATHS are folders (searched recursively for jpg, jpeg, png, webp, bmp, tif), image files,
+    PATHS are folders (searched recursively for jpg, jpeg, png, webp, bmp, tif, tiff), image files,
     or text files listing image paths. Running the same command again stores nothing twice
     and resumes where an interrupted run stopped.
     """
@@ -230,21 +229,19 @@ def migrate(db):
 @db_option
 @click.option("--text", default=None, help="Query with a text (the run model's text encoder).")
 @click.option(
-    "--variant", default="original", show_default=True, help="Which variant of QUERY to query with."
+    "--variant", default=D.ORIGINAL, show_default=True, help="Which variant of QUERY to query with."
 )
 @click.option("-k", "k", default=10, show_default=True, type=int, help="Neighbours to print.")
 @click.option(
     "--among",
     default="originals",
     show_default=True,
-    type=click.Choice(["originals", "all"]),
+    type=click.Choice(D.AMONG),
     help="Search the run's originals only, or all its variants.",
 )
 @run_option
 @click.option("--exact", is_flag=True, help="Exact search, never the index.")
-@click.option(
-    "--device", default="cpu", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"])
-)
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(D.DEVICES))
 @format_option
 @user_errors
 def neighbors(query, db, text, variant, k, among, run_id, exact, device, fmt):
@@ -264,8 +261,8 @@ def neighbors(query, db, text, variant, k, among, run_id, exact, device, fmt):
         exact=exact,
         device=device,
     )
-    if result.note:
-        click.echo(f"note: {result.note}", err=True)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     columns = ["rank", "image_id", "path", "variant", "distance", "own"]
     rows = [
         [
@@ -295,7 +292,9 @@ def neighbors(query, db, text, variant, k, among, run_id, exact, device, fmt):
 
 @cli.command()
 @db_option
-@click.option("-k", "ks", default="1,5,10", show_default=True, help="Comma list of k.")
+@click.option(
+    "-k", "ks", default=",".join(map(str, D.DEFAULT_KS)), show_default=True, help="Comma list of k."
+)
 @click.option("--exact", is_flag=True, default=None, help="Exact search, never the index.")
 @run_option
 @format_option
@@ -307,8 +306,8 @@ def retrieval(db, ks, exact, run_id, fmt):
     from clipshift.neighbors import retrieval as evaluate
 
     result = evaluate(db, ks, exact=exact, run=run_id)
-    if result.note:
-        click.echo(f"note: {result.note}", err=True)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     rows = [[row[c] for c in result.columns] for row in result.rows]
     click.echo(format_rows(result.columns, rows, fmt))
     if result.ann_recall_at_10 is not None:
@@ -342,7 +341,7 @@ def index(db, run):
 @model_option
 @click.option(
     "--out",
-    default="clipshift-report",
+    default=D.REPORT_OUT,
     show_default=True,
     type=click.Path(file_okay=False),
     help="Folder for the figures and index.html; an earlier report there is replaced.",
@@ -350,24 +349,24 @@ def index(db, run):
 @click.option("--figures", default=None, help="Comma list of figures (default: all).")
 @click.option(
     "--samples",
-    default=4,
+    default=D.REPORT_SAMPLES,
     show_default=True,
     type=int,
-    help="Images in attention_grid (cosine_heatmap always takes up to 50).",
+    help=f"Images in attention_grid (cosine_heatmap always takes up to {D.HEATMAP_IMAGES}).",
 )
 @click.option(
     "--format",
     "fmt",
     default="png",
     show_default=True,
-    type=click.Choice(["png", "svg", "pdf"]),
+    type=click.Choice(D.REPORT_FORMATS),
     help="File format of the figures.",
 )
 @click.option(
     "--method",
-    default="ward",
+    default=D.DEFAULT_LINKAGE,
     show_default=True,
-    help="scipy linkage method of the dendrogram and clustermap.",
+    help=f"scipy linkage method of the dendrogram and clustermap: {', '.join(D.LINKAGE_METHODS)}.",
 )
 @user_errors
 def report(db, run_id, model, out, figures, samples, fmt, method):
@@ -434,13 +433,13 @@ def stats(db, run_id, model, fmt):
     "fmt",
     default="table",
     show_default=True,
-    type=click.Choice(["table", "csv", "json", "parquet"]),
+    type=click.Choice(D.SQL_FORMATS),
     help="parquet needs --output.",
 )
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to this file.")
 @click.option(
     "--max-rows",
-    default=50,
+    default=D.DEFAULT_MAX_ROWS,
     show_default=True,
     type=int,
     help="Rows a table shows (the rest are counted); csv, json and parquet carry all.",
@@ -494,9 +493,9 @@ def sql(query, query_file, db, fmt, output, max_rows):
 @model_option
 @click.option(
     "--method",
-    default="ward",
+    default=D.DEFAULT_LINKAGE,
     show_default=True,
-    type=click.Choice(["ward", "average", "complete", "single"]),
+    type=click.Choice(D.LINKAGE_METHODS),
     help="scipy linkage method (the paper used ward).",
 )
 @click.option(

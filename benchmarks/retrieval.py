@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from benchmarks.synthetic import build_synthetic_store  # noqa: E402
+from clipshift import knn as kernel  # noqa: E402
 from clipshift import neighbors as nb  # noqa: E402
 from clipshift.store import Store  # noqa: E402
 
@@ -44,7 +45,7 @@ def plain_float32(originals, queries, own, depth):
     originals_t = torch.from_numpy(originals)
     for start in range(0, len(queries), 4096):
         block = slice(start, start + 4096)
-        r, k = nb._full_rows(
+        r, k = kernel.full_rows(
             originals_t, torch.from_numpy(queries[block]), torch.from_numpy(own[block]), depth
         )
         ranks.append(r.numpy())
@@ -59,10 +60,10 @@ def compare_exact(store: Store, run_id: str) -> tuple[float, float]:
     augmented = nb.load_embeddings(store, f"run_id = '{run_id}' AND variant <> 'original'")
     position = {image_id: i for i, image_id in enumerate(originals.image_ids)}
     unit = originals.normalised()
-    queries = np.concatenate([nb._normalise(augmented.vectors), unit])
+    queries = np.concatenate([kernel.normalise(augmented.vectors), unit])
     own = np.array([position[i] for i in augmented.image_ids] + list(range(len(unit))))
     results, seconds = {}, {}
-    for label, method in (("screened", nb._exact_neighbours), ("plain float32", plain_float32)):
+    for label, method in (("screened", kernel.exact_neighbours), ("plain float32", plain_float32)):
         results[label], seconds[label] = timed(
             f"exact neighbours, {label} ({len(queries):,} queries)",
             lambda method=method: method(unit, queries, own, 10),

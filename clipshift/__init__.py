@@ -1,9 +1,10 @@
 """clipshift: how a vision-language model's representation moves when the image changes."""
 
+from .defaults import DEFAULT_MODEL
+
 __version__ = "0.1.0"
 
-# The CLIP the paper used; any hub id or local save_pretrained folder works in its place.
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+__all__ = ["DEFAULT_MODEL", "ClipshiftError", "__version__"]
 
 
 class ClipshiftError(Exception):

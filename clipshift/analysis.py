@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import ClipshiftError
+from .defaults import DEFAULT_LINKAGE, LINKAGE_METHODS
 from .resources import resource_dir
 from .store import Store, variants_schema
 
@@ -288,7 +289,6 @@ def one_line_error(exc: Exception) -> str:
 
 # -- clusters --------------------------------------------------------------------------------
 
-LINKAGE_METHODS = ("ward", "average", "complete", "single")
 # fcluster's default cut: this fraction of the largest merge height (metrics.md)
 DEFAULT_THRESHOLD_FRACTION = 0.7
 
@@ -328,7 +328,7 @@ def clusters(
     db: str | os.PathLike | Store,
     run: str | None = None,
     model: str | None = None,
-    method: str = "ward",
+    method: str = DEFAULT_LINKAGE,
     threshold: float | None = None,
 ) -> Clusters:
     """scipy `linkage` on the run's 9 x 9 mean pairwise cosine distance (sql/pairwise.sql),
@@ -347,7 +347,7 @@ def clusters(
 def cluster_pairs(
     run: dict,
     pairs: Iterable[tuple[str, str, float]],
-    method: str = "ward",
+    method: str = DEFAULT_LINKAGE,
     threshold: float | None = None,
 ) -> Clusters:
     """Clusters from rows of sql/pairwise.sql: (augmentation_a, augmentation_b, distance)."""

@@ -20,6 +20,7 @@ import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import ClipshiftError  # noqa: E402
+from .defaults import AUGMENTATION_NAMES, ORIGINAL  # noqa: E402
 
 
 def _shift_scale_rotate() -> A.BasicTransform:
@@ -73,7 +74,8 @@ AUGMENTATIONS: dict[str, tuple[Callable[[], A.BasicTransform], str]] = {
     ),
 }
 
-ORIGINAL = "original"
+assert tuple(AUGMENTATIONS) == AUGMENTATION_NAMES, "defaults.AUGMENTATION_NAMES is the list"
+__all__ = ["AUGMENTATIONS", "ORIGINAL", "Augmenter", "parse_augmentations"]
 # Arrays in the applied parameters larger than this are stored as a summary, not in full
 # (GaussNoise's noise map, ElasticTransform's displacement fields).
 _MAX_STORED_ARRAY = 16

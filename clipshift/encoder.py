@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import ClipshiftError
+from .defaults import DEVICES, IMAGE_SIZE
 
 # CLIP's own normalisation; used when the model folder has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -41,15 +42,15 @@ def resolve_device(name: str = "auto") -> torch.device:
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
         raise ClipshiftError("--device mps: no MPS device is available here; use --device cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ClipshiftError(f"unknown --device {name}: choose auto, cpu, cuda or mps")
+    if name not in DEVICES:
+        raise ClipshiftError(f"unknown --device {name}: choose {', '.join(DEVICES)}")
     return torch.device(name)
 
 
 class Encoder:
     """A CLIP model ready for `encode`: S x S uint8 RGB images in, embeddings and attention out."""
 
-    def __init__(self, model_name: str, device: str = "auto", image_size: int = 224):
+    def __init__(self, model_name: str, device: str = "auto", image_size: int = IMAGE_SIZE):
         from transformers import CLIPModel
         from transformers.utils import logging as hf_logging
 

@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-FORMATS = ("table", "csv", "json")
-DEFAULT_MAX_ROWS = 50
+from .defaults import DEFAULT_MAX_ROWS, FORMATS
+
 # a cell wider than this is cut (an embedding would otherwise fill the screen)
 MAX_CELL_WIDTH = 48
 

@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
-from . import DEFAULT_MODEL, ClipshiftError, __version__
+from . import ClipshiftError, __version__
 from .augment import augmentation_config, config_hash, parse_augmentations
+from .defaults import BATCH_SIZE, DEFAULT_DB, DEFAULT_MODEL, IMAGE_SIZE, KEEP_PIXELS
 from .encoder import Encoder
 from .sources import discover
 from .stages import (
@@ -35,11 +36,9 @@ from .stages import (
     prepare_image,
     variant_rows,
 )
-from .store import DEFAULT_DB, Store
+from .store import Store
 
-DEFAULT_BATCH_SIZE = 8
 T = TypeVar("T")
-DEFAULT_KEEP_PIXELS = 64
 
 
 @dataclass
@@ -86,12 +85,12 @@ def ingest(
     db: str | Path = DEFAULT_DB,
     model: str = DEFAULT_MODEL,
     *,
-    image_size: int = 224,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    image_size: int = IMAGE_SIZE,
+    batch_size: int = BATCH_SIZE,
     seed: int = 0,
     augmentations: str | Sequence[str] | None = None,
     limit: int | None = None,
-    keep_pixels: int = DEFAULT_KEEP_PIXELS,
+    keep_pixels: int = KEEP_PIXELS,
     device: str = "auto",
     on_start: Callable[[int], None] | None = None,
     on_progress: ProgressCallback | None = None,
@@ -218,7 +217,7 @@ def ingest(
 def _check_options(image_size: int, batch_size: int, limit: int | None, keep_pixels: int) -> None:
     if image_size < 16:
         raise ClipshiftError(
-            f"--image-size {image_size} is too small: use 16 or more (224 is CLIP's)"
+            f"--image-size {image_size} is too small: use 16 or more ({IMAGE_SIZE} is CLIP's)"
         )
     if batch_size < 1:
         raise ClipshiftError(f"--batch-size {batch_size}: use 1 or more")

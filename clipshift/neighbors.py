@@ -8,7 +8,7 @@ against all its originals and scores recall@k, MRR and k-NN overlap per augmenta
 Distances are cosine distances, 1 - cos, on the stored (un-normalised) embeddings. The rank of
 an image's own original is 1 + the number of candidates strictly closer to the query (ties
 count in the query's favour). Exact retrieval screens with a bfloat16 matrix product over the
-normalised embeddings and settles the candidates in float32 (`_exact_neighbours`), which on the
+normalised embeddings and settles the candidates in float32 (`knn.exact_neighbours`), which on the
 paper-size store is 100x faster than 120k index queries; docs/neighbors.md has the
 measurements behind each threshold here.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from . import ClipshiftError
-from .augment import ORIGINAL
+from .defaults import AMONG, DEFAULT_KS, ORIGINAL
+from .knn import exact_neighbours, normalise
 from .store import Store, _quote
 
-DEFAULT_KS = (1, 5, 10)
 # A flat LanceDB scan answers one query in ~0.1 s per 100k rows, and at the paper's 133k rows
 # a `neighbors` query took 0.75 s flat against 0.86 s through the index, which took ~150 s to
 # build: below about a million rows (~1 s a scan) an index is not built unasked. One built
@@ -42,16 +41,6 @@ RETRIEVAL_INDEX_MIN_ORIGINALS = 1_000_000
 # HNSW search breadth: recall@10 against exact 0.91 at 50, 0.96 at 200 on the synthetic store.
 HNSW_EF = 150
 ANN_RECALL_SAMPLE = 200
-# queries per block of the exact retrieval, one block per core at a time; fewer when the
-# block's similarities (bfloat16 screen, float32 for a full recomputation) would pass
-# EXACT_BLOCK_BYTES: 1024 x 13k originals x 4 bytes = 55 MB
-EXACT_BLOCK = 1024
-EXACT_BLOCK_BYTES = 64 * 2**20
-# originals the screen keeps per query beyond the `depth` nearest: with 24, 98% of the
-# paper-size synthetic store's queries are settled without the full float32 recomputation
-SCREEN_EXTRA = 24
-# queries per gather of their candidates' embeddings (128 x 35 x 512 floats = 9 MB)
-REFINE_BLOCK = 128
 ANN_BLOCK = 512
 
 
@@ -86,13 +75,7 @@ class Embeddings:
     vectors: np.ndarray  # (N, D) float32, as stored
 
     def normalised(self) -> np.ndarray:
-        return _normalise(self.vectors)
-
-
-def _normalise(vectors: np.ndarray, dtype=np.float32) -> np.ndarray:
-    vectors = vectors.astype(dtype, copy=False)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms == 0, 1, norms)).astype(dtype, copy=False)
+        return normalise(self.vectors)
 
 
 def load_embeddings(store: Store, where: str) -> Embeddings:
@@ -175,18 +158,18 @@ def build_index(
     return IndexInfo(rows, "IVF_HNSW_SQ (cosine)", seconds, recall, sample)
 
 
-def _ensure_index(store: Store) -> bool:
-    """Use the index if there is one; build it, once, when the store is big enough to pay."""
+def _ensure_index(store: Store, notes: list[str]) -> bool:
+    """Use the index if there is one; build it, once, when the store is big enough to pay
+    (saying so in `notes`)."""
     if _has_vector_index(store):
         return True
     if store.table("variants").count_rows() < INDEX_MIN_ROWS:
         return False
-    print(
-        "building the vector index once (about two minutes per 100k rows on 2 cores); "
-        "`clipshift index` rebuilds it",
-        file=sys.stderr,
+    info = build_index(store, measure=False)
+    notes.append(
+        f"built the vector index once ({info.rows:,} rows, {info.seconds:.0f} s); "
+        "`clipshift index` rebuilds it"
     )
-    build_index(store, measure=False)
     return True
 
 
@@ -233,7 +216,7 @@ def ann_recall(
     )
     queries = augmented.vectors[picked]
     originals = load_embeddings(store, _run_filter(run_id))
-    similarities = _normalise(queries) @ originals.normalised().T
+    similarities = normalise(queries) @ originals.normalised().T
     k = min(k, len(originals.vectors))
     exact = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
     found = _search(store, queries, _run_filter(run_id), k, use_index=True)
@@ -267,7 +250,7 @@ class NeighborsResult:
     own_distance: float | None
     rows: list[Neighbor]
     used_index: bool
-    note: str | None = None
+    notes: list[str] = field(default_factory=list)  # for the user: which run, what was built
 
 
 def neighbors(
@@ -286,7 +269,7 @@ def neighbors(
     of a stored image, a new image file (embedded, and augmented with `variant`), or `text`."""
     if k < 1:
         raise ClipshiftError(f"-k {k}: ask for 1 or more neighbours")
-    if among not in ("originals", "all"):
+    if among not in AMONG:
         raise ClipshiftError(f"--among {among}: choose originals or all")
     if (query is None) == (text is None):
         raise ClipshiftError("give either QUERY (an image_id, image path or file) or --text")
@@ -304,15 +287,14 @@ def neighbors(
         vector, own_id, described = _image_query(store, chosen, query, variant, device)
 
     where = _run_filter(run_id, among)
-    use_index = not exact and _ensure_index(store)
+    notes = [chosen["selection_note"]] if chosen["selection_note"] else []
+    use_index = not exact and _ensure_index(store, notes)
     found = _search(store, vector, where, k, use_index, ("image_id", "variant", "embedding"))
     ids = found.column("image_id").to_pylist()
     variants = found.column("variant").to_pylist()
     # exact cosine distances of the rows found, whichever search found them
     vectors = found.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
-    distances = (
-        1.0 - _normalise(vectors.reshape(found.num_rows, -1)) @ _normalise(vector[None, :])[0]
-    )
+    distances = 1.0 - normalise(vectors.reshape(found.num_rows, -1)) @ normalise(vector[None, :])[0]
     paths = _paths(store, ids + ([own_id] if own_id else []))
     rows = [
         Neighbor(
@@ -324,7 +306,7 @@ def neighbors(
     if own_id is not None:
         own_rank, own_distance = _own_rank(store, vector, own_id, where)
     return NeighborsResult(
-        run_id, described, own_id, own_rank, own_distance, rows, use_index, chosen["selection_note"]
+        run_id, described, own_id, own_rank, own_distance, rows, use_index, notes
     )
 
 
@@ -332,8 +314,8 @@ def _own_rank(store: Store, vector: np.ndarray, own_id: str, where: str) -> tupl
     """The exact rank and distance of the own original among the candidates: 1 + the number of
     candidates strictly closer to the query."""
     candidates = load_embeddings(store, where)
-    unit = _normalise(candidates.vectors, np.float64)
-    distances = 1.0 - unit @ _normalise(vector[None, :], np.float64)[0]
+    unit = normalise(candidates.vectors, np.float64)
+    distances = 1.0 - unit @ normalise(vector[None, :], np.float64)[0]
     own = np.flatnonzero((candidates.image_ids == own_id) & (candidates.variants == ORIGINAL))
     own_distance = float(distances[own[0]])
     return int(np.sum(distances < own_distance)) + 1, own_distance
@@ -425,7 +407,7 @@ class RetrievalResult:
     ann_recall_at_10: float | None = None
     ann_sample: int = 0
     seconds: float = 0.0
-    note: str | None = None
+    notes: list[str] = field(default_factory=list)  # for the user: which run, what was built
     columns: list[str] = field(default_factory=list)
 
 
@@ -463,7 +445,8 @@ def retrieval(
         raise ClipshiftError(f"run {run_id} has no stored images yet")
     if exact is None:
         exact = len(originals.vectors) < RETRIEVAL_INDEX_MIN_ORIGINALS
-    use_index = not exact and _ensure_index(store)
+    notes = [chosen["selection_note"]] if chosen["selection_note"] else []
+    use_index = not exact and _ensure_index(store, notes)
     augmented = load_embeddings(store, f"run_id = '{_quote(run_id)}' AND variant <> '{ORIGINAL}'")
     position = {image_id: i for i, image_id in enumerate(originals.image_ids)}
     own = np.fromiter(
@@ -477,8 +460,8 @@ def retrieval(
         )
     else:
         unit = originals.normalised()
-        ranks, aug_knn = _exact_neighbours(unit, _normalise(augmented.vectors), own, depth)
-        _, orig_knn = _exact_neighbours(unit, unit, np.arange(len(unit)), depth)
+        ranks, aug_knn = exact_neighbours(unit, normalise(augmented.vectors), own, depth)
+        _, orig_knn = exact_neighbours(unit, unit, np.arange(len(unit)), depth)
 
     rows = []
     for name in dict.fromkeys(augmented.variants):
@@ -499,176 +482,13 @@ def retrieval(
         ks,
         "index" if use_index else "exact",
         rows,
-        note=chosen["selection_note"],
+        notes=notes,
         columns=columns,
     )
     if use_index:
         result.ann_recall_at_10, result.ann_sample = ann_recall(store, run_id)
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _exact_neighbours(
-    originals: np.ndarray, queries: np.ndarray, own: np.ndarray, depth: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """For unit-length queries against unit-length originals: the exact rank of each query's
-    own original, and the indices of its `depth` nearest originals other than its own, nearest
-    first.
-
-    A bfloat16 product screens all originals (4x faster than float32 on AVX512-BF16) and keeps
-    each query's `depth + SCREEN_EXTRA` most similar; float32 recomputes the similarities of
-    those. A query whose screen cannot prove, with `_Bf16Screen`'s error bound, that its
-    candidates hold every original more similar than its own and its exact top `depth` is
-    recomputed in full in float32 (`_full_rows`, the plain method). On a CPU without native
-    bfloat16 arithmetic every query takes that plain path."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    originals_t = torch.from_numpy(originals)
-    screen = _Bf16Screen(originals_t) if _native_bf16() else None
-    ranks = np.empty(len(queries), np.int64)
-    knn = np.empty((len(queries), depth), np.int64)
-    rows = max(1, min(EXACT_BLOCK, EXACT_BLOCK_BYTES // (4 * len(originals))))
-
-    def one_block(start: int) -> None:
-        stop = min(start + rows, len(queries))
-        block, own_block = torch.from_numpy(queries[start:stop]), torch.from_numpy(own[start:stop])
-        if screen is None:
-            block_ranks, block_knn = _full_rows(originals_t, block, own_block, depth)
-        else:
-            block_ranks, block_knn = _block_neighbours(originals_t, screen, block, own_block, depth)
-        ranks[start:stop] = block_ranks.numpy()
-        knn[start:stop] = block_knn.numpy()
-
-    # Blocks go to one worker per core, each running torch single-threaded: two-thread torch
-    # ops stall at every barrier while another process holds a core (up to 20x slower on the
-    # gathers and top-k here), whereas a worker per core only loses its own share.
-    workers = torch.get_num_threads()
-
-    def single_threaded(start: int) -> None:
-        torch.set_num_threads(1)
-        one_block(start)
-
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(single_threaded, range(0, len(queries), rows)))
-    finally:
-        torch.set_num_threads(workers)
-    return ranks, knn
-
-
-def _native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): emulated, the
-    screen would be slower than the float32 product it saves."""
-    import torch
-
-    try:
-        capability = torch._C._cpu._get_cpu_capability()  # private: absent means unknown
-    except AttributeError:
-        return False
-    return bool(capability.get("avx512_bf16") or capability.get("amx_bf16"))
-
-
-def _block_neighbours(originals, screen, block, own, depth):
-    """`_exact_neighbours` for one block of queries, as tensors."""
-    import torch
-
-    kept = min(depth + SCREEN_EXTRA, len(originals) - 1)
-    approx, error = screen(block)
-    approx[torch.arange(len(block)), own] = -torch.inf
-    top = torch.topk(approx, kept, dim=1)
-    # column 0 is the own original: one computation for all, so equal vectors tie exactly
-    candidates = torch.cat([own[:, None], top.indices], 1)
-    exact = _gathered_similarities(originals, candidates, block)
-    ranks = (exact[:, 1:] > exact[:, :1]).sum(1) + 1
-    knn = top.indices.gather(1, torch.topk(exact[:, 1:], depth, dim=1).indices)
-
-    # the screen left out only originals with approx <= the lowest kept, whose exact
-    # similarity is therefore at most `ceiling` (approx + error(approx) grows with approx)
-    proven = torch.ones(len(block), dtype=torch.bool)
-    if kept < len(originals) - 1:
-        lowest = top.values[:, -1].float()
-        ceiling = lowest + error(lowest)
-        proven &= ceiling <= exact[:, 0]
-        if depth > 0:
-            # at least `depth` kept originals are exactly >= kth - error(kth), so the exact
-            # top `depth` all lie above the ceiling
-            kth = top.values[:, depth - 1].float()
-            proven &= ceiling < kth - error(kth)
-    redo = torch.nonzero(~proven)[:, 0]
-    if len(redo):
-        ranks[redo], knn[redo] = _full_rows(originals, block[redo], own[redo], depth)
-    return ranks, knn
-
-
-class _Bf16Screen:
-    """bfloat16 similarities of unit queries to the unit originals, with a bound on their
-    error against the float32 similarities that `_gathered_similarities` computes.
-
-    Rounding q and o to bfloat16 (8 significant bits, unit roundoff u = 2^-8) leaves residuals
-    dq = q - q' and do = o - o', and q.o - q'.o' = dq.o + q'.do, which Cauchy-Schwarz bounds
-    by |dq| |o| + |q'| |do|: about u from the actual residuals (the worst case is 2u). The
-    products of bfloat16 numbers are exact in float32; summing D of them in float32 is off by
-    at most D 2^-24 |q'| |o'|, and the float32 recomputation by as much again. The sum is
-    rounded once to bfloat16 (to nearest): at most u |approx| more. So
-    |approx - exact| <= c + u |approx|, with c the sum of the first terms, per query; the
-    bound used is 1.25 times that. test_bf16_screen_error_bound checks it on this machine's
-    kernel."""
-
-    MARGIN = 1.25
-    UNIT_ROUNDOFF = 2.0**-8
-
-    def __init__(self, originals):
-        import torch
-
-        self.originals = originals.to(torch.bfloat16)
-        residuals = (originals - self.originals.float()).norm(dim=1)
-        self.norm = float(originals.norm(dim=1).max()) if len(originals) else 0.0
-        self.residual = float(residuals.max()) if len(originals) else 0.0
-        self.summing = 2 * originals.shape[1] * 2.0**-24
-
-    def __call__(self, queries):
-        import torch
-
-        rounded = queries.to(torch.bfloat16)
-        residual = (queries - rounded.float()).norm(dim=1)
-        norm = rounded.float().norm(dim=1)
-        slack = residual * self.norm + norm * self.residual + self.summing * norm * self.norm
-
-        def error(approx):
-            """Bound on |approx - exact| for approximate similarities, one or a row per query."""
-            per_query = slack if approx.dim() == 1 else slack[:, None]
-            return self.MARGIN * (per_query + self.UNIT_ROUNDOFF * approx.abs())
-
-        return rounded @ self.originals.T, error
-
-
-def _gathered_similarities(originals, candidates, queries):
-    """float32 similarity of each query to each of its candidate originals (rows of indices)."""
-    import torch
-
-    out = torch.empty(candidates.shape, dtype=torch.float32)
-    # chunks keep the gathered originals in cache (REFINE_BLOCK x candidates x D floats);
-    # embedding + vecdot is 4x faster here than fancy indexing + bmm
-    for start in range(0, len(candidates), REFINE_BLOCK):
-        chunk = slice(start, start + REFINE_BLOCK)
-        gathered = torch.nn.functional.embedding(candidates[chunk], originals)
-        out[chunk] = torch.linalg.vecdot(gathered, queries[chunk, None, :])
-    return out
-
-
-def _full_rows(originals, queries, own, depth):
-    """`_exact_neighbours` for a few queries by the full float32 product."""
-    import torch
-
-    similarities = queries @ originals.T
-    rows = torch.arange(len(queries))
-    own_similarity = similarities[rows, own]
-    ranks = (similarities > own_similarity[:, None]).sum(1) + 1
-    similarities[rows, own] = -torch.inf
-    return ranks, torch.topk(similarities, depth, dim=1).indices
 
 
 def _ann_neighbours(
@@ -679,7 +499,7 @@ def _ann_neighbours(
     own: np.ndarray,
     depth: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """As `_exact_neighbours`, through the index. The own original's rank is its position in
+    """As `knn.exact_neighbours`, through the index. The own original's rank is its position in
     the depth + 1 nearest the index returns; beyond that it counts as 0 (reciprocal rank 0,
     not within any k). Missing neighbours (the index found fewer) are -1."""
     position = {image_id: i for i, image_id in enumerate(originals.image_ids)}

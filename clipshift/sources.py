@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from . import ClipshiftError
+from .defaults import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 # PIL's own guard against decompression bombs stays on: past this many pixels an image is
 # recorded as an error rather than taking the machine's memory.
 Image.MAX_IMAGE_PIXELS = 178_956_970
@@ -60,7 +60,7 @@ def _listed(list_file: Path) -> Iterator[Path]:
         lines = list_file.read_text(encoding="utf-8").splitlines()
     except (UnicodeDecodeError, OSError):
         raise ClipshiftError(
-            f"{list_file} is neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+            f"{list_file} is neither an image ({', '.join(IMAGE_SUFFIXES)}) "
             "nor a text file listing image paths"
         ) from None
     for line in lines:

@@ -30,7 +30,6 @@ from .resources import resource_dir
 
 os.environ.setdefault("LANCE_LOG", "error")
 
-DEFAULT_DB = "./clipshift-store"
 MIGRATIONS_TABLE = "schema_migrations"
 LOCK_FILE = ".clipshift.lock"
 # Small appends leave many small fragments; past this many, compact after the ingest.

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from clipshift import ClipshiftError
+from clipshift import knn as kernel
 from clipshift import neighbors as nb
 from clipshift.analysis import connect, resolve_run
 
@@ -296,14 +297,14 @@ def _numpy_neighbours(originals, queries, own, depth):
 
 def test_screened_exact_neighbours_match_numpy_on_near_ties(monkeypatch):
     originals, queries, own = _near_tied()
-    monkeypatch.setattr(nb, "EXACT_BLOCK", 16)  # several blocks, spread over the workers
-    monkeypatch.setattr(nb, "_native_bf16", lambda: True)  # the screen, even where emulated
+    monkeypatch.setattr(kernel, "EXACT_BLOCK", 16)  # several blocks, spread over the workers
+    monkeypatch.setattr(kernel, "native_bf16", lambda: True)  # the screen, even where emulated
     recomputed = []
-    full_rows = nb._full_rows
+    full_rows = kernel.full_rows
     monkeypatch.setattr(
-        nb, "_full_rows", lambda o, q, *a: recomputed.append(len(q)) or full_rows(o, q, *a)
+        kernel, "full_rows", lambda o, q, *a: recomputed.append(len(q)) or full_rows(o, q, *a)
     )
-    ranks, knn = nb._exact_neighbours(originals, queries, own, 10)
+    ranks, knn = kernel.exact_neighbours(originals, queries, own, 10)
     expected_ranks, expected_knn = _numpy_neighbours(originals, queries, own, 10)
     assert ranks.tolist() == expected_ranks.tolist()
     assert knn.tolist() == expected_knn.tolist()
@@ -312,19 +313,19 @@ def test_screened_exact_neighbours_match_numpy_on_near_ties(monkeypatch):
     assert ranks.min() == 1 and 1 < np.median(ranks) < 90 < ranks.max()
 
     # without native bfloat16: the plain float32 product throughout
-    monkeypatch.setattr(nb, "_native_bf16", lambda: False)
+    monkeypatch.setattr(kernel, "native_bf16", lambda: False)
     recomputed.clear()
-    ranks, knn = nb._exact_neighbours(originals, queries, own, 10)
+    ranks, knn = kernel.exact_neighbours(originals, queries, own, 10)
     assert ranks.tolist() == expected_ranks.tolist() and knn.tolist() == expected_knn.tolist()
     assert sum(recomputed) == len(queries)
-    monkeypatch.setattr(nb, "_native_bf16", lambda: True)
+    monkeypatch.setattr(kernel, "native_bf16", lambda: True)
 
     # one original (no neighbours) and two
-    ranks, knn = nb._exact_neighbours(originals[:1], queries, np.zeros(len(queries), int), 0)
+    ranks, knn = kernel.exact_neighbours(originals[:1], queries, np.zeros(len(queries), int), 0)
     assert ranks.tolist() == [1] * len(queries) and knn.shape == (len(queries), 0)
     pair = originals[[0, 700]]
     own = np.arange(len(queries)) % 2
-    ranks, knn = nb._exact_neighbours(pair, queries, own, 1)
+    ranks, knn = kernel.exact_neighbours(pair, queries, own, 1)
     expected_ranks, expected_knn = _numpy_neighbours(pair, queries, own, 1)
     assert ranks.tolist() == expected_ranks.tolist() and knn.tolist() == expected_knn.tolist()
 
@@ -338,7 +339,7 @@ def test_bf16_screen_error_bound():
     originals = _unit_rows(rng.normal(size=(2000, 512)))
     near = originals[:500] + rng.normal(scale=0.002, size=(500, 512))
     queries = _unit_rows(np.concatenate([rng.normal(size=(500, 512)), near]))
-    screen = nb._Bf16Screen(torch.from_numpy(originals))
+    screen = kernel.Bf16Screen(torch.from_numpy(originals))
     approx, error = screen(torch.from_numpy(queries))
     approx = approx.float()
     exact = queries.astype(np.float64) @ originals.astype(np.float64).T

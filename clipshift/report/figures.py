@@ -25,7 +25,7 @@ from scipy.stats import gaussian_kde
 
 from .. import ClipshiftError
 from ..analysis import DEFAULT_THRESHOLD_FRACTION, Clusters, cluster_pairs
-from ..augment import ORIGINAL
+from ..defaults import ORIGINAL
 from .data import FigureUnavailable, ReportData
 from .style import (
     ATTENTION_CMAP,

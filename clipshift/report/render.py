@@ -12,16 +12,21 @@ import matplotlib
 from PIL import Image
 
 from .. import ClipshiftError
-from ..analysis import LINKAGE_METHODS, connect, resolve_run
+from ..analysis import connect, resolve_run
+from ..defaults import (
+    DEFAULT_LINKAGE,
+    HEATMAP_IMAGES,
+    LINKAGE_METHODS,
+    REPORT_FORMATS,
+    REPORT_OUT,
+    REPORT_SAMPLES,
+)
 from .data import FigureUnavailable, ReportData
 from .figures import FIGURES
 from .page import render_page
 from .style import DPI, RC
 
-FORMATS = ("png", "svg", "pdf")
-DEFAULT_OUT = "clipshift-report"
-DEFAULT_SAMPLES = 4
-HEATMAP_IMAGES = 50
+FORMATS = REPORT_FORMATS
 
 
 @dataclass
@@ -44,12 +49,12 @@ def report(
     db: str | os.PathLike,
     run: str | None = None,
     model: str | None = None,
-    out: str | os.PathLike = DEFAULT_OUT,
+    out: str | os.PathLike = REPORT_OUT,
     figures: Sequence[str] | str | None = None,
-    samples: int = DEFAULT_SAMPLES,
+    samples: int = REPORT_SAMPLES,
     fmt: str = "png",
     on_figure: Callable[[FigureResult], None] | None = None,
-    method: str = "ward",
+    method: str = DEFAULT_LINKAGE,
 ) -> ReportResult:
     """Render the figures of one run into `out` (one file each) and `out/index.html`.
 

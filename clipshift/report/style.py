@@ -8,12 +8,12 @@ import matplotlib
 from matplotlib.colors import to_hex
 
 from ..analysis import SCORES
-from ..augment import AUGMENTATIONS, ORIGINAL
+from ..defaults import AUGMENTATION_NAMES, ORIGINAL
 
 # tab10 without its grey (index 7): nine distinct hues for the nine augmentations, so that
 # grey stays free for the original.
 _TAB10 = [to_hex(c) for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i != 7]
-AUGMENTATION_COLOURS: dict[str, str] = dict(zip(AUGMENTATIONS, _TAB10, strict=True))
+AUGMENTATION_COLOURS: dict[str, str] = dict(zip(AUGMENTATION_NAMES, _TAB10, strict=True))
 ORIGINAL_COLOUR = "#4d4d4d"
 # an augmentation unknown to this clipshift (a newer store): still drawn, in black
 UNKNOWN_COLOUR = "#000000"
@@ -62,7 +62,7 @@ def colour(variant: str) -> str:
 
 def paper_order(names) -> list[str]:
     """Augmentation names in the paper's order (the registry's); unknown names last, sorted."""
-    order = {name: i for i, name in enumerate((ORIGINAL, *AUGMENTATIONS))}
+    order = {name: i for i, name in enumerate((ORIGINAL, *AUGMENTATION_NAMES))}
     return sorted(names, key=lambda name: (order.get(name, len(order)), name))
 
 

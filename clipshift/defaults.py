@@ -1,0 +1,53 @@
+"""The names and defaults that the CLI, the library and the docs share, in one light module.
+
+Importing this pulls in nothing heavy (no albumentations, OpenCV, torch or LanceDB), so a module
+that only needs a name such as ORIGINAL, or the CLI building its help text, stays cheap to import.
+"""
+
+from __future__ import annotations
+
+# The CLIP the paper used; any hub id or local save_pretrained folder works in its place.
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+DEFAULT_DB = "./clipshift-store"
+
+# -- ingest ------------------------------------------------------------------------------------
+# CLIP ViT-B/32's own input size: every image is resized to IMAGE_SIZE x IMAGE_SIZE
+IMAGE_SIZE = 224
+BATCH_SIZE = 8
+# PNG pixels are kept for the first this many images of a run (the report's grids need a few)
+KEEP_PIXELS = 64
+# the unaugmented variant of every image
+ORIGINAL = "original"
+# the paper's nine augmentations, in its order (clipshift/augment.py defines each transform)
+AUGMENTATION_NAMES = (
+    "noise",
+    "blur",
+    "color_jitter",
+    "shift_scale_rotate",
+    "horizontal_flip",
+    "elastic",
+    "perspective",
+    "random_brightness_contrast",
+    "coarse_dropout",
+)
+# file suffixes a folder is searched for, lower case
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+# -- output ------------------------------------------------------------------------------------
+FORMATS = ("table", "csv", "json")
+SQL_FORMATS = (*FORMATS, "parquet")
+DEFAULT_MAX_ROWS = 50
+
+# -- analysis and report -----------------------------------------------------------------------
+LINKAGE_METHODS = ("ward", "average", "complete", "single")
+DEFAULT_LINKAGE = "ward"  # the paper's
+REPORT_OUT = "clipshift-report"
+REPORT_FORMATS = ("png", "svg", "pdf")
+REPORT_SAMPLES = 4
+# images in the cosine heatmap figure
+HEATMAP_IMAGES = 50
+
+# -- neighbours --------------------------------------------------------------------------------
+DEFAULT_KS = (1, 5, 10)
+AMONG = ("originals", "all")
