@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import ClipshiftError
+from .defaults import ORIGINAL
+from .filters import matches, where
 from .resources import resource_dir
 
 os.environ.setdefault("LANCE_LOG", "error")
@@ -242,13 +244,13 @@ class Store:
         """The image_ids whose variants this run has stored (all or nothing, by commit)."""
         if not self.has_table("variants"):
             return set()
-        where = f"run_id = '{_quote(run_id)}' AND variant = 'original'"
+        rows = matches(run_id=run_id, variant=ORIGINAL)
         if image_ids is not None:
             if not image_ids:
                 return set()
-            where += " AND image_id IN (" + ", ".join(f"'{_quote(i)}'" for i in image_ids) + ")"
+            rows &= matches(image_id=list(image_ids))
         ds = self.dataset("variants")
-        return set(ds.to_table(columns=["image_id"], filter=where).column("image_id").to_pylist())
+        return set(ds.to_table(columns=["image_id"], filter=rows).column("image_id").to_pylist())
 
     # -- writing -------------------------------------------------------------------------
 
@@ -336,8 +338,7 @@ class Store:
         if not paths or not self.has_table("errors"):
             return
         with self.lock():
-            quoted = ", ".join(f"'{_quote(p)}'" for p in paths)
-            self.table("errors").delete(f"run_id = '{_quote(run_id)}' AND path IN ({quoted})")
+            self.table("errors").delete(where(run_id=run_id, path=list(paths)))
 
     def compact(self, *, force: bool = False) -> None:
         """Merge the small fragments that many batch commits leave, and drop old versions."""
@@ -361,7 +362,3 @@ def migrate_store(path: str | os.PathLike) -> tuple[list[Migration], int]:
         )
     applied = store.migrate()
     return applied, store.schema_version()
-
-
-def _quote(value: str) -> str:
-    return value.replace("'", "''")
