@@ -2,7 +2,7 @@
 
 Table and column names here are a contract: users' SQL relies on them (see docs/schema.md).
 
-Writes are serialised by an advisory file lock (`<db>/.clipshift.lock`, fcntl) held only
+Writes are serialised by an advisory file lock (`<db>/.clipshift.lock`, filelock) held only
 around each commit, so two ingests into one store interleave their batches safely; under the
 lock each batch drops the images another writer stored meanwhile, so nothing is stored twice.
 Every Lance commit is atomic: a process killed at any moment leaves whole batches or nothing.
@@ -11,7 +11,6 @@ Every Lance commit is atomic: a process killed at any moment leaves whole batche
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import importlib.util
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 import lance
 import pyarrow as pa
 import pyarrow.compute as pc
+from filelock import FileLock
 
 from . import ClipshiftError
 from .defaults import ORIGINAL
@@ -110,6 +110,7 @@ class Store:
         self._seen_version: dict[str, int] = {}
         self._stored: dict[str, set[str]] = {}
         self._image_ids: set[str] = set()
+        self._lock: FileLock | None = None
 
     # -- opening -------------------------------------------------------------------------
 
@@ -256,13 +257,15 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the store's write lock; the OS releases it if the process dies."""
-        with open(self.path / LOCK_FILE, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Hold the store's write lock; the OS releases it if the process dies.
+
+        filelock takes flock on POSIX and LockFileEx on Windows; the lock is re-entrant within
+        this Store, so a locked step may call another.
+        """
+        if self._lock is None:
+            self._lock = FileLock(self.path / LOCK_FILE)
+        with self._lock:
+            yield
 
     def ensure_run(self, run: dict) -> None:
         """Record the run (once) and create `variants` for its embedding width."""
