@@ -31,7 +31,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.synthetic import build_synthetic_store  # noqa: E402
 from clipshift.analysis import (  # noqa: E402
     METRICS,
     SCORES,
@@ -43,6 +42,7 @@ from clipshift.analysis import (  # noqa: E402
 )
 from clipshift.filters import matches  # noqa: E402
 from clipshift.store import Store  # noqa: E402
+from clipshift.synthetic import build_synthetic_store  # noqa: E402
 
 # -- the paper's way -------------------------------------------------------------------------
 

@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.synthetic import build_synthetic_store  # noqa: E402
 from clipshift import knn as kernel  # noqa: E402
 from clipshift import neighbors as nb  # noqa: E402
 from clipshift.filters import matches, where  # noqa: E402
 from clipshift.store import Store  # noqa: E402
+from clipshift.synthetic import build_synthetic_store  # noqa: E402
 
 
 def timed(label: str, action):

@@ -336,8 +336,6 @@ def _own_rank(
 def _encoder(chosen: dict, device: str):
     from .encoder import Encoder
 
-    if chosen["model"] == "synthetic":
-        raise ClipshiftError(f"run {chosen['run_id']} is synthetic: it has no model to embed with")
     return Encoder(chosen["model"], device=device, image_size=chosen["image_size"])
 
 
