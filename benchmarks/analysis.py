@@ -31,7 +31,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.synthetic import build_synthetic_store  # noqa: E402
 from clipshift.analysis import (  # noqa: E402
     METRICS,
     SCORES,
@@ -41,7 +40,9 @@ from clipshift.analysis import (  # noqa: E402
     resolve_run,
     stats,
 )
+from clipshift.filters import matches  # noqa: E402
 from clipshift.store import Store  # noqa: E402
+from clipshift.synthetic import build_synthetic_store  # noqa: E402
 
 # -- the paper's way -------------------------------------------------------------------------
 
@@ -73,7 +74,7 @@ def paper_samples(db: Path, run_id: str) -> list[dict]:
         .dataset("variants")
         .to_table(
             columns=["image_id", "variant", "embedding", "attention", *METRICS[3:]],
-            filter=f"run_id = '{run_id}'",
+            filter=matches(run_id=run_id),
         )
     )
     dim = table.schema.field("embedding").type.list_size

@@ -2,7 +2,7 @@
 
     python benchmarks/report.py [--db DIR] [--images 13312] [--format png]
 
-Builds the synthetic store (benchmarks/synthetic.py) in a temp folder unless --db names one
+Builds the synthetic store (clipshift/synthetic.py) in a temp folder unless --db names one
 already built, then renders the whole report once and prints, figure by figure, the seconds
 each took (a figure's first use of a named query is counted in that figure: `summary` in
 cosine_distribution, `pairwise` in dendrogram, `shift_values` in l2_kde, ...), the time
@@ -27,8 +27,8 @@ TARGET_SECONDS = 30.0
 
 
 def main() -> None:
-    from benchmarks.synthetic import PAPER_IMAGES, build_synthetic_store
     from clipshift.report import report
+    from clipshift.synthetic import PAPER_IMAGES, build_synthetic_store
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", type=Path, help="an existing synthetic store (else built)")

@@ -22,10 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.synthetic import build_synthetic_store  # noqa: E402
 from clipshift import knn as kernel  # noqa: E402
 from clipshift import neighbors as nb  # noqa: E402
+from clipshift.filters import matches, where  # noqa: E402
 from clipshift.store import Store  # noqa: E402
+from clipshift.synthetic import build_synthetic_store  # noqa: E402
 
 
 def timed(label: str, action):
@@ -56,8 +57,8 @@ def plain_float32(originals, queries, own, depth):
 def compare_exact(store: Store, run_id: str) -> tuple[float, float]:
     """Time both exact methods, back to back, on retrieval's queries (augmented, then originals
     against themselves) and print how far their results agree."""
-    originals = nb.load_embeddings(store, nb._run_filter(run_id))
-    augmented = nb.load_embeddings(store, f"run_id = '{run_id}' AND variant <> 'original'")
+    originals = nb.load_embeddings(store, matches(**nb._run_filter(run_id)))
+    augmented = nb.load_embeddings(store, nb._augmented(run_id))
     position = {image_id: i for i, image_id in enumerate(originals.image_ids)}
     unit = originals.normalised()
     queries = np.concatenate([kernel.normalise(augmented.vectors), unit])
@@ -104,16 +105,16 @@ def main() -> None:
         "ANN recall@10 against exact", lambda: nb.ann_recall(store, exact.run_id)
     )
 
-    augmented = nb.load_embeddings(store, f"run_id = '{exact.run_id}' AND variant <> 'original'")
+    augmented = nb.load_embeddings(store, nb._augmented(exact.run_id))
     picked = np.random.default_rng(1).choice(len(augmented.vectors), args.sample, replace=False)
-    where = nb._run_filter(exact.run_id)
+    prefilter = where(**nb._run_filter(exact.run_id))
 
     def bulk():
         for start in range(0, args.sample, nb.ANN_BLOCK):
             nb._search(
                 store,
                 augmented.vectors[picked[start : start + nb.ANN_BLOCK]],
-                where,
+                prefilter,
                 11,
                 use_index=True,
             )

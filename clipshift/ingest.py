@@ -23,6 +23,7 @@ from . import ClipshiftError, __version__
 from .augment import augmentation_config, config_hash, parse_augmentations
 from .defaults import BATCH_SIZE, DEFAULT_DB, DEFAULT_MODEL, IMAGE_SIZE, KEEP_PIXELS
 from .encoder import Encoder
+from .filters import matches
 from .sources import discover
 from .stages import (
     STAGES,
@@ -228,7 +229,7 @@ def _check_options(image_size: int, batch_size: int, limit: int | None, keep_pix
 
 
 def _failed_paths(store: Store, run_id: str) -> set[str]:
-    errors = store.dataset("errors").to_table(columns=["path"], filter=f"run_id = '{run_id}'")
+    errors = store.dataset("errors").to_table(columns=["path"], filter=matches(run_id=run_id))
     return set(errors.column("path").to_pylist())
 
 

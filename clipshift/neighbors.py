@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 
 from . import ClipshiftError
 from .defaults import AMONG, DEFAULT_KS, ORIGINAL
+from .filters import matches, where
 from .knn import exact_neighbours, normalise
-from .store import Store, _quote
+from .store import Store
 
 # A flat LanceDB scan answers one query in ~0.1 s per 100k rows, and at the paper's 133k rows
 # a `neighbors` query took 0.75 s flat against 0.86 s through the index, which took ~150 s to
@@ -63,9 +65,16 @@ def _open(db: str | os.PathLike | Store, run: str | None) -> tuple[Store, dict]:
     return store, chosen
 
 
-def _run_filter(run_id: str, among: str = "originals") -> str:
-    where = f"run_id = '{_quote(run_id)}'"
-    return where + f" AND variant = '{ORIGINAL}'" if among == "originals" else where
+def _run_filter(run_id: str, among: str = "originals") -> dict[str, str]:
+    """The conditions selecting a run's candidates: for `filters.matches` or `filters.where`."""
+    if among == "originals":
+        return {"run_id": run_id, "variant": ORIGINAL}
+    return {"run_id": run_id}
+
+
+def _augmented(run_id: str) -> pc.Expression:
+    """A run's augmented rows (every variant but the original)."""
+    return matches(run_id=run_id) & (pc.field("variant") != ORIGINAL)
 
 
 @dataclass
@@ -78,9 +87,10 @@ class Embeddings:
         return normalise(self.vectors)
 
 
-def load_embeddings(store: Store, where: str) -> Embeddings:
+def load_embeddings(store: Store, rows: pc.Expression) -> Embeddings:
+    """The embeddings of the `variants` rows an expression (see `filters.matches`) selects."""
     table = store.dataset("variants").to_table(
-        columns=["image_id", "variant", "embedding"], filter=where
+        columns=["image_id", "variant", "embedding"], filter=rows
     )
     dim = table.schema.field("embedding").type.list_size
     flat = table.column("embedding").combine_chunks()
@@ -95,9 +105,8 @@ def load_embeddings(store: Store, where: str) -> Embeddings:
 def _paths(store: Store, image_ids: Sequence[str]) -> dict[str, str]:
     if not image_ids:
         return {}
-    quoted = ", ".join(f"'{_quote(i)}'" for i in set(image_ids))
     table = store.dataset("images").to_table(
-        columns=["image_id", "path"], filter=f"image_id IN ({quoted})"
+        columns=["image_id", "path"], filter=matches(image_id=sorted(set(image_ids)))
     )
     ids, paths = table.column("image_id").to_pylist(), table.column("path").to_pylist()
     return dict(zip(ids, paths, strict=True))
@@ -176,7 +185,7 @@ def _ensure_index(store: Store, notes: list[str]) -> bool:
 def _search(
     store: Store,
     vectors: np.ndarray,
-    where: str,
+    prefilter: str,
     limit: int,
     use_index: bool,
     columns: Sequence[str] = ("image_id", "variant"),
@@ -188,7 +197,7 @@ def _search(
         store.table("variants")
         .search(vectors, vector_column_name="embedding")
         .distance_type("cosine")
-        .where(where, prefilter=True)
+        .where(prefilter, prefilter=True)
         .select([*columns, "_distance"])
         .limit(limit)
     )
@@ -207,19 +216,18 @@ def ann_recall(
     store: Store, run_id: str, k: int = 10, sample: int = ANN_RECALL_SAMPLE, seed: int = 0
 ) -> tuple[float, int]:
     """Share of the exact top-k originals that the index returns, over augmented queries."""
-    where = f"run_id = '{_quote(run_id)}' AND variant <> '{ORIGINAL}'"
-    augmented = load_embeddings(store, where)
+    augmented = load_embeddings(store, _augmented(run_id))
     if not len(augmented.vectors):
         return float("nan"), 0
     picked = np.random.default_rng(seed).choice(
         len(augmented.vectors), min(sample, len(augmented.vectors)), replace=False
     )
     queries = augmented.vectors[picked]
-    originals = load_embeddings(store, _run_filter(run_id))
+    originals = load_embeddings(store, matches(**_run_filter(run_id)))
     similarities = normalise(queries) @ originals.normalised().T
     k = min(k, len(originals.vectors))
     exact = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
-    found = _search(store, queries, _run_filter(run_id), k, use_index=True)
+    found = _search(store, queries, where(**_run_filter(run_id)), k, use_index=True)
     index = _query_index(found)
     ids = np.asarray(found.column("image_id").to_pylist(), dtype=object)
     hits = [
@@ -286,10 +294,12 @@ def neighbors(
     else:
         vector, own_id, described = _image_query(store, chosen, query, variant, device)
 
-    where = _run_filter(run_id, among)
+    candidates = _run_filter(run_id, among)
     notes = [chosen["selection_note"]] if chosen["selection_note"] else []
     use_index = not exact and _ensure_index(store, notes)
-    found = _search(store, vector, where, k, use_index, ("image_id", "variant", "embedding"))
+    found = _search(
+        store, vector, where(**candidates), k, use_index, ("image_id", "variant", "embedding")
+    )
     ids = found.column("image_id").to_pylist()
     variants = found.column("variant").to_pylist()
     # exact cosine distances of the rows found, whichever search found them
@@ -304,16 +314,18 @@ def neighbors(
     ]
     own_rank = own_distance = None
     if own_id is not None:
-        own_rank, own_distance = _own_rank(store, vector, own_id, where)
+        own_rank, own_distance = _own_rank(store, vector, own_id, matches(**candidates))
     return NeighborsResult(
         run_id, described, own_id, own_rank, own_distance, rows, use_index, notes
     )
 
 
-def _own_rank(store: Store, vector: np.ndarray, own_id: str, where: str) -> tuple[int, float]:
+def _own_rank(
+    store: Store, vector: np.ndarray, own_id: str, rows: pc.Expression
+) -> tuple[int, float]:
     """The exact rank and distance of the own original among the candidates: 1 + the number of
     candidates strictly closer to the query."""
-    candidates = load_embeddings(store, where)
+    candidates = load_embeddings(store, rows)
     unit = normalise(candidates.vectors, np.float64)
     distances = 1.0 - unit @ normalise(vector[None, :], np.float64)[0]
     own = np.flatnonzero((candidates.image_ids == own_id) & (candidates.variants == ORIGINAL))
@@ -324,8 +336,6 @@ def _own_rank(store: Store, vector: np.ndarray, own_id: str, where: str) -> tupl
 def _encoder(chosen: dict, device: str):
     from .encoder import Encoder
 
-    if chosen["model"] == "synthetic":
-        raise ClipshiftError(f"run {chosen['run_id']} is synthetic: it has no model to embed with")
     return Encoder(chosen["model"], device=device, image_size=chosen["image_size"])
 
 
@@ -351,11 +361,7 @@ def _image_query(
         raise ClipshiftError(
             f"{query} is neither an image_id in run {run_id}, a stored path, nor an image file"
         )
-    stored = load_embeddings(
-        store,
-        f"run_id = '{_quote(run_id)}' AND image_id = '{image_id}' "
-        f"AND variant = '{_quote(variant)}'",
-    )
+    stored = load_embeddings(store, matches(run_id=run_id, image_id=image_id, variant=variant))
     if not len(stored.vectors):
         raise ClipshiftError(f"image {image_id[:12]} has no {variant} variant in run {run_id}")
     return stored.vectors[0], image_id, f"{image_id[:12]} ({variant})"
@@ -365,16 +371,16 @@ def _stored_image_id(store: Store, run_id: str, query: str) -> str | None:
     """An image_id (or unique prefix) or a stored path naming an image of the run."""
     lowered = query.lower()
     if 4 <= len(lowered) <= 64 and all(c in "0123456789abcdef" for c in lowered):
-        matches = sorted(i for i in store.stored_images(run_id) if i.startswith(lowered))
-        if len(matches) > 1:
+        prefixed = sorted(i for i in store.stored_images(run_id) if i.startswith(lowered))
+        if len(prefixed) > 1:
             raise ClipshiftError(
-                f"image_id prefix {query} matches {len(matches)} images: give more characters"
+                f"image_id prefix {query} matches {len(prefixed)} images: give more characters"
             )
-        if matches:
-            return matches[0]
+        if prefixed:
+            return prefixed[0]
     absolute = str(Path(query).expanduser().absolute())
     table = store.dataset("images").to_table(
-        columns=["image_id"], filter=f"path = '{_quote(absolute)}' OR path = '{_quote(query)}'"
+        columns=["image_id"], filter=matches(path=[absolute, query])
     )
     candidates = set(table.column("image_id").to_pylist())
     stored = store.stored_images(run_id, sorted(candidates)) if candidates else set()
@@ -440,14 +446,14 @@ def retrieval(
     ks = parse_ks(ks)
     store, chosen = _open(db, run)
     run_id = chosen["run_id"]
-    originals = load_embeddings(store, _run_filter(run_id))
+    originals = load_embeddings(store, matches(**_run_filter(run_id)))
     if not len(originals.vectors):
         raise ClipshiftError(f"run {run_id} has no stored images yet")
     if exact is None:
         exact = len(originals.vectors) < RETRIEVAL_INDEX_MIN_ORIGINALS
     notes = [chosen["selection_note"]] if chosen["selection_note"] else []
     use_index = not exact and _ensure_index(store, notes)
-    augmented = load_embeddings(store, f"run_id = '{_quote(run_id)}' AND variant <> '{ORIGINAL}'")
+    augmented = load_embeddings(store, _augmented(run_id))
     position = {image_id: i for i, image_id in enumerate(originals.image_ids)}
     own = np.fromiter(
         (position[i] for i in augmented.image_ids), np.int64, len(augmented.image_ids)
@@ -505,10 +511,10 @@ def _ann_neighbours(
     position = {image_id: i for i, image_id in enumerate(originals.image_ids)}
     ranks = np.zeros(len(queries), np.int64)
     knn = np.full((len(queries), depth), -1, np.int64)
-    where = _run_filter(run_id)
+    prefilter = where(**_run_filter(run_id))
     for start in range(0, len(queries), ANN_BLOCK):
         block = queries[start : start + ANN_BLOCK]
-        found = _search(store, block, where, depth + 1, use_index=True)
+        found = _search(store, block, prefilter, depth + 1, use_index=True)
         query_index = _query_index(found)
         ids = found.column("image_id").to_pylist()
         distances = found.column("_distance").to_numpy()

@@ -2,7 +2,7 @@
 
 Table and column names here are a contract: users' SQL relies on them (see docs/schema.md).
 
-Writes are serialised by an advisory file lock (`<db>/.clipshift.lock`, fcntl) held only
+Writes are serialised by an advisory file lock (`<db>/.clipshift.lock`, filelock) held only
 around each commit, so two ingests into one store interleave their batches safely; under the
 lock each batch drops the images another writer stored meanwhile, so nothing is stored twice.
 Every Lance commit is atomic: a process killed at any moment leaves whole batches or nothing.
@@ -11,7 +11,6 @@ Every Lance commit is atomic: a process killed at any moment leaves whole batche
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import importlib.util
 import os
@@ -24,8 +23,11 @@ from pathlib import Path
 import lance
 import pyarrow as pa
 import pyarrow.compute as pc
+from filelock import FileLock
 
 from . import ClipshiftError
+from .defaults import ORIGINAL
+from .filters import matches, where
 from .resources import resource_dir
 
 os.environ.setdefault("LANCE_LOG", "error")
@@ -108,6 +110,7 @@ class Store:
         self._seen_version: dict[str, int] = {}
         self._stored: dict[str, set[str]] = {}
         self._image_ids: set[str] = set()
+        self._lock: FileLock | None = None
 
     # -- opening -------------------------------------------------------------------------
 
@@ -242,25 +245,27 @@ class Store:
         """The image_ids whose variants this run has stored (all or nothing, by commit)."""
         if not self.has_table("variants"):
             return set()
-        where = f"run_id = '{_quote(run_id)}' AND variant = 'original'"
+        rows = matches(run_id=run_id, variant=ORIGINAL)
         if image_ids is not None:
             if not image_ids:
                 return set()
-            where += " AND image_id IN (" + ", ".join(f"'{_quote(i)}'" for i in image_ids) + ")"
+            rows &= matches(image_id=list(image_ids))
         ds = self.dataset("variants")
-        return set(ds.to_table(columns=["image_id"], filter=where).column("image_id").to_pylist())
+        return set(ds.to_table(columns=["image_id"], filter=rows).column("image_id").to_pylist())
 
     # -- writing -------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the store's write lock; the OS releases it if the process dies."""
-        with open(self.path / LOCK_FILE, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Hold the store's write lock; the OS releases it if the process dies.
+
+        filelock takes flock on POSIX and LockFileEx on Windows; the lock is re-entrant within
+        this Store, so a locked step may call another.
+        """
+        if self._lock is None:
+            self._lock = FileLock(self.path / LOCK_FILE)
+        with self._lock:
+            yield
 
     def ensure_run(self, run: dict) -> None:
         """Record the run (once) and create `variants` for its embedding width."""
@@ -336,8 +341,7 @@ class Store:
         if not paths or not self.has_table("errors"):
             return
         with self.lock():
-            quoted = ", ".join(f"'{_quote(p)}'" for p in paths)
-            self.table("errors").delete(f"run_id = '{_quote(run_id)}' AND path IN ({quoted})")
+            self.table("errors").delete(where(run_id=run_id, path=list(paths)))
 
     def compact(self, *, force: bool = False) -> None:
         """Merge the small fragments that many batch commits leave, and drop old versions."""
@@ -361,7 +365,3 @@ def migrate_store(path: str | os.PathLike) -> tuple[list[Migration], int]:
         )
     applied = store.migrate()
     return applied, store.schema_version()
-
-
-def _quote(value: str) -> str:
-    return value.replace("'", "''")

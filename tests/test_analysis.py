@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
-from benchmarks.synthetic import build_synthetic_store
 from cli import cli
 from clipshift import ClipshiftError
 from clipshift.analysis import (
@@ -26,6 +25,7 @@ from clipshift.analysis import (
 )
 from clipshift.formatting import format_rows
 from clipshift.store import Store
+from clipshift.synthetic import build_synthetic_store
 
 TOLERANCE = 1e-5
 METRICS = (

@@ -232,7 +232,7 @@ def test_neighbors_variant_must_be_in_the_run(ingested_store, photos):
 
 def test_index_search_agrees_with_exact(tmp_path, monkeypatch):
     """On a small synthetic store forced onto the index: it is built once, used, and close."""
-    from benchmarks.synthetic import build_synthetic_store
+    from clipshift.synthetic import build_synthetic_store
 
     db = tmp_path / "db"
     build_synthetic_store(db, n_images=400, dim=32, grid=2, layers=1)

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from matplotlib.colors import to_hex
 from PIL import Image
 
-from benchmarks.synthetic import build_synthetic_store
 from cli import cli
 from clipshift import ClipshiftError
 from clipshift.analysis import connect, resolve_run
@@ -19,6 +18,7 @@ from clipshift.report import FIGURES, report
 from clipshift.report import figures as drawn
 from clipshift.report.data import ReportData
 from clipshift.report.style import colour
+from clipshift.synthetic import build_synthetic_store
 
 PIXEL_FIGURES = {"augmentations", "attention_grid"}
 

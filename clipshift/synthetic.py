@@ -1,7 +1,10 @@
-"""A store the size of the paper's (13,312 images x 10 variants) with synthetic contents.
+"""A store the size of the paper's (13,312 images x 10 variants) with synthetic contents, for
+the benchmarks and the tests: no model and no photos needed.
 
 512-d embeddings, 7 x 7 attention over 12 layers, pixel metrics drawn per augmentation with
-a spread that mimics a real run. Written through the same Store.write_batch as an ingest.
+a spread that mimics a real run. Written through the same Store.write_batch as an ingest. Its
+run names no loadable model (SYNTHETIC_MODEL), so a query that needs to embed something (a
+text, a new image) fails with the ordinary "cannot load" error.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from clipshift.augment import AUGMENTATIONS, augmentation_config, config_hash
-from clipshift.store import Store, variants_schema
+from .augment import augmentation_config, config_hash
+from .defaults import AUGMENTATION_NAMES, IMAGE_SIZE, ORIGINAL
+from .store import Store, variants_schema
 
 PAPER_IMAGES = 13_312
+SYNTHETIC_MODEL = "synthetic"
 # how far each augmentation moves an embedding, relative to the embedding's own scale
-SHIFT = dict(zip(AUGMENTATIONS, (0.9, 0.35, 0.3, 0.4, 0.2, 0.15, 0.4, 0.25, 0.3), strict=True))
+SHIFT = dict(zip(AUGMENTATION_NAMES, (0.9, 0.35, 0.3, 0.4, 0.2, 0.15, 0.4, 0.25, 0.3), strict=True))
 
 
 def build_synthetic_store(
@@ -32,27 +37,27 @@ def build_synthetic_store(
 ) -> str:
     """Create the store at `db` and return its run_id."""
     rng = np.random.default_rng(seed)
-    names = list(AUGMENTATIONS)
+    names = list(AUGMENTATION_NAMES)
     config = augmentation_config(names)
     run_id = f"synthetic{seed:03d}"
     store = Store.open(db, create=True)
     store.ensure_run(
         {
             "run_id": run_id,
-            "model": "synthetic",
-            "model_revision": "synthetic",
+            "model": SYNTHETIC_MODEL,
+            "model_revision": SYNTHETIC_MODEL,
             "embedding_dim": dim,
             "patch_grid": grid,
             "num_layers": layers,
-            "image_size": 224,
+            "image_size": IMAGE_SIZE,
             "seed": seed,
             "augmentations": json.dumps(config),
             "augmentation_hash": config_hash(config),
-            "clipshift_version": "synthetic",
+            "clipshift_version": SYNTHETIC_MODEL,
             "created_at": datetime.now(timezone.utc),
         }
     )
-    variants = ["original", *names]
+    variants = [ORIGINAL, *names]
     cells = grid * grid
     for start in range(0, n_images, chunk):
         count = min(chunk, n_images - start)
