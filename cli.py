@@ -101,7 +101,9 @@ def cli():
     "--augmentations",
     default="all",
     show_default=True,
-    help=f"Comma list of: {', '.join(D.AUGMENTATION_NAMES)}.",
+    help="Comma list of suites (paper = the nine of the paper, all = paper, corruptions = "
+    "ImageNet-C x 5 severities), suite files (.yaml, .json) and single perturbations (noise, "
+    "fog, fog@3, ...). See `clipshift suites`.",
 )
 @click.option("--limit", type=int, default=None, help="Ingest at most N images.")
 @click.option(
@@ -208,6 +210,37 @@ def format_ingest_summary(summary) -> str:
         f"store      {summary.db}",
     ]
     return "\n".join(lines)
+
+
+@cli.command()
+@click.option(
+    "--show",
+    "show_name",
+    default=None,
+    metavar="NAME",
+    help="Print suite NAME (or a suite file) in the suite-file format.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="yaml",
+    show_default=True,
+    type=click.Choice(["yaml", "json"]),
+    help="Format of --show.",
+)
+@user_errors
+def suites(show_name, fmt):
+    """The built-in perturbation suites for --augmentations; --show NAME prints one as a
+    suite file to copy, edit and ingest with --augmentations FILE.yaml."""
+    from clipshift.formatting import format_rows
+    from clipshift.suites import show
+    from clipshift.suites import suites as builtin
+
+    if show_name is not None:
+        click.echo(show(show_name, fmt).rstrip("\n"))
+        return
+    rows = [[s.name, len(s.entries), len(s.perturbations()), s.description] for s in builtin()]
+    click.echo(format_rows(["suite", "perturbations", "variants", "description"], rows, "table"))
 
 
 @cli.command()
@@ -405,23 +438,68 @@ def report(db, run_id, model, out, figures, samples, fmt, method):
 @db_option
 @run_option
 @model_option
+@click.option(
+    "--reference",
+    default=None,
+    help="A run (id or prefix) the corruption mean is compared with, as ImageNet-C's mCE.",
+)
+@click.option(
+    "--part",
+    default="summary",
+    show_default=True,
+    type=click.Choice(["summary", "severity", "corruption_mean"]),
+    help="What csv and json carry (the table shows every part the run has).",
+)
 @format_option
 @user_errors
-def stats(db, run_id, model, fmt):
-    """Per-augmentation summary of a run, sorted by rank (1 = least shift): n, mean and std of
-    cosine and l2, the mean of every other score, overall score. csv and json add the median,
-    p5 and p95 of every metric."""
+def stats(db, run_id, model, reference, part, fmt):
+    """Per-(augmentation, severity) summary of a run, sorted by rank (1 = least shift): n, mean
+    and std of cosine and l2, the mean of every other score, overall score. csv and json add the
+    median, p5 and p95 of every metric. A run with severity levels adds its severity curves
+    (mean and 95% interval per severity) and its corruption mean (mean 1 - cosine)."""
+    from clipshift import ClipshiftError
     from clipshift.analysis import STATS_TABLE_COLUMNS
     from clipshift.analysis import stats as run_stats
     from clipshift.formatting import format_rows
 
-    result = run_stats(db, run=run_id, model=model)
+    result = run_stats(db, run=run_id, model=model, reference=reference)
     _note_run(result.run)
+    if fmt != "table":
+        chosen = result if part == "summary" else result.sections.get(part)
+        if chosen is None:
+            raise ClipshiftError(
+                f"--part {part}: run {result.run['run_id']} has no perturbations with severity "
+                "levels"
+            )
+        click.echo(format_rows(chosen.columns, chosen.rows, fmt, max_rows=None))
+        return
     columns, rows = result.columns, result.rows
-    if fmt == "table":
-        keep = [columns.index(name) for name in STATS_TABLE_COLUMNS]
-        columns, rows = list(STATS_TABLE_COLUMNS), [tuple(r[i] for i in keep) for r in rows]
-    click.echo(format_rows(columns, rows, fmt, max_rows=None))
+    names = [c for c in STATS_TABLE_COLUMNS if c != "severity" or result.sections]
+    keep = [columns.index(name) for name in names]
+    click.echo(format_rows(names, [tuple(r[i] for i in keep) for r in rows], fmt, max_rows=None))
+    curves = result.sections.get("severity")
+    if curves is not None:
+        shown = [
+            "augmentation",
+            "severity",
+            "n",
+            "cosine_mean",
+            "cosine_ci95",
+            "l2_mean",
+            "patch_similarity_mean",
+        ]
+        keep = [curves.columns.index(c) for c in shown]
+        click.echo("\nseverity curves (mean and 95% interval half-width per severity):")
+        click.echo(
+            format_rows(shown, [tuple(r[i] for i in keep) for r in curves.rows], fmt, max_rows=None)
+        )
+        means = result.sections["corruption_mean"]
+        click.echo(
+            "\ncorruption mean (shift = mean 1 - cosine over severities"
+            + (f"; relative to run {reference}" if reference else "")
+            + "):"
+        )
+        click.echo(format_rows(means.columns, means.rows, fmt, max_rows=None))
 
 
 @cli.command()

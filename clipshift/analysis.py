@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -166,6 +166,8 @@ class Rows:
     rows: list[tuple]
     run: dict | None = None
     total_rows: int | None = None
+    # further tables about the same run, by name (stats: "severity", "corruption_mean")
+    sections: dict[str, Rows] = field(default_factory=dict)
 
     def records(self) -> list[dict]:
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
@@ -180,6 +182,7 @@ def _fetch(result: duckdb.DuckDBPyConnection, run: dict | None = None) -> Rows:
 # what `clipshift stats` shows in a table; CSV and JSON carry every column of sql/summary.sql
 STATS_TABLE_COLUMNS = (
     "augmentation",
+    "severity",
     "n",
     "cosine_mean",
     "cosine_std",
@@ -194,17 +197,39 @@ STATS_TABLE_COLUMNS = (
 )
 
 
-def stats(db: str | os.PathLike | Store, run: str | None = None, model: str | None = None) -> Rows:
-    """The per-augmentation summary of one run (sql/summary.sql), sorted by rank.
+def stats(
+    db: str | os.PathLike | Store,
+    run: str | None = None,
+    model: str | None = None,
+    reference: str | None = None,
+) -> Rows:
+    """The per-(augmentation, severity) summary of one run (sql/summary.sql), sorted by rank.
 
-    Columns: augmentation, n, and the mean, std, median, p5 and p95 of every metric, then
-    overall and rank. `Rows.run` is the run shown (with its selection_note).
+    Columns: augmentation, severity (NULL without levels), n, and the mean, std, median, p5
+    and p95 of every metric, then overall and rank. `Rows.run` is the run shown (with its
+    selection_note). Where the run has severity levels, `Rows.sections` adds "severity" (the
+    severity curves, sql/severity_curves.sql) and "corruption_mean" (sql/corruption_mean.sql,
+    relative to the run `reference` where one is named: a run_id or a unique prefix).
     """
     con = connect(db)
     chosen = resolve_run(con, run, model)
+    reference_id = resolve_run(con, reference)["run_id"] if reference is not None else None
     result = _fetch(named_query(con, "summary", run_id=chosen["run_id"]), chosen)
     if not result.rows:
         _require_augmented_rows(con, chosen)
+    if any(row[result.columns.index("severity")] is not None for row in result.rows):
+        result.sections["severity"] = _fetch(
+            named_query(con, "severity_curves", run_id=chosen["run_id"]), chosen
+        )
+        result.sections["corruption_mean"] = _fetch(
+            named_query(con, "corruption_mean", run_id=chosen["run_id"], reference=reference_id),
+            chosen,
+        )
+    elif reference is not None:
+        raise ClipshiftError(
+            f"--reference: run {chosen['run_id']} has no perturbations with severity levels "
+            "to compare (ingest with --augmentations corruptions)"
+        )
     return result
 
 

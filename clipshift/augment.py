@@ -1,8 +1,9 @@
-"""The nine augmentations of the paper: registry, seeding and the parameters each one applied.
+"""Applying a run's perturbations: seeding, and the parameters each one applied.
 
-Every random draw is seeded from (run seed, image content hash, augmentation name), so the
-same image gives byte-identical augmented pixels on every run, in any order, on any machine
-with the same albumentations.
+What the perturbations are (the paper's nine, the ImageNet-C corruptions, a user's suite file)
+is clipshift.suites' business; this module applies them. Every random draw is seeded from
+(run seed, image content hash, variant label), so the same image gives byte-identical
+perturbed pixels on every run, in any order, on any machine with the same albumentations.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -19,92 +19,18 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import ClipshiftError  # noqa: E402
-from .defaults import AUGMENTATION_NAMES, ORIGINAL  # noqa: E402
+from .defaults import ORIGINAL  # noqa: E402
+from .suites import Perturbation, resolve  # noqa: E402
 
-
-def _shift_scale_rotate() -> A.BasicTransform:
-    # The paper's transform, exactly; albumentations 2.x warns that it is a special Affine.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return A.ShiftScaleRotate(shift_limit=0.0625, scale_limit=0.1, rotate_limit=15, p=1.0)
-
-
-# name -> (transform factory, the call as written in metrics.md). Order is the paper's.
-AUGMENTATIONS: dict[str, tuple[Callable[[], A.BasicTransform], str]] = {
-    "noise": (
-        lambda: A.GaussNoise(std_range=(0.44, 0.88), p=1.0),
-        "GaussNoise(std_range=(0.44, 0.88))",
-    ),
-    "blur": (
-        lambda: A.GaussianBlur(blur_limit=(3, 7), p=1.0),
-        "GaussianBlur(blur_limit=(3, 7))",
-    ),
-    "color_jitter": (
-        lambda: A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.2, p=1.0),
-        "ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.2)",
-    ),
-    "shift_scale_rotate": (
-        _shift_scale_rotate,
-        "ShiftScaleRotate(shift_limit=0.0625, scale_limit=0.1, rotate_limit=15)",
-    ),
-    "horizontal_flip": (lambda: A.HorizontalFlip(p=1.0), "HorizontalFlip()"),
-    "elastic": (
-        lambda: A.ElasticTransform(alpha=30, sigma=60, p=1.0),
-        "ElasticTransform(alpha=30, sigma=60)",
-    ),
-    "perspective": (
-        lambda: A.Perspective(scale=(0.05, 0.1), p=1.0),
-        "Perspective(scale=(0.05, 0.1))",
-    ),
-    "random_brightness_contrast": (
-        lambda: A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=1.0),
-        "RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2)",
-    ),
-    "coarse_dropout": (
-        lambda: A.CoarseDropout(
-            num_holes_range=(6, 8),
-            hole_height_range=(16, 16),
-            hole_width_range=(16, 16),
-            fill="random",
-            p=1.0,
-        ),
-        "CoarseDropout(num_holes_range=(6, 8), hole_height_range=(16, 16), "
-        'hole_width_range=(16, 16), fill="random")',
-    ),
-}
-
-assert tuple(AUGMENTATIONS) == AUGMENTATION_NAMES, "defaults.AUGMENTATION_NAMES is the list"
-__all__ = ["AUGMENTATIONS", "ORIGINAL", "Augmenter", "parse_augmentations"]
+__all__ = ["ORIGINAL", "Augmented", "Augmenter", "augmentation_config", "config_hash"]
 # Arrays in the applied parameters larger than this are stored as a summary, not in full
 # (GaussNoise's noise map, ElasticTransform's displacement fields).
 _MAX_STORED_ARRAY = 16
 
 
-def parse_augmentations(spec: str | Sequence[str] | None) -> list[str]:
-    """Names from a comma list (or a sequence); None or "all" means all nine, in paper order."""
-    if spec is None:
-        return list(AUGMENTATIONS)
-    names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
-    names = [n for n in names if n]
-    if names == ["all"]:
-        return list(AUGMENTATIONS)
-    unknown = [n for n in names if n not in AUGMENTATIONS]
-    if unknown:
-        raise ClipshiftError(
-            f"unknown augmentation {', '.join(unknown)}: choose from {', '.join(AUGMENTATIONS)}"
-        )
-    if not names:
-        raise ClipshiftError("--augmentations is empty: name at least one, or leave it out")
-    return list(dict.fromkeys(names))
-
-
-def augmentation_config(names: Sequence[str]) -> list[dict]:
-    """What a run records: each augmentation's name and its albumentations call."""
-    return [
-        {"name": name, "transform": AUGMENTATIONS[name][1], "albumentations": A.__version__}
-        for name in names
-    ]
+def augmentation_config(perturbations: Sequence[Perturbation]) -> list[dict]:
+    """What a run records: each perturbation's stored definition (see clipshift.suites)."""
+    return [p.definition for p in perturbations]
 
 
 def config_hash(config: list[dict]) -> str:
@@ -118,33 +44,55 @@ def augmentation_seed(seed: int, image_id: str, name: str) -> int:
 
 @dataclass
 class Augmented:
-    name: str
+    name: str  # the variant label: the perturbation's name, or NAME@SEVERITY
     pixels: np.ndarray  # S x S x 3 uint8
     params: dict
+    severity: int | None = None
 
 
 class Augmenter:
-    """Applies a fixed list of augmentations to an original, each with its own seed."""
+    """Applies a fixed list of perturbations to an original, each with its own seed.
 
-    def __init__(self, names: Sequence[str], seed: int):
-        self.names = list(names)
+    Built from plain settings, so a worker process can build its own: `perturbations` is a
+    suite spec (as `--augmentations` takes it), a run's stored definitions (dicts), or
+    Perturbations. It pickles as its definitions and seed.
+    """
+
+    def __init__(
+        self, perturbations: str | Sequence[str] | Sequence[Perturbation | dict] | None, seed: int
+    ):
+        if perturbations is None or isinstance(perturbations, str):
+            chosen = resolve(perturbations)
+        elif all(isinstance(p, str) for p in perturbations):
+            chosen = resolve(list(perturbations))
+        else:
+            chosen = [
+                p if isinstance(p, Perturbation) else Perturbation.from_definition(p)
+                for p in perturbations
+            ]
+        self.perturbations = chosen
+        self.names = [p.label for p in chosen]
         self.seed = seed
-        self._pipelines = {
-            name: A.Compose([AUGMENTATIONS[name][0]()], save_applied_params=True)
-            for name in self.names
-        }
+        self._pipelines = [
+            (p, A.Compose([p.transform()], save_applied_params=True)) for p in chosen
+        ]
+
+    def __reduce__(self):
+        return (Augmenter, ([p.definition for p in self.perturbations], self.seed))
 
     def __call__(self, original: np.ndarray, image_id: str) -> list[Augmented]:
         out = []
-        for name, pipeline in self._pipelines.items():
-            pipeline.set_random_seed(augmentation_seed(self.seed, image_id, name))
+        for perturbation, pipeline in self._pipelines:
+            label = perturbation.label
+            pipeline.set_random_seed(augmentation_seed(self.seed, image_id, label))
             result = pipeline(image=original)
-            applied = result.get("applied_transforms") or [(name, {})]
+            applied = result.get("applied_transforms") or [(label, {})]
             out.append(
                 Augmented(
-                    name,
+                    label,
                     np.ascontiguousarray(result["image"], dtype=np.uint8),
                     _jsonable(applied[0][1]),
+                    perturbation.severity,
                 )
             )
         return out

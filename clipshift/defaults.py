@@ -30,6 +30,25 @@ AUGMENTATION_NAMES = (
     "random_brightness_contrast",
     "coarse_dropout",
 )
+# the ImageNet-C corruptions of the `corruptions` suite, in its order (clipshift/suites/
+# corruptions.py defines each, at severities 1-5)
+CORRUPTION_NAMES = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
 # file suffixes a folder is searched for, lower case
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from . import ClipshiftError, __version__
-from .augment import augmentation_config, config_hash, parse_augmentations
+from .augment import augmentation_config, config_hash
 from .defaults import BATCH_SIZE, DEFAULT_DB, DEFAULT_MODEL, IMAGE_SIZE, KEEP_PIXELS
 from .encoder import Encoder
 from .filters import matches
@@ -38,6 +38,7 @@ from .stages import (
     variant_rows,
 )
 from .store import Store
+from .suites import resolve, spec_items
 
 T = TypeVar("T")
 
@@ -102,7 +103,8 @@ def ingest(
     the paths are known, `on_progress(images_done, summary)` after each batch.
     """
     started = time.perf_counter()
-    names = parse_augmentations(augmentations)
+    perturbations = resolve(augmentations)
+    names = [p.label for p in perturbations]
     _check_options(image_size, batch_size, limit, keep_pixels)
     files = list(discover(paths))
     if limit is not None:
@@ -111,7 +113,7 @@ def ingest(
     Store.check_location(db)
     encoder = Encoder(model, device=device, image_size=image_size)
     store = Store.open(db, create=True)
-    config = augmentation_config(names)
+    config = augmentation_config(perturbations)
     aug_hash = config_hash(config)
     run_id = run_identity(model, encoder.revision, image_size, seed, aug_hash)
     model_id = str(encoder.local_dir or model)  # a local folder as its absolute path
@@ -147,7 +149,9 @@ def ingest(
 
     already = store.stored_images(run_id)
     failed_before = _failed_paths(store, run_id)
-    settings = PrepareSettings(image_size, tuple(names), seed)
+    # the spec, not the labels: a worker resolves it to the same perturbations (a user suite
+    # file included, by its absolute path)
+    settings = PrepareSettings(image_size, spec_items(augmentations), seed)
     batch: list[Prepared] = []
     failures: list[Failure] = []
     seen: set[str] = set()

@@ -391,13 +391,16 @@ def _embed_new(chosen: dict, source, variant: str, device: str) -> np.ndarray:
     """Embed a file that is not in the store the way an ingest of this run would have."""
     from .augment import Augmenter
     from .sources import DecodeError, decode
+    from .suites import perturbations_of_run
 
     try:
         pixels = decode(source.data, chosen["image_size"]).pixels
     except DecodeError as exc:
         raise ClipshiftError(f"cannot decode {source.path}: {exc}") from None
     if variant != ORIGINAL:
-        pixels = Augmenter([variant], chosen["seed"])(pixels, source.image_id)[0].pixels
+        # the run's own stored definition: a user suite file need not exist any more
+        definition = [p.definition for p in perturbations_of_run(chosen) if p.label == variant]
+        pixels = Augmenter(definition, chosen["seed"])(pixels, source.image_id)[0].pixels
     return _encoder(chosen, device).encode(pixels[None]).embeddings[0]
 
 

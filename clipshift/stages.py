@@ -36,7 +36,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from .augment import AUGMENTATIONS, ORIGINAL, Augmenter
+from .augment import ORIGINAL, Augmenter
+from .defaults import AUGMENTATION_NAMES
 from .pixels import IDENTICAL, PixelReference
 from .sources import DecodeError, Source, decode, read_source
 
@@ -56,7 +57,8 @@ class PrepareSettings:
     """Everything the CPU stages need besides the path: the same settings, the same bytes."""
 
     image_size: int = 224
-    augmentations: tuple[str, ...] = tuple(AUGMENTATIONS)
+    # what --augmentations names (suites, suite files, perturbations; clipshift.suites.resolve)
+    augmentations: tuple[str, ...] = AUGMENTATION_NAMES
     seed: int = 0
 
 
@@ -70,12 +72,14 @@ class Prepared:
     height: int
     format: str
     mode: str
-    names: list[str]  # "original" first, then the augmentations in settings order
+    names: list[str]  # "original" first, then the variant labels in settings order
     pixels: np.ndarray  # (1 + augmentations, S, S, 3) uint8, original first
     params: list[dict]
     metrics: list[dict]
     pngs: list[bytes | None]  # lossless PNG of each variant, or None where pixels are not kept
     timings: dict[str, float] = field(default_factory=dict)
+    # each name's severity level (None: the original, a perturbation without levels)
+    severities: list[int | None] = field(default_factory=list)
 
 
 @dataclass
@@ -172,6 +176,7 @@ def prepare_source(
         format=decoded.format,
         mode=decoded.mode,
         names=[ORIGINAL] + [a.name for a in augmented],
+        severities=[None] + [a.severity for a in augmented],
         pixels=pixels,
         params=[{}] + [a.params for a in augmented],
         metrics=metrics,
@@ -244,6 +249,9 @@ def variant_rows(run_id: str, batch: Sequence[Prepared], encoded: Encoded, dim: 
             "detail_preservation": pa.array(column("detail_preservation"), pa.float64()),
             "params": [json.dumps(p.params[i], sort_keys=True) for p, i in rows],
             "pixels": pa.array([p.pngs[i] for p, i in rows], pa.binary()),
+            "severity": pa.array(
+                [p.severities[i] if p.severities else None for p, i in rows], pa.int32()
+            ),
         },
         schema=variants_schema(dim),
     )

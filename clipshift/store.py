@@ -63,6 +63,8 @@ def variants_schema(embedding_dim: int) -> pa.Schema:
             pa.field("detail_preservation", pa.float64()),
             pa.field("params", pa.string()),
             pa.field("pixels", pa.binary()),
+            # NULL where the perturbation has no severity levels (migration 0004)
+            pa.field("severity", pa.int32()),
         ]
     )
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 from .augment import augmentation_config, config_hash
 from .defaults import AUGMENTATION_NAMES, IMAGE_SIZE, ORIGINAL
 from .store import Store, variants_schema
+from .suites import resolve
 
 PAPER_IMAGES = 13_312
 SYNTHETIC_MODEL = "synthetic"
@@ -38,7 +39,7 @@ def build_synthetic_store(
     """Create the store at `db` and return its run_id."""
     rng = np.random.default_rng(seed)
     names = list(AUGMENTATION_NAMES)
-    config = augmentation_config(names)
+    config = augmentation_config(resolve(names))
     run_id = f"synthetic{seed:03d}"
     store = Store.open(db, create=True)
     store.ensure_run(
@@ -107,6 +108,7 @@ def build_synthetic_store(
                 **{k: pa.array(v) for k, v in metric.items()},
                 "params": ["{}"] * rows,
                 "pixels": pa.nulls(rows, pa.binary()),
+                "severity": pa.nulls(rows, pa.int32()),
             },
             schema=variants_schema(dim),
         )

@@ -8,8 +8,8 @@ WITH picked AS (
     WHERE v.run_id = $run_id AND v.variant = 'original'
     QUALIFY pick <= $samples
 )
-SELECT p.pick, s.image_id, i.path, s.augmentation, s.cosine
+SELECT p.pick, s.image_id, i.path, s.augmentation, s.severity, s.cosine
 FROM picked AS p
 JOIN shifts AS s ON s.image_id = p.image_id AND s.run_id = $run_id
 LEFT JOIN images AS i ON i.image_id = p.image_id
-ORDER BY p.pick, s.augmentation;
+ORDER BY p.pick, s.augmentation, s.severity;

@@ -14,6 +14,6 @@ SELECT p.pick, v.image_id, i.path, v.variant, v.pixels, v.attention,
 FROM picked AS p
 JOIN variants AS v ON v.image_id = p.image_id AND v.run_id = $run_id
 LEFT JOIN shifts AS s
-  ON s.run_id = v.run_id AND s.image_id = v.image_id AND s.augmentation = v.variant
+  ON s.run_id = v.run_id AND s.image_id = v.image_id AND s.variant = v.variant
 LEFT JOIN images AS i ON i.image_id = p.image_id
 ORDER BY p.pick, v.variant <> 'original', v.variant;

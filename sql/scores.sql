@@ -2,6 +2,7 @@
 -- patch, edge, detail), and what is its overall score (their plain mean) and rank?
 SELECT
     augmentation,
+    severity,
     cosine_mean AS cosine,
     attention_similarity_mean AS attention_similarity,
     patch_similarity_mean AS patch_similarity,
@@ -11,4 +12,4 @@ SELECT
     rank
 FROM summary
 WHERE run_id = $run_id
-ORDER BY rank, augmentation;
+ORDER BY rank, augmentation, severity;

@@ -147,6 +147,8 @@ def test_shifts_matches_numpy_in_every_column(ingested_store):
         "model",
         "image_id",
         "augmentation",
+        "severity",
+        "variant",
         "cosine",
         "l2",
         "attention_similarity",
@@ -173,7 +175,8 @@ def test_stats_matches_numpy_in_every_field(ingested_store):
     assert {r["augmentation"] for r in records} == set(expected)
     for record in records:
         want = expected[record["augmentation"]]
-        assert set(record) == {"augmentation", *want}
+        assert set(record) == {"augmentation", "severity", *want}
+        assert record["severity"] is None  # the paper's augmentations have no levels
         for field, value in want.items():
             assert_close(record[field], value, f"{record['augmentation']} {field}")
 

@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import cli
-from clipshift.augment import AUGMENTATIONS, Augmenter
+from clipshift.augment import Augmenter
 from clipshift.ingest import ingest
 from clipshift.store import Store
+from clipshift.suites.paper import PAPER as AUGMENTATIONS
 
 VARIANTS = 1 + len(AUGMENTATIONS)
 

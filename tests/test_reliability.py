@@ -15,8 +15,8 @@ import pyarrow as pa
 from click.testing import CliRunner
 
 from cli import cli
-from clipshift.augment import AUGMENTATIONS
 from clipshift.store import MIGRATIONS_TABLE, Store, latest_schema_version
+from clipshift.suites.paper import PAPER as AUGMENTATIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = 1 + len(AUGMENTATIONS)

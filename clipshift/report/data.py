@@ -31,13 +31,42 @@ class ReportData:
     def run_id(self) -> str:
         return self.run["run_id"]
 
-    def query(self, name: str, **params) -> dict[str, np.ndarray]:
-        """`sql/NAME.sql` for this run as columns of numpy arrays (NULL floats become NaN)."""
-        key = (name, tuple(sorted(params.items())))
+    def query(self, name: str, *, by_variant: bool = True, **params) -> dict[str, np.ndarray]:
+        """`sql/NAME.sql` for this run as columns of numpy arrays (NULL floats become NaN).
+
+        With `by_variant` (what the paper's figures draw: one entry per stored variant), a
+        levelled perturbation's `augmentation` becomes its variant label NAME@SEVERITY; the
+        severity figures ask for the plain columns.
+        """
+        key = (name, by_variant, tuple(sorted(params.items())))
         if key not in self._cache:
             result = named_query(self.con, name, run_id=self.run_id, **params).fetchnumpy()
-            self._cache[key] = {column: _unmask(values) for column, values in result.items()}
+            columns = {column: _unmask(values) for column, values in result.items()}
+            if by_variant and "severity" in columns and "augmentation" in columns:
+                columns["augmentation"] = np.array(
+                    [
+                        str(a) if s is None or s != s else f"{a}@{int(s)}"
+                        for a, s in zip(columns["augmentation"], columns["severity"], strict=True)
+                    ],
+                    dtype=object,
+                )
+            self._cache[key] = columns
         return self._cache[key]
+
+    def corruption_mean(self) -> dict[str, np.ndarray] | None:
+        """sql/corruption_mean.sql (no reference run); None when the run has no levels."""
+        means = self.query("corruption_mean", by_variant=False, reference=None)
+        return means if len(means["augmentation"]) else None
+
+    def severity_curves(self) -> dict[str, np.ndarray]:
+        """sql/severity_curves.sql; FigureUnavailable when the run has no severity levels."""
+        curves = self.query("severity_curves", by_variant=False)
+        if not len(curves["severity"]):
+            raise FigureUnavailable(
+                "this run has no perturbations with severity levels: ingest with "
+                "--augmentations corruptions (or a suite file with severities)"
+            )
+        return curves
 
     def summary(self) -> dict[str, np.ndarray]:
         return self.query("summary")

@@ -482,6 +482,68 @@ def layer_drift(data: ReportData) -> Figure:
     return fig
 
 
+# -- severities ---------------------------------------------------------------------------
+
+
+def severity(data: ReportData) -> Figure:
+    """Mean cosine and patch similarity against severity, one curve per levelled perturbation,
+    with its 95% confidence band (severity_curves.sql)."""
+    curves = data.severity_curves()
+    names = paper_order(set(str(a) for a in curves["augmentation"]))
+    fig = Figure(figsize=(11, 4.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ("cosine", "patch_similarity"), strict=True):
+        for name in names:
+            mine = curves["augmentation"] == name
+            order = np.argsort(curves["severity"][mine])
+            levels = curves["severity"][mine][order].astype(float)
+            mean = curves[f"{metric}_mean"][mine][order].astype(float)
+            band = np.nan_to_num(curves[f"{metric}_ci95"][mine][order].astype(float))
+            ax.plot(levels, mean, color=colour(name), marker="o", ms=3, lw=1.4, label=label(name))
+            ax.fill_between(levels, mean - band, mean + band, color=colour(name), alpha=0.15, lw=0)
+        ax.set_xlabel("severity")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"mean {label(metric)} to the original")
+        ax.set_title(label(metric).capitalize())
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", frameon=False, fontsize=8)
+    fig.suptitle("Shift against severity (bands: 95% confidence interval of the mean)")
+    return fig
+
+
+def severity_heatmap(data: ReportData) -> Figure:
+    """Mean 1 - cosine per (perturbation, severity), perturbations in suite order."""
+    curves = data.severity_curves()
+    names = paper_order(set(str(a) for a in curves["augmentation"]))
+    levels = sorted({int(s) for s in curves["severity"]})
+    matrix = np.full((len(names), len(levels)), np.nan)
+    for name, level, cosine in zip(
+        curves["augmentation"], curves["severity"], curves["cosine_mean"], strict=True
+    ):
+        matrix[names.index(str(name)), levels.index(int(level))] = 1 - float(cosine)
+    fig = Figure(figsize=(2.2 + 0.9 * len(levels), 0.4 * len(names) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap=SEQUENTIAL_CMAP, aspect="auto")
+    ax.set_xticks(range(len(levels)), [str(level) for level in levels])
+    ax.set_yticks(range(len(names)), [label(n) for n in names])
+    ax.set_xlabel("severity")
+    high = np.nanmax(matrix)
+    for i, j in np.argwhere(~np.isnan(matrix)):
+        value = matrix[i, j]
+        ax.text(
+            j,
+            i,
+            f"{value:.3g}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if value < 0.6 * high else "black",
+        )
+    fig.colorbar(image, ax=ax, shrink=0.6, label="mean 1 - cosine to the original")
+    ax.set_title("Embedding shift per corruption and severity")
+    return fig
+
+
 # -- the registry -------------------------------------------------------------------------
 
 
@@ -549,6 +611,15 @@ FIGURES: dict[str, FigureSpec] = {
         layer_drift,
         "Beyond the paper: mean attention similarity to the original at every transformer "
         "layer, per augmentation.",
+    ),
+    "severity": FigureSpec(
+        severity,
+        "Beyond the paper: mean cosine and patch similarity to the original against severity, "
+        "per perturbation with severity levels; bands are 95% confidence intervals of the mean.",
+    ),
+    "severity_heatmap": FigureSpec(
+        severity_heatmap,
+        "Beyond the paper: mean 1 - cosine to the original per corruption and severity.",
     ),
 }
 

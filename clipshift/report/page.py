@@ -38,6 +38,7 @@ def render_page(
     figures: list,
     stats: dict | None,
     widths: dict[str, int] | None = None,
+    corruption_mean: dict | None = None,
 ) -> str:
     """The whole page. `figures`: (name, file name or None, caption, note) in display order;
     `widths`: a figure's display width in CSS pixels, where known."""
@@ -82,6 +83,15 @@ def render_page(
             "<code>clipshift</code>'s <code>summary</code> query.</p>",
             _stats_table(stats),
         ]
+    if corruption_mean is not None:
+        parts += [
+            '<h2 id="corruption-mean">Corruption mean</h2>',
+            "<p>Per perturbation with severity levels: the mean over its severities of the mean "
+            "1 - cosine to the original; the last row is the mean over corruptions and "
+            "severities (<code>corruption_mean</code> query; <code>clipshift stats --reference "
+            "RUN</code> adds the ratio to another run).</p>",
+            _corruption_table(corruption_mean),
+        ]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -113,6 +123,17 @@ def _stats_table(stats: dict) -> str:
             cells.append("n/a" if not np.isfinite(mean) else f"{mean:.3f} ± {std:.3f}")
         cells += [f"{stats['overall'][i]:.3f}", f"{int(stats['rank'][i])}"]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _corruption_table(means: dict) -> str:
+    rows = ["<table>", "<tr><th>augmentation</th><th>severities</th><th>shift</th></tr>"]
+    for i, name in enumerate(means["augmentation"]):
+        rows.append(
+            f"<tr><td>{escape(str(name))}</td><td>{int(means['severities'][i])}</td>"
+            f"<td>{float(means['shift'][i]):.4f}</td></tr>"
+        )
     rows.append("</table>")
     return "\n".join(rows)
 

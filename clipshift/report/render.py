@@ -94,6 +94,7 @@ def report(
                 for r in results
             ],
             data.summary(),
+            corruption_mean=data.corruption_mean(),
             widths={r.name: _display_width(r.path) for r in results if r.path},
         )
     finally:

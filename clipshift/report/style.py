@@ -8,12 +8,16 @@ import matplotlib
 from matplotlib.colors import to_hex
 
 from ..analysis import SCORES
-from ..defaults import AUGMENTATION_NAMES, ORIGINAL
+from ..defaults import AUGMENTATION_NAMES, CORRUPTION_NAMES, ORIGINAL
 
 # tab10 without its grey (index 7): nine distinct hues for the nine augmentations, so that
 # grey stays free for the original.
 _TAB10 = [to_hex(c) for i, c in enumerate(matplotlib.colormaps["tab10"].colors) if i != 7]
 AUGMENTATION_COLOURS: dict[str, str] = dict(zip(AUGMENTATION_NAMES, _TAB10, strict=True))
+# the 15 corruptions on tab20, in suite order
+AUGMENTATION_COLOURS.update(
+    zip(CORRUPTION_NAMES, (to_hex(c) for c in matplotlib.colormaps["tab20"].colors), strict=False)
+)
 ORIGINAL_COLOUR = "#4d4d4d"
 # an augmentation unknown to this clipshift (a newer store): still drawn, in black
 UNKNOWN_COLOUR = "#000000"
@@ -54,16 +58,23 @@ DPI = 150
 
 
 def colour(variant: str) -> str:
-    """The colour of an augmentation (or of the original) in every figure."""
+    """The colour of an augmentation (or of the original) in every figure; every severity
+    NAME@K of a perturbation has its colour."""
     if variant == ORIGINAL:
         return ORIGINAL_COLOUR
-    return AUGMENTATION_COLOURS.get(variant, UNKNOWN_COLOUR)
+    return AUGMENTATION_COLOURS.get(variant.split("@")[0], UNKNOWN_COLOUR)
 
 
 def paper_order(names) -> list[str]:
-    """Augmentation names in the paper's order (the registry's); unknown names last, sorted."""
-    order = {name: i for i, name in enumerate((ORIGINAL, *AUGMENTATION_NAMES))}
-    return sorted(names, key=lambda name: (order.get(name, len(order)), name))
+    """Augmentation names (or NAME@SEVERITY labels) in the built-in suites' order, the paper's
+    first, severities ascending; unknown names last, sorted."""
+    order = {name: i for i, name in enumerate((ORIGINAL, *AUGMENTATION_COLOURS))}
+
+    def key(name: str):
+        base, _, level = name.partition("@")
+        return (order.get(base, len(order)), base, int(level) if level.isdigit() else 0, name)
+
+    return sorted(names, key=key)
 
 
 def label(name: str, width: int | None = None) -> str:

@@ -1,5 +1,7 @@
 -- shifts: how far each augmented copy moved from its image's original in the same run.
--- One row per (run, image, augmentation). Definitions: docs/metrics.md.
+-- One row per (run, image, variant): `augmentation` is the perturbation, `severity` its level
+-- (NULL where it has none), `variant` the stored label (NAME or NAME@SEVERITY).
+-- Definitions: docs/metrics.md.
 --
 -- Speed and precision, measured on the paper-size store (benchmarks/analysis.py):
 -- - embeddings are cast to DOUBLE before the distance functions: on FLOAT arrays DuckDB
@@ -14,7 +16,9 @@ SELECT
     a.run_id,
     r.model,
     a.image_id,
-    a.variant AS augmentation,
+    perturbation_name(a.variant, a.severity) AS augmentation,
+    a.severity,
+    a.variant,
     list_cosine_similarity(o.embedding, a.embedding) AS cosine,
     list_distance(o.embedding, a.embedding) AS l2,
     -- 1 / (1 + mean squared difference of the normalised maps)
@@ -24,7 +28,7 @@ SELECT
     a.edge_preservation,
     a.detail_preservation
 FROM (
-    SELECT run_id, image_id, variant, embedding::DOUBLE[] AS embedding,
+    SELECT run_id, image_id, variant, severity, embedding::DOUBLE[] AS embedding,
            minmax_normalised(attention, lo, span) AS attention,
            patch_similarity, edge_preservation, detail_preservation
     FROM (SELECT *, list_min(attention)::DOUBLE AS lo,

@@ -1,4 +1,4 @@
--- summary: per run and augmentation, n and the mean, population std, median, p5 and p95 of
+-- summary: per run, augmentation and severity (NULL where it has no levels), n and the mean, population std, median, p5 and p95 of
 -- every metric; overall = plain mean of the five mean scores; rank 1 = highest overall.
 CREATE OR REPLACE VIEW summary AS
 WITH aggregated AS (
@@ -6,6 +6,7 @@ WITH aggregated AS (
         run_id,
         any_value(model) AS model,
         augmentation,
+        severity,
         count(*) AS n,
         avg(cosine) AS cosine_mean,
         stddev_pop(cosine) AS cosine_std,
@@ -39,7 +40,7 @@ WITH aggregated AS (
         quantile_cont(detail_preservation, 0.05) AS detail_preservation_p5,
         quantile_cont(detail_preservation, 0.95) AS detail_preservation_p95
     FROM shifts
-    GROUP BY run_id, augmentation
+    GROUP BY run_id, augmentation, severity
 ),
 scored AS (
     SELECT *,

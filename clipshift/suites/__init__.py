@@ -1,0 +1,438 @@
+"""Perturbation suites: what `--augmentations` chooses, behind one interface.
+
+A **suite** is a named list of entries; an entry is one perturbation, optionally at graded
+severities. Expanded, a suite is a list of `Perturbation`s, one per stored variant:
+
+- `name`        the perturbation (the `augmentation` column of shifts and summary)
+- `severity`    1..N where the entry has severity levels, else None (the `severity` column)
+- `label`       the stored `variant`: `name`, or `name@severity`
+- `definition`  the JSON entry recorded in `runs.augmentations` and hashed into the run_id;
+                enough to rebuild the transform (`Perturbation.from_definition`)
+- `prompt`      a text describing the perturbed photo, against the neutral base `BASE_PROMPT`
+                ("a photo"): "a blurry photo", "a foggy photo", ...
+- `transform()` a fresh albumentations transform
+
+Built in: `paper` (the default; the paper's nine, whose definitions are exactly what runs stored
+before suites existed, so old run_ids stand) and `corruptions` (the 15 ImageNet-C corruptions
+x 5 severities, clipshift/suites/corruptions.py). A user suite is a YAML or JSON file:
+
+    suite: my-suite                    # optional
+    perturbations:
+      - name: fog                      # letters, digits, _ . - (no @)
+        prompt: a foggy photo          # optional; default "a perturbed photo"
+        transform: {...}               # what A.to_dict(transform) writes (or its "transform")
+        severities:                    # optional: one mapping of parameter overrides per level
+          - {strength: 1.5}
+          - {strength: 3.0}
+
+`clipshift suites --show NAME` prints a built-in suite in that format.
+
+Prompt API (zero-shot text directions read it): `prompt_for(source, name)` where `source` is
+a run row (a dict with `augmentations`, as `resolve_run` returns), a suite spec
+("paper,corruptions", a file path) or a list of Perturbations, and `name` a perturbation name
+or variant label; `BASE_PROMPT` is the neutral prompt they are compared with.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+from albumentations.core.serialization import SERIALIZABLE_REGISTRY  # noqa: E402
+
+from .. import ClipshiftError  # noqa: E402
+from . import corruptions  # noqa: E402  (registers the clipshift.* transforms)
+from .paper import PAPER  # noqa: E402
+
+BASE_PROMPT = "a photo"
+DEFAULT_PROMPT = "a perturbed photo"
+DEFAULT_SUITE = "paper"
+SUITE_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """One stored variant: a transform, at one severity where the entry has levels."""
+
+    name: str
+    severity: int | None
+    definition: dict = field(compare=False)
+    prompt: str = DEFAULT_PROMPT
+
+    @property
+    def label(self) -> str:
+        return self.name if self.severity is None else f"{self.name}@{self.severity}"
+
+    def transform(self) -> A.BasicTransform:
+        return build_transform(self.definition)
+
+    @classmethod
+    def from_definition(cls, definition: dict) -> Perturbation:
+        """Rebuild from a stored definition (an element of runs.augmentations)."""
+        name = definition["name"]
+        prompt = definition.get("prompt") or _builtin_prompt(name)
+        return cls(name, definition.get("severity"), definition, prompt)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A suite entry: a transform, with optional severity levels (parameter overrides)."""
+
+    name: str
+    prompt: str
+    transform: dict  # A.to_dict(...)["transform"]
+    severities: tuple[dict, ...] | None = None
+    stored: dict | None = None  # the paper's legacy stored definition (run identity)
+
+    def perturbations(self) -> list[Perturbation]:
+        if self.severities is None:
+            definition = self.stored or {
+                "name": self.name,
+                "prompt": self.prompt,
+                "transform": self.transform,
+                "albumentations": A.__version__,
+            }
+            return [Perturbation(self.name, None, definition, self.prompt)]
+        return [
+            Perturbation(
+                self.name,
+                level,
+                {
+                    "name": self.name,
+                    "severity": level,
+                    "prompt": self.prompt,
+                    "transform": {**self.transform, **overrides},
+                    "albumentations": A.__version__,
+                },
+                self.prompt,
+            )
+            for level, overrides in enumerate(self.severities, start=1)
+        ]
+
+    def document(self) -> dict:
+        """The entry as a suite file writes it."""
+        out = {"name": self.name, "prompt": self.prompt, "transform": self.transform}
+        if self.severities is not None:
+            out["severities"] = [dict(s) for s in self.severities]
+        return out
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    entries: tuple[Entry, ...]
+
+    def perturbations(self) -> list[Perturbation]:
+        return [p for entry in self.entries for p in entry.perturbations()]
+
+    def document(self) -> dict:
+        """The suite in the user-file format (what `clipshift suites --show` prints)."""
+        return {
+            "suite": self.name,
+            "description": self.description,
+            "albumentations": A.__version__,
+            "perturbations": [entry.document() for entry in self.entries],
+        }
+
+
+def _to_dict(transform: A.BasicTransform) -> dict:
+    return json.loads(json.dumps(A.to_dict(transform)["transform"]))
+
+
+def _paper_suite() -> Suite:
+    entries = []
+    for name, (factory, call, prompt) in PAPER.items():
+        stored = {"name": name, "transform": call, "albumentations": A.__version__}
+        entries.append(Entry(name, prompt, _to_dict(factory()), None, stored))
+    return Suite(
+        "paper", "the nine augmentations of the paper, one strength each (default)", tuple(entries)
+    )
+
+
+def _corruptions_suite() -> Suite:
+    entries = []
+    for name, (prompt, cls, levels) in corruptions.TABLES.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            base = _to_dict(cls(**levels[0], p=1.0))
+        entries.append(Entry(name, prompt, base, tuple(levels)))
+    return Suite(
+        "corruptions",
+        "the 15 ImageNet-C corruptions (Hendrycks & Dietterich 2019) at severities 1-5",
+        tuple(entries),
+    )
+
+
+_BUILTIN: dict[str, Suite] = {}
+
+
+def builtin_suites() -> dict[str, Suite]:
+    """name -> Suite, built once per process."""
+    if not _BUILTIN:
+        _BUILTIN["paper"] = _paper_suite()
+        _BUILTIN["corruptions"] = _corruptions_suite()
+    return _BUILTIN
+
+
+def builtin_suite(name: str) -> Suite:
+    suites = builtin_suites()
+    if name not in suites:
+        raise ClipshiftError(f"no built-in suite {name!r}: one of {', '.join(suites)}")
+    return suites[name]
+
+
+def _builtin_prompt(name: str) -> str:
+    for suite in builtin_suites().values():
+        for entry in suite.entries:
+            if entry.name == name:
+                return entry.prompt
+    return DEFAULT_PROMPT
+
+
+def build_transform(definition: dict) -> A.BasicTransform:
+    """The albumentations transform of a stored definition."""
+    transform = definition["transform"]
+    if isinstance(transform, str):  # the paper's legacy form: the call as text
+        return PAPER[definition["name"]][0]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return A.from_dict({"transform": transform})
+
+
+# -- choosing: --augmentations -----------------------------------------------------------------
+
+
+def resolve(spec: str | Sequence[str] | None) -> list[Perturbation]:
+    """The perturbations of `--augmentations`: a comma list (or a sequence) of built-in suite
+    names (`paper`, `corruptions`; `all` means paper), suite files (.yaml/.yml/.json),
+    perturbation names of a built-in suite (`fog`: all its severities) or variant labels
+    (`fog@3`). None means the paper suite. A label named twice is kept once."""
+    if spec is None:
+        return builtin_suite(DEFAULT_SUITE).perturbations()
+    items = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
+    items = [n for n in items if n]
+    if not items:
+        raise ClipshiftError("--augmentations is empty: name at least one, or leave it out")
+    chosen: dict[str, Perturbation] = {}
+    for item in items:
+        for perturbation in _resolve_item(item):
+            earlier = chosen.get(perturbation.label)
+            if earlier is not None and earlier.definition != perturbation.definition:
+                raise ClipshiftError(
+                    f"--augmentations: {perturbation.label} is defined twice, differently "
+                    f"(in {item!r} and before it): rename one"
+                )
+            chosen.setdefault(perturbation.label, perturbation)
+    return list(chosen.values())
+
+
+def spec_items(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """`spec` as plain, hashable settings that `resolve` turns into the same perturbations in
+    any process: its comma items, suite files as absolute paths; None is the default suite."""
+    if spec is None:
+        return (DEFAULT_SUITE,)
+    items = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
+    return tuple(
+        str(Path(n).resolve()) if n.lower().endswith(SUITE_FILE_SUFFIXES) else n for n in items if n
+    )
+
+
+def _resolve_item(item: str) -> list[Perturbation]:
+    suites = builtin_suites()
+    if item == "all":
+        item = DEFAULT_SUITE
+    if item in suites:
+        return suites[item].perturbations()
+    if item.lower().endswith(SUITE_FILE_SUFFIXES):
+        return load_suite_file(item).perturbations()
+    for suite in suites.values():
+        for perturbation in suite.perturbations():
+            if item in (perturbation.name, perturbation.label):
+                found = [p for p in suite.perturbations() if item in (p.name, p.label)]
+                return found
+    names = [e.name for s in suites.values() for e in s.entries]
+    raise ClipshiftError(
+        f"unknown augmentation {item}: give a suite ({', '.join(suites)}), a suite file "
+        f"(.yaml, .json), or one of {', '.join(names)}"
+    )
+
+
+def perturbations_of_run(run: dict) -> list[Perturbation]:
+    """The perturbations a run was ingested with, from its stored definitions."""
+    return [Perturbation.from_definition(d) for d in json.loads(run["augmentations"])]
+
+
+def prompt_for(source: dict | str | Sequence[Perturbation], name: str) -> str:
+    """The prompt describing a photo perturbed by `name` (a perturbation name or a variant
+    label such as "fog@3"); `source` is a run row, a suite spec, or a list of Perturbations.
+    Compare it with BASE_PROMPT ("a photo")."""
+    if isinstance(source, dict):
+        perturbations = perturbations_of_run(source)
+    elif isinstance(source, str):
+        perturbations = resolve(source)
+    else:
+        perturbations = list(source)
+    for perturbation in perturbations:
+        if name in (perturbation.name, perturbation.label):
+            return perturbation.prompt
+    raise ClipshiftError(
+        f"no perturbation {name!r} here: {', '.join(dict.fromkeys(p.name for p in perturbations))}"
+    )
+
+
+# -- user suite files --------------------------------------------------------------------------
+
+
+def load_suite_file(path: str | os.PathLike) -> Suite:
+    """A user suite from a YAML or JSON file, validated entry by entry: any problem is one
+    ClipshiftError naming the file, the entry and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClipshiftError(f"suite file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            document = json.loads(text)
+        else:
+            import yaml
+
+            document = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - a parse error, said on one line
+        message = " ".join(str(exc).split())
+        raise ClipshiftError(f"suite file {path}: not valid {path.suffix[1:]}: {message}") from None
+    if isinstance(document, dict):
+        raw = document.get("perturbations")
+        suite_name = str(document.get("suite") or path.stem)
+        description = str(document.get("description") or f"user suite {path}")
+    else:
+        raw, suite_name, description = document, path.stem, f"user suite {path}"
+    if not isinstance(raw, list) or not raw:
+        raise ClipshiftError(
+            f"suite file {path}: expected a non-empty list `perturbations:` of entries"
+        )
+    entries, seen = [], set()
+    for index, item in enumerate(raw, start=1):
+        entry = _entry(item, index, lambda what, i=index, item=item: _fail(path, i, item, what))
+        if entry.name in seen:
+            _fail(path, index, item, f"name {entry.name!r} is used by an earlier entry")
+        seen.add(entry.name)
+        entries.append(entry)
+    return Suite(suite_name, description, tuple(entries))
+
+
+def _fail(path: Path, index: int, item, what: str):
+    name = item.get("name") if isinstance(item, dict) else None
+    where = f"entry {index}" + (f" ({name})" if isinstance(name, str) else "")
+    raise ClipshiftError(f"suite file {path}: {where}: {what}")
+
+
+def _entry(item, index: int, fail) -> Entry:
+    if not isinstance(item, dict):
+        fail("an entry is a mapping with name, transform, and optionally prompt and severities")
+    unknown = set(item) - {"name", "prompt", "transform", "severities"}
+    if unknown:
+        fail(f"unknown key {', '.join(sorted(unknown))} (use name, prompt, transform, severities)")
+    name = item.get("name")
+    if not isinstance(name, str) or not _NAME.match(name) or name == "original":
+        fail(f"name {name!r}: give letters, digits, _ . - (not 'original', no @)")
+    prompt = item.get("prompt", DEFAULT_PROMPT)
+    if not isinstance(prompt, str) or not prompt.strip():
+        fail("prompt must be a non-empty text")
+    transform = item.get("transform")
+    if isinstance(transform, dict) and "__class_fullname__" not in transform:
+        transform = transform.get("transform")  # the whole of A.to_dict's output
+    if not isinstance(transform, dict) or "__class_fullname__" not in transform:
+        fail("transform must be albumentations' serialisation (A.to_dict) of one transform")
+    transform = {"p": 1.0, **transform}
+    cls_name = str(transform["__class_fullname__"])
+    cls = SERIALIZABLE_REGISTRY.get(cls_name) or SERIALIZABLE_REGISTRY.get(
+        cls_name.rsplit(".", 1)[-1] if cls_name.startswith("albumentations.") else cls_name
+    )
+    if cls is None:
+        fail(f"unknown transform {cls_name!r}")
+    accepted = _init_parameters(cls)
+    _check_keys(transform, accepted, cls_name, fail)
+    severities = item.get("severities")
+    if severities is not None:
+        if not isinstance(severities, list) or not severities:
+            fail(
+                "severities must be a non-empty list with one mapping of parameter overrides "
+                "per level"
+            )
+        for level, overrides in enumerate(severities, start=1):
+            if not isinstance(overrides, dict):
+                fail(
+                    f"severity {level} is {overrides!r}: each level must be a mapping of "
+                    "parameter overrides, e.g. {std_range: [0.1, 0.1]}"
+                )
+            _check_keys(overrides, accepted, cls_name, fail, f"severity {level}: ")
+        severities = tuple(dict(s) for s in severities)
+    entry = Entry(name, prompt.strip(), transform, severities)
+    for perturbation in entry.perturbations():
+        at = "" if perturbation.severity is None else f"severity {perturbation.severity}: "
+        try:
+            perturbation.transform()
+        except Exception as exc:  # noqa: BLE001 - the transform's own validation message
+            message = " ".join(str(exc).split())
+            fail(f"{at}bad parameter for {cls_name}: {message[:300]}")
+    return entry
+
+
+def _init_parameters(cls) -> set[str]:
+    names: set[str] = {"p"}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                names.add(parameter.name)
+    return names - {"self", "always_apply"}
+
+
+def _check_keys(params: dict, accepted: set[str], cls_name: str, fail, at: str = "") -> None:
+    unknown = sorted(set(params) - accepted - {"__class_fullname__"})
+    if unknown:
+        fail(
+            f"{at}bad parameter {', '.join(unknown)} for {cls_name}: it takes "
+            f"{', '.join(sorted(accepted - {'strict'}))}"
+        )
+
+
+# -- clipshift suites ------------------------------------------------------------------------
+
+
+def suites() -> list[Suite]:
+    """The built-in suites (`clipshift suites`)."""
+    return list(builtin_suites().values())
+
+
+def show(name: str, fmt: str = "yaml") -> str:
+    """A built-in suite (or a suite file, validated) as a suite file in `fmt` (yaml or json):
+    what `clipshift suites --show NAME` prints, to copy and edit."""
+    if name.lower().endswith(SUITE_FILE_SUFFIXES):
+        suite = load_suite_file(name)
+    else:
+        suite = builtin_suite(name)
+    document = suite.document()
+    if fmt == "json":
+        return json.dumps(document, indent=2)
+    import yaml
+
+    header = (
+        f"# clipshift suite {suite.name}: ingest a copy with --augmentations FILE.yaml\n"
+        "# each transform is albumentations' A.to_dict serialisation; severities: one mapping\n"
+        "# of parameter overrides per level\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=100)
