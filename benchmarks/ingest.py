@@ -10,7 +10,11 @@ Prints, on the same machine, model, batch size and device:
   - end-to-end ingest over the ten variants (read, decode, augment, pixel metrics, forward,
     write to LanceDB), in images/s of model input, and the ratio of the two;
   - peak memory (max RSS) of ingests of N and 2N images in fresh processes: it must not grow
-    with the number of images.
+    with the number of images;
+  - the CPU cost of each perturbation (`--perturbations-only` prints just this): ms per
+    224-px image for each of the paper's nine and each ImageNet-C corruption (the mean over
+    its five severities), with the pixel metrics and one bare forward input beside them for
+    scale, measured side by side in one process on one core's worth of work.
 """
 
 from __future__ import annotations
@@ -109,6 +113,57 @@ def ingest_child(args: argparse.Namespace) -> None:
     )
 
 
+def perturbation_costs(photos: int = 6, repeats: int = 2) -> list[tuple[str, float]]:
+    """(name, ms per 224-px image) of every built-in perturbation, slowest first; a
+    corruption's figure is the mean over its five severities. One warm-up call each first
+    (frost builds its textures once per process: that cost is reported apart)."""
+    from clipshift.augment import Augmenter
+    from clipshift.pixels import PixelReference
+    from clipshift.sources import decode
+    from clipshift.suites import resolve
+    from clipshift.suites.corruptions import frost_texture
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_distinct_photos(Path(tmp), photos)
+        originals = [decode(p.read_bytes(), 224).pixels for p in sorted(Path(tmp).iterdir())]
+    start = time.perf_counter()
+    for index in range(6):
+        frost_texture(index, 336, 336)
+    textures = (time.perf_counter() - start) * 1000
+    costs: dict[str, list[float]] = {}
+    for perturbation in resolve("paper,corruptions"):
+        augmenter = Augmenter([perturbation], seed=0)
+        augmenter(originals[0], "warm-up")
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for i, original in enumerate(originals):
+                augmenter(original, f"image{i}")
+        elapsed = (time.perf_counter() - start) * 1000 / (repeats * len(originals))
+        costs.setdefault(perturbation.name, []).append(elapsed)
+    reference = PixelReference(originals[0])
+    start = time.perf_counter()
+    for _ in range(20):
+        reference.compare(originals[1])
+    metrics = (time.perf_counter() - start) * 1000 / 20
+    rows = sorted(((n, sum(v) / len(v)) for n, v in costs.items()), key=lambda r: -r[1])
+    return rows + [("(pixel metrics, per variant)", metrics), ("(frost textures, once)", textures)]
+
+
+def print_perturbation_costs() -> None:
+    from clipshift.suites.paper import PAPER
+
+    rows = perturbation_costs()
+    print("CPU cost per 224-px image, ms (a corruption: mean over its 5 severities):")
+    for name, ms in rows:
+        print(f"  {name:<30} {ms:8.2f}")
+    corruptions = sum(ms for name, ms in rows[:-2] if name not in PAPER)
+    paper = sum(ms for name, ms in rows[:-2] if name in PAPER)
+    print(
+        f"  all 75 corruption variants: {5 * corruptions:.0f} ms per image; "
+        f"the paper's nine: {paper:.0f} ms"
+    )
+
+
 def child(mode: str, args: argparse.Namespace, **options) -> dict:
     """Run this script as `--child MODE` in a fresh process; its JSON line."""
     command = [sys.executable, __file__, "--child", mode, "--batch-size", str(args.batch_size),
@@ -129,7 +184,12 @@ def main() -> None:
     parser.add_argument("--photos", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--perturbations-only", action="store_true", help="only the per-perturbation CPU cost"
+    )
     args = parser.parse_args()
+    if args.perturbations_only:
+        return print_perturbation_costs()
     if args.child == "forward":
         return forward_child(args)
     if args.child == "ingest":
@@ -173,6 +233,7 @@ def main() -> None:
         f"peak RSS: {small_run['images']} images {small_run['max_rss_mb']:.0f} MB, "
         f"{large_run['images']} images {large_run['max_rss_mb']:.0f} MB"
     )
+    print_perturbation_costs()
 
 
 if __name__ == "__main__":
