@@ -69,13 +69,10 @@ def attention_similarity(a, b) -> float:
 def paper_samples(db: Path, run_id: str) -> list[dict]:
     """The run as the paper's code held it in memory: one dict per image, every embedding and
     attention map a Python list (its main.py stored `embeddings[i].tolist()`)."""
-    table = (
-        Store.open(db)
-        .dataset("variants")
-        .to_table(
-            columns=["image_id", "variant", "embedding", "attention", *METRICS[3:]],
-            filter=matches(run_id=run_id),
-        )
+    store = Store.open(db)
+    table = store.dataset(store.variants_table_of(run_id)).to_table(
+        columns=["image_id", "variant", "embedding", "attention", *METRICS[3:]],
+        filter=matches(run_id=run_id),
     )
     dim = table.schema.field("embedding").type.list_size
     embeddings = table.column("embedding").combine_chunks().values.to_numpy().reshape(-1, dim)

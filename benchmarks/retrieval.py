@@ -57,8 +57,9 @@ def plain_float32(originals, queries, own, depth):
 def compare_exact(store: Store, run_id: str) -> tuple[float, float]:
     """Time both exact methods, back to back, on retrieval's queries (augmented, then originals
     against themselves) and print how far their results agree."""
-    originals = nb.load_embeddings(store, matches(**nb._run_filter(run_id)))
-    augmented = nb.load_embeddings(store, nb._augmented(run_id))
+    table = store.variants_table_of(run_id)
+    originals = nb.load_embeddings(store, table, matches(**nb._run_filter(run_id)))
+    augmented = nb.load_embeddings(store, table, nb._augmented(run_id))
     position = {image_id: i for i, image_id in enumerate(originals.image_ids)}
     unit = originals.normalised()
     queries = np.concatenate([kernel.normalise(augmented.vectors), unit])
@@ -101,11 +102,12 @@ def main() -> None:
         print(f"exact neighbours:       screened {screened_s:.1f} s, plain float32 {plain_s:.1f} s")
         return
     _, build_s = timed("index build (HNSW, cosine)", lambda: nb.build_index(db, measure=False))
+    table = store.variants_table_of(exact.run_id)
     (recall, sample), _ = timed(
-        "ANN recall@10 against exact", lambda: nb.ann_recall(store, exact.run_id)
+        "ANN recall@10 against exact", lambda: nb.ann_recall(store, table, exact.run_id)
     )
 
-    augmented = nb.load_embeddings(store, nb._augmented(exact.run_id))
+    augmented = nb.load_embeddings(store, table, nb._augmented(exact.run_id))
     picked = np.random.default_rng(1).choice(len(augmented.vectors), args.sample, replace=False)
     prefilter = where(**nb._run_filter(exact.run_id))
 
@@ -113,6 +115,7 @@ def main() -> None:
         for start in range(0, args.sample, nb.ANN_BLOCK):
             nb._search(
                 store,
+                table,
                 augmented.vectors[picked[start : start + nb.ANN_BLOCK]],
                 prefilter,
                 11,

@@ -37,7 +37,7 @@ METRICS = (
 # the paper's five scores (radar, heatmap, rank); overall is their plain mean
 SCORES = tuple(m for m in METRICS if m != "l2")
 
-TABLES = ("runs", "images", "variants", "errors")
+TABLES = ("runs", "images", "errors")
 
 
 def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
@@ -48,11 +48,7 @@ def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
     for name in TABLES:
         if store.has_table(name):
             con.register(name, store.dataset(name))
-        elif name == "variants":
-            # no ingest has finished a batch yet: an empty table keeps every query valid
-            con.register(
-                name, pa.table({f.name: [] for f in variants_schema(1)}, variants_schema(1))
-            )
+    con.execute(_variants_view(con, store))
     for path in sorted((resource_dir("sql") / "views").glob("*.sql")):
         con.execute(path.read_text())
     # a query over the paper-size store can pass DuckDB's 2 s progress-bar delay: its bar
@@ -61,6 +57,24 @@ def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+def _variants_view(con: duckdb.DuckDBPyConnection, store: Store) -> str:
+    """`variants`: the union of the store's `variants_<D>` tables (each registered under its own
+    name too, with its FLOAT[D] embedding for DuckDB's array_* functions). In the union the
+    embedding is a FLOAT[] list, whose width varies by run; every view computes on lists
+    (list_cosine_similarity, list_distance) and joins within a run, so widths never meet.
+    A run_id filter on the view reaches each table's scan."""
+    selects = []
+    for name in store.variants_tables():
+        con.register(name, store.dataset(name))
+        selects.append(f"SELECT * REPLACE (embedding::FLOAT[] AS embedding) FROM {name}")
+    if not selects:
+        # no ingest has finished a batch yet: an empty table keeps every query valid
+        empty = variants_schema(1)
+        con.register("variants_empty", pa.table({f.name: [] for f in empty}, empty))
+        selects.append("SELECT * REPLACE (embedding::FLOAT[] AS embedding) FROM variants_empty")
+    return "CREATE OR REPLACE VIEW variants AS " + " UNION ALL BY NAME ".join(selects)
 
 
 def named_query(con: duckdb.DuckDBPyConnection, name: str, **params) -> duckdb.DuckDBPyConnection:
@@ -78,8 +92,8 @@ def query_names() -> list[str]:
 # -- run selection ---------------------------------------------------------------------------
 
 RUN_COLUMNS = (
-    "run_id, model, model_revision, embedding_dim, patch_grid, num_layers, image_size, seed, "
-    "augmentations, augmentation_hash, clipshift_version, created_at"
+    "run_id, model, model_revision, family, embedding_dim, patch_grid, num_layers, image_size, "
+    "seed, augmentations, augmentation_hash, clipshift_version, created_at"
 )
 
 

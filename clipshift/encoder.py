@@ -1,7 +1,8 @@
-"""The one place a CLIP model is created and loaded, and its one forward pass.
+"""The one place a model is created and loaded, and its one forward pass.
 
-A single forward gives the projected image embedding and the CLS-row attention of every
-layer (averaged over heads): no second pass for attention.
+The family (CLIP, SigLIP, SigLIP 2) is detected from the checkpoint's config and its adapter
+(families.py) does the family-specific work. A single forward gives the image embedding and
+every attention map (docs/metrics.md defines them per family): no second pass for attention.
 """
 
 from __future__ import annotations
@@ -17,16 +18,13 @@ import torch
 
 from . import ClipshiftError
 from .defaults import DEVICES, IMAGE_SIZE
-
-# CLIP's own normalisation; used when the model folder has no preprocessor_config.json.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .families import Family, family_of
 
 
 @dataclass
 class Encoded:
     embeddings: np.ndarray  # (N, D) float32, un-normalised
-    attention: np.ndarray  # (N, layers, g*g) float32: CLS row over patches, mean over heads
+    attention: np.ndarray  # (N, maps, g*g) float32: the family's maps (docs/metrics.md)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -48,10 +46,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 class Encoder:
-    """A CLIP model ready for `encode`: S x S uint8 RGB images in, embeddings and attention out."""
+    """A model ready for `encode`: S x S uint8 RGB images in, embeddings and attention out."""
+
+    family: Family
 
     def __init__(self, model_name: str, device: str = "auto", image_size: int = IMAGE_SIZE):
-        from transformers import CLIPModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
@@ -62,11 +61,13 @@ class Encoder:
         self.local_dir = local.resolve() if local.is_dir() else None
         source = str(self.local_dir) if self.local_dir else model_name
         try:
-            model = CLIPModel.from_pretrained(source, attn_implementation="eager")
+            self.family = family_of(_model_type(source), model_name)
+            model = self.family.load(source)
+            processor_config = _processor_config(source)
         except (OSError, ValueError) as exc:
             raise ClipshiftError(_load_error(model_name, local, exc)) from None
         self.model = model.eval().to(self.device)
-        vision = model.config.vision_config
+        vision = self.family.vision_config(model)
         self.image_size = image_size
         self.patch_size = vision.patch_size
         if image_size % self.patch_size:
@@ -76,48 +77,43 @@ class Encoder:
                 f"{self.patch_size}: try {nearest}"
             )
         self.patch_grid = image_size // self.patch_size
-        self.num_layers = vision.num_hidden_layers
-        self.embedding_dim = model.config.projection_dim
+        # attention maps per image: the layers, plus a pooling head's probe (SigLIP)
+        self.num_layers = self.family.num_maps(model)
+        self.embedding_dim = self.family.embedding_dim(model)
         self._interpolate = image_size != vision.image_size
-        mean, std = _normalisation(self.local_dir)
+        self.preprocessing = self.family.preprocessing(processor_config)
+        mean, std = self.preprocessing.image_mean, self.preprocessing.image_std
         self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.revision = _revision(model, self.local_dir)
 
+    def preprocessing_json(self) -> str:
+        """What `runs.preprocessing` records for this model at this image size."""
+        return self.preprocessing.to_json(self.image_size, self._interpolate)
+
     def pixel_values(self, images: np.ndarray) -> torch.Tensor:
-        """(N, S, S, 3) uint8 -> CLIP-normalised (N, 3, S, S) float32 on the device."""
+        """(N, S, S, 3) uint8 -> the model's normalisation, (N, 3, S, S) float32 on the device."""
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         x = x.permute(0, 3, 1, 2).float()
         return (x - self._mean) / self._std
 
     @torch.inference_mode()
     def encode(self, images: np.ndarray) -> Encoded:
-        outputs = self.model.vision_model(
-            pixel_values=self.pixel_values(images),
-            output_attentions=True,
-            interpolate_pos_encoding=self._interpolate,
-        )
-        embeddings = self.model.visual_projection(outputs.pooler_output)
-        # each layer: (N, heads, 1 + g*g, 1 + g*g) -> CLS row over the patch tokens
-        attention = torch.stack([layer[:, :, 0, 1:].mean(dim=1) for layer in outputs.attentions], 1)
+        output = self.family.encode_images(self.model, self.pixel_values(images), self._interpolate)
         return Encoded(
-            embeddings.float().cpu().numpy(),
-            attention.float().cpu().numpy(),
+            output.embeddings.float().cpu().numpy(),
+            output.attention.float().cpu().numpy(),
         )
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> np.ndarray:
-        """Texts -> (N, D) float32 projected CLIP text embeddings (un-normalised), in the same
-        space as `encode`'s image embeddings."""
+        """Texts -> (N, D) float32 text embeddings (un-normalised), in the same space as
+        `encode`'s image embeddings."""
         tokenizer = self._tokenizer()
         max_length = self.model.config.text_config.max_position_embeddings
-        tokens = tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        ).to(self.device)
-        outputs = self.model.get_text_features(
-            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
-        )
-        return outputs.pooler_output.float().cpu().numpy()
+        tokens = self.family.tokenize(tokenizer, list(texts), max_length)
+        tokens = {name: value.to(self.device) for name, value in tokens.items()}
+        return self.family.encode_text(self.model, tokens).float().cpu().numpy()
 
     def _tokenizer(self):
         # loaded on first use: image-only commands never need it
@@ -128,7 +124,8 @@ class Encoder:
             # transformers builds an empty-vocabulary CLIP tokenizer for a folder without
             # tokenizer files, which would silently turn every text into unknown tokens
             if self.local_dir and not any(
-                (self.local_dir / name).is_file() for name in ("tokenizer.json", "vocab.json")
+                (self.local_dir / name).is_file()
+                for name in ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")
             ):
                 raise ClipshiftError(
                     f"cannot load the text tokenizer of {self.model_name}: the folder has no "
@@ -145,11 +142,25 @@ class Encoder:
         return self._text_tokenizer
 
 
-def _normalisation(local_dir: Path | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if local_dir and (local_dir / "preprocessor_config.json").is_file():
-        config = json.loads((local_dir / "preprocessor_config.json").read_text())
-        return tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD))
-    return CLIP_MEAN, CLIP_STD
+def _model_type(source: str) -> str | None:
+    """config.json's model_type (a local folder, or a hub id from the cache or the hub)."""
+    from transformers.utils import cached_file
+
+    path = cached_file(source, "config.json")
+    return json.loads(Path(path).read_text()).get("model_type")
+
+
+def _processor_config(source: str) -> dict | None:
+    """The checkpoint's preprocessor_config.json, or None where it ships none."""
+    from transformers.utils import cached_file
+
+    path = cached_file(
+        source,
+        "preprocessor_config.json",
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    return json.loads(Path(path).read_text()) if path else None
 
 
 def _revision(model, local_dir: Path | None) -> str:
@@ -170,7 +181,7 @@ def _revision(model, local_dir: Path | None) -> str:
 
 def _load_error(model_name: str, local: Path, exc: Exception) -> str:
     if local.is_dir():
-        return f"cannot load a CLIP model from {local}: {str(exc).splitlines()[0]}"
+        return f"cannot load a model from {local}: {str(exc).splitlines()[0]}"
     if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
         return f"--model {model_name}: no such directory"
     if (
@@ -181,6 +192,6 @@ def _load_error(model_name: str, local: Path, exc: Exception) -> str:
         return (
             f"cannot load {model_name}: it is not in the Hugging Face cache and the hub cannot be "
             "reached. Download it once where the hub is reachable, or pass --model DIR (a folder "
-            "made with CLIPModel.save_pretrained)"
+            "made with save_pretrained)"
         )
     return f"cannot load model {model_name}: {str(exc).splitlines()[0]}"

@@ -53,7 +53,7 @@ def _open(db: str | os.PathLike | Store, run: str | None) -> tuple[Store, dict]:
     from .analysis import connect, resolve_run
 
     store = db if isinstance(db, Store) else Store.open(db)
-    if not store.has_table("variants"):
+    if not store.variants_tables():
         raise ClipshiftError(
             f"the store at {store.path} holds no embeddings yet: run `clipshift ingest` first"
         )
@@ -62,6 +62,10 @@ def _open(db: str | os.PathLike | Store, run: str | None) -> tuple[Store, dict]:
         chosen = resolve_run(con, run=run)
     finally:
         con.close()
+    # the run's rows live in the table of its embedding width (store.variants_table_name)
+    chosen["variants_table"] = store.variants_table_of(chosen["run_id"])
+    if chosen["variants_table"] is None:
+        raise ClipshiftError(f"run {chosen['run_id']} holds no embeddings yet")
     return store, chosen
 
 
@@ -87,9 +91,9 @@ class Embeddings:
         return normalise(self.vectors)
 
 
-def load_embeddings(store: Store, rows: pc.Expression) -> Embeddings:
+def load_embeddings(store: Store, variants_table: str, rows: pc.Expression) -> Embeddings:
     """The embeddings of the `variants` rows an expression (see `filters.matches`) selects."""
-    table = store.dataset("variants").to_table(
+    table = store.dataset(variants_table).to_table(
         columns=["image_id", "variant", "embedding"], filter=rows
     )
     dim = table.schema.field("embedding").type.list_size
@@ -115,10 +119,10 @@ def _paths(store: Store, image_ids: Sequence[str]) -> dict[str, str]:
 # -- the index ----------------------------------------------------------------------------
 
 
-def _has_vector_index(store: Store) -> bool:
+def _has_vector_index(store: Store, variants_table: str) -> bool:
     return any(
         "embedding" in index.columns and index.index_type.upper().startswith(("IVF", "HNSW"))
-        for index in store.table("variants").list_indices()
+        for index in store.table(variants_table).list_indices()
     )
 
 
@@ -134,14 +138,15 @@ class IndexInfo:
 def build_index(
     db: str | os.PathLike | Store, *, run: str | None = None, measure: bool = True
 ) -> IndexInfo:
-    """(Re)build the HNSW cosine index on variants.embedding (and bitmap indexes on run_id and
-    variant for the filters); with `measure`, report ANN recall@10 against exact on a sample."""
+    """(Re)build the HNSW cosine index on the embedding of the run's `variants_<D>` table (and
+    bitmap indexes on run_id and variant for the filters), which serves every run of that
+    width; with `measure`, report ANN recall@10 against exact on a sample."""
     import time
 
     from lancedb.index import Bitmap, HnswSq
 
     store, chosen = _open(db, run)
-    table = store.table("variants")
+    table = store.table(chosen["variants_table"])
     rows = table.count_rows()
     if rows < 256:
         raise ClipshiftError(
@@ -163,18 +168,18 @@ def build_index(
     seconds = time.perf_counter() - started
     recall, sample = (None, 0)
     if measure:
-        recall, sample = ann_recall(store, chosen["run_id"])
+        recall, sample = ann_recall(store, chosen["variants_table"], chosen["run_id"])
     return IndexInfo(rows, "IVF_HNSW_SQ (cosine)", seconds, recall, sample)
 
 
-def _ensure_index(store: Store, notes: list[str]) -> bool:
-    """Use the index if there is one; build it, once, when the store is big enough to pay
-    (saying so in `notes`)."""
-    if _has_vector_index(store):
+def _ensure_index(store: Store, run: dict, notes: list[str]) -> bool:
+    """Use the index on the run's table if there is one; build it, once, when the table is big
+    enough to pay (saying so in `notes`)."""
+    if _has_vector_index(store, run["variants_table"]):
         return True
-    if store.table("variants").count_rows() < INDEX_MIN_ROWS:
+    if store.table(run["variants_table"]).count_rows() < INDEX_MIN_ROWS:
         return False
-    info = build_index(store, measure=False)
+    info = build_index(store, run=run["run_id"], measure=False)
     notes.append(
         f"built the vector index once ({info.rows:,} rows, {info.seconds:.0f} s); "
         "`clipshift index` rebuilds it"
@@ -184,6 +189,7 @@ def _ensure_index(store: Store, notes: list[str]) -> bool:
 
 def _search(
     store: Store,
+    variants_table: str,
     vectors: np.ndarray,
     prefilter: str,
     limit: int,
@@ -194,7 +200,7 @@ def _search(
     (when many), the columns and _distance. The index's _distance is on its own scale (the
     HNSW index gives 2 x the cosine distance); only its order is used from an index search."""
     query = (
-        store.table("variants")
+        store.table(variants_table)
         .search(vectors, vector_column_name="embedding")
         .distance_type("cosine")
         .where(prefilter, prefilter=True)
@@ -213,21 +219,26 @@ def _query_index(found) -> np.ndarray:
 
 
 def ann_recall(
-    store: Store, run_id: str, k: int = 10, sample: int = ANN_RECALL_SAMPLE, seed: int = 0
+    store: Store,
+    variants_table: str,
+    run_id: str,
+    k: int = 10,
+    sample: int = ANN_RECALL_SAMPLE,
+    seed: int = 0,
 ) -> tuple[float, int]:
     """Share of the exact top-k originals that the index returns, over augmented queries."""
-    augmented = load_embeddings(store, _augmented(run_id))
+    augmented = load_embeddings(store, variants_table, _augmented(run_id))
     if not len(augmented.vectors):
         return float("nan"), 0
     picked = np.random.default_rng(seed).choice(
         len(augmented.vectors), min(sample, len(augmented.vectors)), replace=False
     )
     queries = augmented.vectors[picked]
-    originals = load_embeddings(store, matches(**_run_filter(run_id)))
+    originals = load_embeddings(store, variants_table, matches(**_run_filter(run_id)))
     similarities = normalise(queries) @ originals.normalised().T
     k = min(k, len(originals.vectors))
     exact = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
-    found = _search(store, queries, where(**_run_filter(run_id)), k, use_index=True)
+    found = _search(store, variants_table, queries, where(**_run_filter(run_id)), k, use_index=True)
     index = _query_index(found)
     ids = np.asarray(found.column("image_id").to_pylist(), dtype=object)
     hits = [
@@ -296,10 +307,10 @@ def neighbors(
 
     candidates = _run_filter(run_id, among)
     notes = [chosen["selection_note"]] if chosen["selection_note"] else []
-    use_index = not exact and _ensure_index(store, notes)
-    found = _search(
-        store, vector, where(**candidates), k, use_index, ("image_id", "variant", "embedding")
-    )
+    use_index = not exact and _ensure_index(store, chosen, notes)
+    table = chosen["variants_table"]
+    columns = ("image_id", "variant", "embedding")
+    found = _search(store, table, vector, where(**candidates), k, use_index, columns)
     ids = found.column("image_id").to_pylist()
     variants = found.column("variant").to_pylist()
     # exact cosine distances of the rows found, whichever search found them
@@ -314,18 +325,18 @@ def neighbors(
     ]
     own_rank = own_distance = None
     if own_id is not None:
-        own_rank, own_distance = _own_rank(store, vector, own_id, matches(**candidates))
+        own_rank, own_distance = _own_rank(store, table, vector, own_id, matches(**candidates))
     return NeighborsResult(
         run_id, described, own_id, own_rank, own_distance, rows, use_index, notes
     )
 
 
 def _own_rank(
-    store: Store, vector: np.ndarray, own_id: str, rows: pc.Expression
+    store: Store, variants_table: str, vector: np.ndarray, own_id: str, rows: pc.Expression
 ) -> tuple[int, float]:
     """The exact rank and distance of the own original among the candidates: 1 + the number of
     candidates strictly closer to the query."""
-    candidates = load_embeddings(store, rows)
+    candidates = load_embeddings(store, variants_table, rows)
     unit = normalise(candidates.vectors, np.float64)
     distances = 1.0 - unit @ normalise(vector[None, :], np.float64)[0]
     own = np.flatnonzero((candidates.image_ids == own_id) & (candidates.variants == ORIGINAL))
@@ -361,7 +372,9 @@ def _image_query(
         raise ClipshiftError(
             f"{query} is neither an image_id in run {run_id}, a stored path, nor an image file"
         )
-    stored = load_embeddings(store, matches(run_id=run_id, image_id=image_id, variant=variant))
+    stored = load_embeddings(
+        store, chosen["variants_table"], matches(run_id=run_id, image_id=image_id, variant=variant)
+    )
     if not len(stored.vectors):
         raise ClipshiftError(f"image {image_id[:12]} has no {variant} variant in run {run_id}")
     return stored.vectors[0], image_id, f"{image_id[:12]} ({variant})"
@@ -449,23 +462,32 @@ def retrieval(
     ks = parse_ks(ks)
     store, chosen = _open(db, run)
     run_id = chosen["run_id"]
-    originals = load_embeddings(store, matches(**_run_filter(run_id)))
+    table = chosen["variants_table"]
+    originals = load_embeddings(store, table, matches(**_run_filter(run_id)))
     if not len(originals.vectors):
         raise ClipshiftError(f"run {run_id} has no stored images yet")
     if exact is None:
         exact = len(originals.vectors) < RETRIEVAL_INDEX_MIN_ORIGINALS
     notes = [chosen["selection_note"]] if chosen["selection_note"] else []
-    use_index = not exact and _ensure_index(store, notes)
-    augmented = load_embeddings(store, _augmented(run_id))
+    use_index = not exact and _ensure_index(store, chosen, notes)
+    augmented = load_embeddings(store, table, _augmented(run_id))
     position = {image_id: i for i, image_id in enumerate(originals.image_ids)}
     own = np.fromiter(
         (position[i] for i in augmented.image_ids), np.int64, len(augmented.image_ids)
     )
     depth = min(max(ks), len(originals.vectors) - 1)
     if use_index:
-        ranks, aug_knn = _ann_neighbours(store, run_id, originals, augmented.vectors, own, depth)
+        ranks, aug_knn = _ann_neighbours(
+            store, table, run_id, originals, augmented.vectors, own, depth
+        )
         _, orig_knn = _ann_neighbours(
-            store, run_id, originals, originals.vectors, np.arange(len(originals.vectors)), depth
+            store,
+            table,
+            run_id,
+            originals,
+            originals.vectors,
+            np.arange(len(originals.vectors)),
+            depth,
         )
     else:
         unit = originals.normalised()
@@ -495,13 +517,14 @@ def retrieval(
         columns=columns,
     )
     if use_index:
-        result.ann_recall_at_10, result.ann_sample = ann_recall(store, run_id)
+        result.ann_recall_at_10, result.ann_sample = ann_recall(store, table, run_id)
     result.seconds = time.perf_counter() - started
     return result
 
 
 def _ann_neighbours(
     store: Store,
+    variants_table: str,
     run_id: str,
     originals: Embeddings,
     queries: np.ndarray,
@@ -517,7 +540,7 @@ def _ann_neighbours(
     prefilter = where(**_run_filter(run_id))
     for start in range(0, len(queries), ANN_BLOCK):
         block = queries[start : start + ANN_BLOCK]
-        found = _search(store, block, prefilter, depth + 1, use_index=True)
+        found = _search(store, variants_table, block, prefilter, depth + 1, use_index=True)
         query_index = _query_index(found)
         ids = found.column("image_id").to_pylist()
         distances = found.column("_distance").to_numpy()

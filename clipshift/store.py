@@ -48,8 +48,19 @@ MIGRATIONS_SCHEMA = pa.schema(
 )
 
 
+# Variant rows live in one Lance table per embedding width, `variants_<D>`: LanceDB vector
+# search needs a fixed-size embedding column, and a store holds models of several widths.
+# SQL sees them as one view, `variants` (analysis.connect); docs/schema.md.
+VARIANTS_PREFIX = "variants_"
+
+
+def variants_table_name(embedding_dim: int) -> str:
+    """The Lance table holding the variant rows of every run of this embedding width."""
+    return f"{VARIANTS_PREFIX}{int(embedding_dim)}"
+
+
 def variants_schema(embedding_dim: int) -> pa.Schema:
-    """The current schema of `variants`: one row per (run, image, variant)."""
+    """The current schema of a `variants_<D>` table: one row per (run, image, variant)."""
     return pa.schema(
         [
             pa.field("run_id", pa.string(), nullable=False),
@@ -238,21 +249,32 @@ class Store:
         """The table as a pylance dataset (an Arrow dataset DuckDB scans directly)."""
         return lance.dataset(str(self.path / f"{name}.lance"))
 
-    def embedding_dim(self) -> int | None:
-        if not self.has_table("variants"):
+    def variants_tables(self) -> list[str]:
+        """The `variants_<D>` tables, narrowest embedding first."""
+        names = [n for n in self.table_names() if re.fullmatch(f"{VARIANTS_PREFIX}\\d+", n)]
+        return sorted(names, key=lambda n: int(n[len(VARIANTS_PREFIX) :]))
+
+    def variants_table_of(self, run_id: str) -> str | None:
+        """The `variants_<D>` table that holds this run's rows (None before its first batch)."""
+        runs = self.dataset("runs").to_table(
+            columns=["embedding_dim"], filter=matches(run_id=run_id)
+        )
+        if not runs.num_rows:
             return None
-        return self.dataset("variants").schema.field("embedding").type.list_size
+        name = variants_table_name(runs.column("embedding_dim")[0].as_py())
+        return name if self.has_table(name) else None
 
     def stored_images(self, run_id: str, image_ids: Sequence[str] | None = None) -> set[str]:
         """The image_ids whose variants this run has stored (all or nothing, by commit)."""
-        if not self.has_table("variants"):
+        table = self.variants_table_of(run_id)
+        if table is None:
             return set()
         rows = matches(run_id=run_id, variant=ORIGINAL)
         if image_ids is not None:
             if not image_ids:
                 return set()
             rows &= matches(image_id=list(image_ids))
-        ds = self.dataset("variants")
+        ds = self.dataset(table)
         return set(ds.to_table(columns=["image_id"], filter=rows).column("image_id").to_pylist())
 
     # -- writing -------------------------------------------------------------------------
@@ -270,16 +292,11 @@ class Store:
             yield
 
     def ensure_run(self, run: dict) -> None:
-        """Record the run (once) and create `variants` for its embedding width."""
+        """Record the run (once) and create the `variants_<D>` table of its embedding width."""
         with self.lock():
-            dim = self.embedding_dim()
-            if dim is None:
-                self.db.create_table("variants", schema=variants_schema(run["embedding_dim"]))
-            elif dim != run["embedding_dim"]:
-                raise ClipshiftError(
-                    f"this store holds {dim}-d embeddings but {run['model']} gives "
-                    f"{run['embedding_dim']}-d: ingest this model into another --db"
-                )
+            name = variants_table_name(run["embedding_dim"])
+            if not self.has_table(name):
+                self.db.create_table(name, schema=variants_schema(run["embedding_dim"]))
             runs = self.table("runs")
             row = pa.Table.from_pylist([run], schema=runs.schema)
             runs.merge_insert("run_id").when_not_matched_insert_all().execute(row)
@@ -290,8 +307,9 @@ class Store:
         Images this run already holds (another writer got there first) are dropped.
         Returns the image_ids actually written.
         """
+        name = variants_table_name(variants.schema.field("embedding").type.list_size)
         with self.lock():
-            variants_table = self.table("variants")
+            variants_table = self.table(name)
             if self._is_stale(variants_table) or run_id not in self._stored:
                 self._stored = {run_id: self.stored_images(run_id)}
             stored = self._stored[run_id]
@@ -315,7 +333,7 @@ class Store:
                 self._image_ids.update(images.column("image_id").to_pylist())
             self._seen_version["images"] = images_table.version
             variants_table.add(variants)
-            self._seen_version["variants"] = variants_table.version
+            self._seen_version[name] = variants_table.version
             stored.update(written)
             return written
 

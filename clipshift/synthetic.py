@@ -47,6 +47,7 @@ def build_synthetic_store(
             "run_id": run_id,
             "model": SYNTHETIC_MODEL,
             "model_revision": SYNTHETIC_MODEL,
+            "family": "synthetic",
             "embedding_dim": dim,
             "patch_grid": grid,
             "num_layers": layers,

@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -64,11 +65,20 @@ STATS_JSON_KEYS = {
 
 def stored_rows(db) -> dict[tuple[str, str, str], dict]:
     """Every variants row, read with pylance (not DuckDB), keyed by (run, image, variant)."""
-    table = Store.open(db).dataset("variants").to_table()
+    store = Store.open(db)
+    table = pa.concat_tables(
+        store.dataset(name).to_table().cast(_list_embedding(store.dataset(name).schema))
+        for name in store.variants_tables()
+    )
     rows = {}
     for row in table.to_pylist():
         rows[(row["run_id"], row["image_id"], row["variant"])] = row
     return rows
+
+
+def _list_embedding(schema: pa.Schema) -> pa.Schema:
+    index = schema.get_field_index("embedding")
+    return schema.set(index, pa.field("embedding", pa.list_(pa.float32())))
 
 
 def normalised(values) -> np.ndarray:
@@ -307,14 +317,14 @@ def test_empty_store_and_run_without_augmented_rows(tmp_path):
 
     originals = tmp_path / "originals"
     build_synthetic_store(originals, n_images=4, dim=8, layers=1)
-    Store.open(originals).table("variants").delete("variant <> 'original'")
+    Store.open(originals).table("variants_8").delete("variant <> 'original'")
     for command in (stats, clusters):
         with pytest.raises(ClipshiftError, match="no augmented rows"):
             command(originals)
 
     nothing = tmp_path / "nothing"
     build_synthetic_store(nothing, n_images=4, dim=8, layers=1)
-    Store.open(nothing).table("variants").delete("true")
+    Store.open(nothing).table("variants_8").delete("true")
     with pytest.raises(ClipshiftError, match="holds no images yet"):
         stats(nothing)
 

@@ -150,7 +150,7 @@ def stored(tmp_path, tiny_model, photos):
 
 
 def rows(db):
-    return Store.open(db).table("variants").count_rows()
+    return Store.open(db).table("variants_16").count_rows()
 
 
 def test_missing_path(stored, tiny_model, tmp_path):

@@ -42,7 +42,7 @@ def ingest_process(photos, db, model, *extra) -> subprocess.Popen:
 
 
 def variant_rows(db) -> list[tuple[str, str]]:
-    path = Path(db) / "variants.lance"
+    path = Path(db) / "variants_16.lance"
     if not path.exists():
         return []
     table = lance.dataset(str(path)).to_table(columns=["image_id", "variant"])
@@ -70,7 +70,7 @@ def test_sigkill_at_any_moment_then_resume(tmp_path, tiny_model, photos):
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        if db.exists() and (db / "variants.lance").exists():
+        if db.exists() and (db / "variants_16.lance").exists():
             assert_whole_images_no_duplicates(db)
     finish = ingest_process(photos, db, tiny_model, "--batch-size", "1")
     assert finish.wait(timeout=120) == 0, finish.stderr.read().decode()

@@ -1,0 +1,241 @@
+"""Model families: one adapter per family, behind one interface.
+
+The family is detected from the checkpoint's config.json (`model_type`). An adapter knows
+how to load its model class, the normalisation its processor config asks for, how to get
+the image embedding and every attention map out of ONE forward pass, and how to embed text.
+`Encoder` (encoder.py) is the only user: a new family plugs in here and nowhere else.
+
+Attention maps (docs/metrics.md has the definitions and the reasons):
+- clip: per layer, the CLS token's row over the g x g patches, mean over heads.
+- siglip, siglip2 (no CLS token): per layer, the attention each patch receives, mean over
+  heads and over all query tokens; then one more map, the attention-pooling head's probe
+  over the patches (mean over heads), the map that actually forms the embedding.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+from . import ClipshiftError
+
+# CLIP's own normalisation: used when a CLIP checkpoint ships no preprocessor_config.json.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# SigLIP's (and SigLIP 2's) processors map [0, 1] to [-1, 1]
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What happens to the S x S uint8 image before the model sees it, as recorded in
+    `runs.preprocessing`. clipshift itself resizes every image to S x S (no aspect kept, the
+    paper's way) before augmenting it, so a processor's resize and centre crop of that square
+    image are the identity at S = the model's size; only its normalisation is applied here.
+    The processor's own resize and crop settings are recorded beside it for the record."""
+
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+    source: str  # "preprocessor_config.json" or "family default"
+    processor_resize: dict | None = None
+    processor_crop: dict | None = None
+
+    def to_json(self, image_size: int, interpolate: bool) -> str:
+        return json.dumps(
+            {
+                "resize": f"{image_size}x{image_size}, aspect not kept, before augmenting",
+                "rescale": "1/255",
+                "image_mean": list(self.image_mean),
+                "image_std": list(self.image_std),
+                "normalisation_from": self.source,
+                "processor_resize": self.processor_resize,
+                "processor_crop": self.processor_crop,
+                "interpolate_pos_encoding": interpolate,
+            },
+            sort_keys=True,
+        )
+
+
+@dataclass
+class ImageOutput:
+    embeddings: torch.Tensor  # (N, D)
+    attention: torch.Tensor  # (N, maps, g*g)
+
+
+class Family:
+    """The adapter interface. Subclasses set the class attributes and may override methods."""
+
+    name: str
+    model_class: str  # the transformers class loaded
+    default_mean: tuple[float, ...]
+    default_std: tuple[float, ...]
+    attention_maps: str  # recorded in runs.attention_maps; defined in docs/metrics.md
+
+    def load(self, source: str):
+        import transformers
+
+        model_class = getattr(transformers, self.model_class, None)
+        if model_class is None:
+            raise ClipshiftError(
+                f"this transformers ({transformers.__version__}) has no {self.model_class}: "
+                "upgrade transformers to load this model"
+            )
+        return model_class.from_pretrained(source, attn_implementation="eager")
+
+    def preprocessing(self, processor_config: dict | None) -> Preprocessing:
+        if not processor_config:
+            return Preprocessing(self.default_mean, self.default_std, "family default")
+        return Preprocessing(
+            tuple(processor_config.get("image_mean", self.default_mean)),
+            tuple(processor_config.get("image_std", self.default_std)),
+            "preprocessor_config.json",
+            _setting(processor_config, "do_resize", "size"),
+            _setting(processor_config, "do_center_crop", "crop_size"),
+        )
+
+    def vision_config(self, model):
+        return model.config.vision_config
+
+    def embedding_dim(self, model) -> int:
+        raise NotImplementedError
+
+    def num_maps(self, model) -> int:
+        """Attention maps per image: one per layer, plus any pooling head's."""
+        return self.vision_config(model).num_hidden_layers
+
+    def encode_images(self, model, pixel_values: torch.Tensor, interpolate: bool) -> ImageOutput:
+        raise NotImplementedError
+
+    def tokenize(self, tokenizer, texts: list[str], max_length: int) -> dict:
+        tokens = tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+    def encode_text(self, model, tokens: dict) -> torch.Tensor:
+        return model.get_text_features(**tokens).pooler_output
+
+
+class CLIPFamily(Family):
+    """CLIPModel checkpoints: OpenAI CLIP, LAION's OpenCLIP conversions, MetaCLIP, ..."""
+
+    name = "clip"
+    model_class = "CLIPModel"
+    default_mean, default_std = CLIP_MEAN, CLIP_STD
+    attention_maps = "cls_row: per layer, the CLS row over the patches, mean over heads"
+
+    def embedding_dim(self, model) -> int:
+        return model.config.projection_dim
+
+    def encode_images(self, model, pixel_values, interpolate):
+        outputs = model.vision_model(
+            pixel_values=pixel_values, output_attentions=True, interpolate_pos_encoding=interpolate
+        )
+        embeddings = model.visual_projection(outputs.pooler_output)
+        # each layer: (N, heads, 1 + g*g, 1 + g*g) -> CLS row over the patch tokens
+        maps = torch.stack([layer[:, :, 0, 1:].mean(dim=1) for layer in outputs.attentions], 1)
+        return ImageOutput(embeddings, maps)
+
+
+class SiglipFamily(Family):
+    """SiglipModel: no CLS token; the embedding is the attention-pooling head's output."""
+
+    name = "siglip"
+    model_class = "SiglipModel"
+    default_mean, default_std = SIGLIP_MEAN, SIGLIP_STD
+    attention_maps = (
+        "received+probe: per layer, the attention each patch receives, mean over heads and "
+        "query tokens; last map: the pooling head's probe over the patches, mean over heads"
+    )
+
+    def embedding_dim(self, model) -> int:
+        return self.vision_config(model).hidden_size
+
+    def num_maps(self, model) -> int:
+        return self.vision_config(model).num_hidden_layers + 1
+
+    def load(self, source: str):
+        model = super().load(source)
+        if not getattr(model.vision_model, "use_head", False):
+            raise ClipshiftError(
+                f"{source}: this {self.model_class} has no attention-pooling head "
+                "(vision_use_head false), so it has no image embedding to store"
+            )
+        return model
+
+    def _vision_inputs(self, model, pixel_values, interpolate) -> dict:
+        return {"pixel_values": pixel_values, "interpolate_pos_encoding": interpolate}
+
+    def encode_images(self, model, pixel_values, interpolate):
+        probe: list[torch.Tensor] = []
+        # the head discards nn.MultiheadAttention's weights (averaged over heads by default);
+        # a hook keeps them from the same forward
+        hook = model.vision_model.head.attention.register_forward_hook(
+            lambda _module, _inputs, output: probe.append(output[1])
+        )
+        try:
+            outputs = model.vision_model(
+                **self._vision_inputs(model, pixel_values, interpolate), output_attentions=True
+            )
+        finally:
+            hook.remove()
+        if not probe or probe[0] is None:
+            raise RuntimeError("the pooling head returned no attention weights")
+        # each layer: (N, heads, g*g, g*g) -> mean over heads and queries: what each key receives
+        maps = [layer.mean(dim=(1, 2)) for layer in outputs.attentions]
+        maps.append(probe[0][:, 0, :])  # (N, 1, g*g) -> (N, g*g)
+        return ImageOutput(outputs.pooler_output, torch.stack(maps, 1))
+
+    def tokenize(self, tokenizer, texts, max_length):
+        # SigLIP was trained on texts padded to max_length and pools the last token, without
+        # an attention mask: its processor returns input_ids only
+        tokens = tokenizer(
+            texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return {"input_ids": tokens["input_ids"]}
+
+
+class Siglip2Family(SiglipFamily):
+    """Siglip2Model (NaFlex): takes patch sequences with their grid shape. clipshift patchifies
+    the S x S image itself, the way Siglip2ImageProcessor does, into a (S/p) x (S/p) grid."""
+
+    name = "siglip2"
+    model_class = "Siglip2Model"
+
+    def _vision_inputs(self, model, pixel_values, interpolate):
+        n, channels, height, width = pixel_values.shape
+        p = self.vision_config(model).patch_size
+        rows, cols = height // p, width // p
+        # (N, C, H, W) -> (N, rows*cols, p*p*C), patch pixels in (y, x, channel) order
+        patches = pixel_values.reshape(n, channels, rows, p, cols, p)
+        patches = patches.permute(0, 2, 4, 3, 5, 1).reshape(n, rows * cols, p * p * channels)
+        return {
+            "pixel_values": patches,
+            "pixel_attention_mask": torch.ones(
+                n, rows * cols, dtype=torch.long, device=pixel_values.device
+            ),
+            "spatial_shapes": torch.tensor([[rows, cols]] * n, device=pixel_values.device),
+        }
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (CLIPFamily(), SiglipFamily(), Siglip2Family())}
+
+
+def family_of(model_type: str | None, model_name: str) -> Family:
+    """The adapter for a config's `model_type`; a clear error for any other model."""
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    raise ClipshiftError(
+        f"{model_name} is a {model_type or 'model of unknown type'!r} checkpoint: clipshift "
+        f"loads the families {', '.join(FAMILIES)} (config.json model_type)"
+    )
+
+
+def _setting(config: dict, flag: str, key: str) -> dict | None:
+    if not config.get(flag, True) or key not in config:
+        return None
+    value = config[key]
+    return value if isinstance(value, dict) else {"size": value}

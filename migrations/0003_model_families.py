@@ -1,0 +1,38 @@
+"""Model families and embedding widths side by side.
+
+- `variants` becomes one table per embedding width, `variants_<D>` (LanceDB vector search needs
+  a fixed-size embedding column, and a store now holds models of several widths): the existing
+  table is renamed to `variants_<its width>`. SQL still sees one view, `variants`.
+- `runs` gains `family` (clip, siglip, siglip2), `preprocessing` (JSON: the normalisation and
+  resize the model got) and `attention_maps` (which attention definition the maps follow; see
+  docs/metrics.md). Runs stored before this migration were all CLIPModel runs with the CLS-row
+  maps: they get family 'clip' and that definition; their preprocessing stays NULL (not
+  recorded then).
+
+Each step can be repeated, so a migration interrupted half-way completes when run again.
+"""
+
+import os
+from pathlib import Path
+
+import lance
+import pyarrow as pa
+
+NEW_COLUMNS = ("family", "preprocessing", "attention_maps")
+CLS_ROW = "cls_row: per layer, the CLS row over the patches, mean over heads"
+
+
+def upgrade(db) -> None:
+    root = Path(str(db.uri).removeprefix("file://"))
+    old = root / "variants.lance"
+    if old.is_dir():
+        width = lance.dataset(str(old)).schema.field("embedding").type.list_size
+        # a directory rename is atomic; Lance's manifests address files relative to the root
+        os.rename(old, root / f"variants_{width}.lance")
+    runs = db.open_table("runs")
+    missing = [n for n in NEW_COLUMNS if n not in runs.schema.names]
+    if missing:
+        # nullable columns (an SQL-expression column would be declared non-nullable)
+        runs.add_columns([pa.field(name, pa.string()) for name in missing])
+    # every run before this migration was a CLIPModel run with CLS-row maps
+    runs.update(where="family IS NULL", values={"family": "clip", "attention_maps": CLS_ROW})
