@@ -436,7 +436,14 @@ def report(db, run_id, model, out, figures, samples, fmt, method):
 
 @cli.command()
 @db_option
-@run_option
+@click.option(
+    "--run",
+    "run_ids",
+    multiple=True,
+    help="A run_id (or a unique prefix); default: the latest run. Give it again for several "
+    "runs side by side.",
+)
+@click.option("--all-runs", is_flag=True, help="Every run of the store, side by side.")
 @model_option
 @click.option(
     "--reference",
@@ -452,20 +459,26 @@ def report(db, run_id, model, out, figures, samples, fmt, method):
 )
 @format_option
 @user_errors
-def stats(db, run_id, model, reference, part, fmt):
+def stats(db, run_ids, all_runs, model, reference, part, fmt):
     """Per-(augmentation, severity) summary of a run, sorted by rank (1 = least shift): n, mean
     and std of cosine and l2, the mean of every other score, overall score. csv and json add the
     median, p5 and p95 of every metric. A run with severity levels adds its severity curves
-    (mean and 95% interval per severity) and its corruption mean (mean 1 - cosine)."""
+    (mean and 95% interval per severity) and its corruption mean (mean 1 - cosine). With
+    several --run or --all-runs: one row per (augmentation, severity, run), with the run's
+    model and model_rank (1 = the model whose embedding moves least there, by mean cosine)."""
     from clipshift import ClipshiftError
     from clipshift.analysis import STATS_TABLE_COLUMNS
     from clipshift.analysis import stats as run_stats
     from clipshift.formatting import format_rows
 
-    result = run_stats(db, run=run_id, model=model, reference=reference)
+    result = run_stats(
+        db, run=list(run_ids) or None, model=model, reference=reference, all_runs=all_runs
+    )
     _note_run(result.run)
     if fmt != "table":
         chosen = result if part == "summary" else result.sections.get(part)
+        if chosen is None and result.run is None:
+            raise ClipshiftError(f"--part {part} is of one run: give one --run")
         if chosen is None:
             raise ClipshiftError(
                 f"--part {part}: run {result.run['run_id']} has no perturbations with severity "
@@ -474,6 +487,15 @@ def stats(db, run_id, model, reference, part, fmt):
         click.echo(format_rows(chosen.columns, chosen.rows, fmt, max_rows=None))
         return
     columns, rows = result.columns, result.rows
+    if result.run is None:  # several runs: the model before its figures, rank by model
+        names = ["augmentation", "severity", "model", "run_id", "model_rank"]
+        names += list(STATS_TABLE_COLUMNS[2:-1])
+        if all(r[columns.index("severity")] is None for r in rows):
+            names.remove("severity")
+        keep = [columns.index(name) for name in names]
+        rows = [tuple(r[i] for i in keep) for r in rows]
+        click.echo(format_rows(names, rows, fmt, max_rows=None))
+        return
     names = [c for c in STATS_TABLE_COLUMNS if c != "severity" or result.sections]
     keep = [columns.index(name) for name in names]
     click.echo(format_rows(names, [tuple(r[i] for i in keep) for r in rows], fmt, max_rows=None))
@@ -500,6 +522,52 @@ def stats(db, run_id, model, reference, part, fmt):
             + "):"
         )
         click.echo(format_rows(means.columns, means.rows, fmt, max_rows=None))
+
+
+@cli.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@db_option
+@format_option
+@user_errors
+def compare(run_a, run_b, db, fmt):
+    """Is RUN_A's model more robust than RUN_B's? Per augmentation, for cosine and
+    attention_similarity over the images both runs hold: the mean paired difference A - B
+    (positive: A moves less), the Wilcoxon signed-rank p-value, and which run is more robust
+    at p < 0.05; then the Kendall tau between the two runs' rankings of the augmentations."""
+    from clipshift.analysis import compare as run_compare
+    from clipshift.formatting import format_rows
+
+    result = run_compare(db, run_a, run_b)
+    if result.note:
+        click.echo(f"note: {result.note}", err=True)
+    rows = [[row[c] for c in result.columns] for row in result.rows]
+    if fmt == "json":
+        import json
+
+        click.echo(
+            json.dumps(
+                {
+                    "run_a": {k: result.run_a[k] for k in ("run_id", "model", "family")},
+                    "run_b": {k: result.run_b[k] for k in ("run_id", "model", "family")},
+                    "rows": result.rows,
+                    "kendall_tau": {
+                        m: {"tau": t, "p": p} for m, (t, p) in result.kendall_tau.items()
+                    },
+                },
+                default=str,
+            )
+        )
+        return
+    if fmt == "table":
+        for label, run in (("A", result.run_a), ("B", result.run_b)):
+            click.echo(f"{label}: run {run['run_id']} ({run['model']}, {run['family']})")
+    click.echo(format_rows(result.columns, rows, fmt, max_rows=None))
+    if fmt == "table":
+        taus = ", ".join(
+            f"{metric} {tau:.3f} (p {p:.3g})" for metric, (tau, p) in result.kendall_tau.items()
+        )
+        click.echo(f"Kendall tau of the augmentation rankings: {taus}")
 
 
 @cli.command()

@@ -12,7 +12,7 @@ parameters and shapes the result. `resolve_run` is the one run selection every c
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,9 +213,11 @@ STATS_TABLE_COLUMNS = (
 
 def stats(
     db: str | os.PathLike | Store,
-    run: str | None = None,
+    run: str | Sequence[str] | None = None,
     model: str | None = None,
     reference: str | None = None,
+    *,
+    all_runs: bool = False,
 ) -> Rows:
     """The per-(augmentation, severity) summary of one run (sql/summary.sql), sorted by rank.
 
@@ -224,9 +226,23 @@ def stats(
     selection_note). Where the run has severity levels, `Rows.sections` adds "severity" (the
     severity curves, sql/severity_curves.sql) and "corruption_mean" (sql/corruption_mean.sql,
     relative to the run `reference` where one is named: a run_id or a unique prefix).
+
+    With several runs (`run` a list of two or more) or `all_runs`, the summary of each in
+    long format (sql/summary_runs.sql): run_id, model, family and model_rank (the run's place
+    on that augmentation and severity by mean cosine) before the same columns; `Rows.run` is
+    None.
     """
     con = connect(db)
-    chosen = resolve_run(con, run, model)
+    runs = [run] if isinstance(run, str) or run is None else list(run)
+    if all_runs or len(runs) > 1:
+        if all_runs:
+            chosen = [r["run_id"] for r in _as_dicts(con.execute("SELECT run_id FROM runs"))]
+            if not chosen:
+                resolve_run(con)  # the empty-store error
+        else:
+            chosen = list(dict.fromkeys(resolve_run(con, r, model)["run_id"] for r in runs))
+        return _fetch(named_query(con, "summary_runs", run_ids=chosen))
+    chosen = resolve_run(con, runs[0] if runs else None, model)
     reference_id = resolve_run(con, reference)["run_id"] if reference is not None else None
     result = _fetch(named_query(con, "summary", run_id=chosen["run_id"]), chosen)
     if not result.rows:
@@ -245,6 +261,103 @@ def stats(
             "to compare (ingest with --augmentations corruptions)"
         )
     return result
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+# what `clipshift compare` prints per (metric, augmentation); differences are A - B
+COMPARE_COLUMNS = (
+    "metric",
+    "augmentation",
+    "severity",
+    "n",
+    "mean_a",
+    "mean_b",
+    "mean_difference",
+    "median_difference",
+    "wilcoxon_p",
+    "more_robust",
+)
+# the significance level behind `more_robust`
+ALPHA = 0.05
+
+
+@dataclass
+class Comparison:
+    """Run A against run B: paired differences per metric and augmentation, and the Kendall
+    tau between the two runs' rankings of the augmentations per metric (and on overall)."""
+
+    run_a: dict
+    run_b: dict
+    rows: list[dict]  # COMPARE_COLUMNS
+    kendall_tau: dict[str, tuple[float, float]]  # metric -> (tau, p)
+    note: str | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        return list(COMPARE_COLUMNS)
+
+
+def compare(db: str | os.PathLike | Store, run_a: str, run_b: str) -> Comparison:
+    """Is run A's model more robust than run B's, augmentation by augmentation?
+
+    For cosine and attention_similarity, over the images both runs hold (sql/compare.sql):
+    the mean paired difference A - B (positive: A moves less) and the two-sided Wilcoxon
+    signed-rank p-value (scipy, zero differences dropped: zero_method "wilcox"); more_robust
+    names the run whose mean is higher where p < 0.05. Kendall tau compares the two runs'
+    rankings of the augmentations by each metric's mean, and by the overall score.
+    """
+    from scipy.stats import kendalltau, wilcoxon
+
+    con = connect(db)
+    a, b = resolve_run(con, run_a), resolve_run(con, run_b)
+    if a["run_id"] == b["run_id"]:
+        raise ClipshiftError(f"RUN_A and RUN_B are both run {a['run_id']}: give two runs")
+    for chosen in (a, b):
+        _require_augmented_rows(con, chosen)
+    found = _as_dicts(named_query(con, "compare", run_a=a["run_id"], run_b=b["run_id"]))
+    if not found:
+        raise ClipshiftError(
+            f"runs {a['run_id']} and {b['run_id']} share no (image, augmentation): ingest the "
+            "same images with the same augmentations into both"
+        )
+    rows, taus = [], {}
+    for row in found:
+        differences = np.asarray(row.pop("differences"), dtype=np.float64)
+        if np.all(differences == 0):
+            p = 1.0  # identical: no evidence of any difference (scipy cannot rank zeros)
+        else:
+            p = float(wilcoxon(differences, zero_method="wilcox").pvalue)
+        row["wilcoxon_p"] = p
+        row["more_robust"] = (
+            ("A" if row["mean_difference"] > 0 else "B") if p < ALPHA else "neither"
+        )
+        rows.append(row)
+    for metric in dict.fromkeys(r["metric"] for r in rows):
+        means = [(r["mean_a"], r["mean_b"]) for r in rows if r["metric"] == metric]
+        taus[metric] = _kendall(kendalltau, means)
+    overall = con.execute(
+        "SELECT a.overall, b.overall FROM summary AS a JOIN summary AS b "
+        "ON a.augmentation = b.augmentation AND a.severity IS NOT DISTINCT FROM b.severity "
+        "WHERE a.run_id = $a AND b.run_id = $b",
+        {"a": a["run_id"], "b": b["run_id"]},
+    ).fetchall()
+    taus["overall"] = _kendall(kendalltau, overall)
+    note = None
+    if (a["seed"], a["augmentation_hash"]) != (b["seed"], b["augmentation_hash"]):
+        note = (
+            "the runs differ in seed or augmentation settings: their augmented images differ, "
+            "so the pairs compare models on different pixels"
+        )
+    return Comparison(a, b, rows, taus, note)
+
+
+def _kendall(kendalltau, pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    if len(pairs) < 2:
+        return float("nan"), float("nan")
+    x, y = zip(*pairs, strict=True)
+    result = kendalltau(x, y)
+    return float(result.statistic), float(result.pvalue)
 
 
 def _require_augmented_rows(con: duckdb.DuckDBPyConnection, run: dict) -> None:

@@ -49,6 +49,56 @@ def make_tiny_clip(path: Path, image_size: int = 224, patch_size: int = 32) -> P
     return path
 
 
+def make_tiny_siglip(path: Path, image_size: int = 224, patch_size: int = 32) -> Path:
+    """A random SigLIP (24-d embeddings: not the tiny CLIP's 16) with its processor config and
+    a tiny word-level tokenizer (tokenizers library, tokenizer.json) whose pad and eos tokens
+    are inside its vocabulary, as the text config's ids say."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel
+
+    torch.manual_seed(1)
+    words = ["<pad>", "</s>", "<unk>"]
+    words += "a an the photo of blurry cat dog rocket coffee astronaut camera logo".split()
+    vocab = {word: i for i, word in enumerate(words)}
+    layers = dict(intermediate_size=48, num_hidden_layers=2, num_attention_heads=2)
+    config = SiglipConfig(
+        text_config=dict(
+            hidden_size=24,
+            vocab_size=len(vocab),
+            max_position_embeddings=16,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=1,
+            **layers,
+        ),
+        vision_config=dict(hidden_size=24, image_size=image_size, patch_size=patch_size, **layers),
+    )
+    SiglipModel(config).eval().save_pretrained(path)
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "SiglipImageProcessor",
+                "do_resize": True,
+                "size": {"height": image_size, "width": image_size},
+                "do_normalize": True,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5],
+                "rescale_factor": 1 / 255,
+            }
+        )
+    )
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))

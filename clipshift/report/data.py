@@ -80,6 +80,14 @@ class ReportData:
         columns.update(overall=summary["overall"], rank=summary["rank"])
         return columns
 
+    def runs_summary(self) -> dict[str, np.ndarray]:
+        """The summary of every run of the store in long format (sql/summary_runs.sql)."""
+        if "runs_summary" not in self._cache:
+            run_ids = [row[0] for row in self.con.execute("SELECT run_id FROM runs").fetchall()]
+            result = named_query(self.con, "summary_runs", run_ids=run_ids).fetchnumpy()
+            self._cache["runs_summary"] = {c: _unmask(v) for c, v in result.items()}
+        return self._cache["runs_summary"]
+
     def images(self) -> dict[str, int]:
         counts = self.query("run_images")
         return {column: int(values[0]) for column, values in counts.items()}

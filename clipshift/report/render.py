@@ -21,12 +21,15 @@ from ..defaults import (
     REPORT_OUT,
     REPORT_SAMPLES,
 )
+from .comparison import MODEL_FIGURES
 from .data import FigureUnavailable, ReportData
-from .figures import FIGURES
+from .figures import FIGURES, FigureSpec
 from .page import render_page
 from .style import DPI, RC
 
 FORMATS = REPORT_FORMATS
+# the per-run figures, then the model comparison (drawn by default when the store holds 2+ runs)
+ALL_FIGURES: dict[str, FigureSpec] = {**FIGURES, **MODEL_FIGURES}
 
 
 @dataclass
@@ -56,14 +59,14 @@ def report(
     on_figure: Callable[[FigureResult], None] | None = None,
     method: str = DEFAULT_LINKAGE,
 ) -> ReportResult:
-    """Render the figures of one run into `out` (one file each) and `out/index.html`.
+    """Render the figures of one run into `out` (one file each) and `out/index.html`; where
+    the store holds several runs, the model-comparison figures of all its runs as well.
 
     `figures` picks some (default all, in the page's order); `samples` is the number of
     images in attention_grid; `method` the scipy linkage of the dendrograms. A figure whose
     data the store lacks (pixels not kept) is named on the page instead; the rest render.
     Files of an earlier report in `out` are replaced, never mixed with this one.
     """
-    names = _figure_names(figures)
     if fmt not in FORMATS:
         raise ClipshiftError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
     if samples < 1:
@@ -76,6 +79,7 @@ def report(
         data = ReportData(
             con, chosen, samples=samples, heatmap_images=HEATMAP_IMAGES, method=method
         )
+        names = _figure_names(figures, several_runs=_run_count(con) > 1)
         images = data.images()
         if not images["images"]:
             raise ClipshiftError(f"run {chosen['run_id']} holds no images yet: nothing to draw")
@@ -90,7 +94,7 @@ def report(
             chosen,
             images,
             [
-                (r.name, r.path.name if r.path else None, FIGURES[r.name].caption, r.note)
+                (r.name, r.path.name if r.path else None, ALL_FIGURES[r.name].caption, r.note)
                 for r in results
             ],
             data.summary(),
@@ -107,7 +111,7 @@ def report(
 def _render(name: str, data: ReportData, out: Path, fmt: str) -> FigureResult:
     start = perf_counter()
     try:
-        figure = FIGURES[name].draw(data)
+        figure = ALL_FIGURES[name].draw(data)
     except FigureUnavailable as missing:
         return FigureResult(name, None, perf_counter() - start, str(missing))
     path = out / f"{name}.{fmt}"
@@ -124,18 +128,22 @@ def _display_width(path: Path) -> int | None:
         return round(image.width * 96 / DPI)
 
 
-def _figure_names(figures: Sequence[str] | str | None) -> list[str]:
+def _run_count(con) -> int:
+    return con.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def _figure_names(figures: Sequence[str] | str | None, several_runs: bool = False) -> list[str]:
     if figures is None:
-        return list(FIGURES)
+        return list(ALL_FIGURES if several_runs else FIGURES)
     if isinstance(figures, str):
         figures = [f.strip() for f in figures.split(",") if f.strip()]
-    unknown = [f for f in figures if f not in FIGURES]
+    unknown = [f for f in figures if f not in ALL_FIGURES]
     if unknown:
         raise ClipshiftError(
-            f"unknown figure {', '.join(unknown)}: choose from {', '.join(FIGURES)}"
+            f"unknown figure {', '.join(unknown)}: choose from {', '.join(ALL_FIGURES)}"
         )
     if not figures:
-        raise ClipshiftError(f"no figure named: choose from {', '.join(FIGURES)}")
+        raise ClipshiftError(f"no figure named: choose from {', '.join(ALL_FIGURES)}")
     return list(dict.fromkeys(figures))  # each once, in the order asked
 
 
@@ -145,7 +153,7 @@ def _prepare(out: Path) -> Path:
         raise ClipshiftError(f"--out {out} is a file: choose a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name in FIGURES:
+        for name in ALL_FIGURES:
             for fmt in FORMATS:
                 (out / f"{name}.{fmt}").unlink(missing_ok=True)
         (out / "index.html").unlink(missing_ok=True)
