@@ -545,19 +545,17 @@ def compare(run_a, run_b, db, fmt):
     if fmt == "json":
         import json
 
-        click.echo(
-            json.dumps(
-                {
-                    "run_a": {k: result.run_a[k] for k in ("run_id", "model", "family")},
-                    "run_b": {k: result.run_b[k] for k in ("run_id", "model", "family")},
-                    "rows": result.rows,
-                    "kendall_tau": {
-                        m: {"tau": t, "p": p} for m, (t, p) in result.kendall_tau.items()
-                    },
-                },
-                default=str,
-            )
-        )
+        def run(r):
+            return {k: r[k] for k in ("run_id", "model", "family")}
+
+        taus = [[metric, tau, p] for metric, (tau, p) in result.kendall_tau.items()]
+        document = {
+            "run_a": run(result.run_a),
+            "run_b": run(result.run_b),
+            "rows": json.loads(format_rows(result.columns, rows, "json")),
+            "kendall_tau": json.loads(format_rows(["metric", "tau", "p"], taus, "json")),
+        }
+        click.echo(json.dumps(document, indent=2))
         return
     if fmt == "table":
         for label, run in (("A", result.run_a), ("B", result.run_b)):

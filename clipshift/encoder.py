@@ -80,7 +80,7 @@ class Encoder:
         # attention maps per image: the layers, plus a pooling head's probe (SigLIP)
         self.num_layers = self.family.num_maps(model)
         self.embedding_dim = self.family.embedding_dim(model)
-        self._interpolate = image_size != vision.image_size
+        self._interpolate = self.family.interpolate(model, image_size)
         self.preprocessing = self.family.preprocessing(processor_config)
         mean, std = self.preprocessing.image_mean, self.preprocessing.image_std
         self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255.0

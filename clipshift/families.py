@@ -102,6 +102,10 @@ class Family:
     def embedding_dim(self, model) -> int:
         raise NotImplementedError
 
+    def interpolate(self, model, image_size: int) -> bool:
+        """Whether the position embeddings must be interpolated to the S x S input."""
+        return image_size != self.vision_config(model).image_size
+
     def num_maps(self, model) -> int:
         """Attention maps per image: one per layer, plus any pooling head's."""
         return self.vision_config(model).num_hidden_layers
@@ -204,6 +208,9 @@ class Siglip2Family(SiglipFamily):
 
     name = "siglip2"
     model_class = "Siglip2Model"
+
+    def interpolate(self, model, image_size: int) -> bool:
+        return False  # NaFlex resizes its position embeddings to every input grid itself
 
     def _vision_inputs(self, model, pixel_values, interpolate):
         n, channels, height, width = pixel_values.shape

@@ -215,6 +215,11 @@ def test_compare_command(two_families):
     )
     document = json.loads(out.stdout)
     assert document["run_b"]["family"] == "siglip" and len(document["rows"]) == 18
+    assert {t["metric"] for t in document["kendall_tau"]} == {
+        "cosine",
+        "attention_similarity",
+        "overall",
+    }
     same = CliRunner().invoke(cli, ["compare", clip_run, clip_run, "--db", str(db)])
     assert same.exit_code == 1 and "give two runs" in same.output
     assert "Traceback" not in same.output
@@ -313,3 +318,41 @@ def test_migration_0003_moves_an_old_store_to_tables_by_width(tmp_path):
     assert migrated["family"] == "clip" and migrated["preprocessing"] is None
     assert migrated["attention_maps"].startswith("cls_row")
     assert sql(db, "SELECT len(embedding) FROM variants").rows == [(8,)]
+
+
+def test_siglip2_embeddings_match_get_image_features(tmp_path):
+    """SigLIP 2 (NaFlex) takes patch sequences: clipshift's patchify must equal its image
+    processor's, so the embedding equals get_image_features on the processor's patches."""
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Siglip2Model"):
+        pytest.skip("this transformers has no Siglip2Model")
+    from transformers import Siglip2Config, Siglip2Model
+    from transformers.models.siglip2.image_processing_pil_siglip2 import (
+        convert_image_to_patches,
+    )
+
+    from clipshift.encoder import Encoder
+
+    torch.manual_seed(2)
+    layers = dict(intermediate_size=48, num_hidden_layers=2, num_attention_heads=2)
+    config = Siglip2Config(
+        text_config=dict(hidden_size=20, vocab_size=20, max_position_embeddings=16, **layers),
+        vision_config=dict(hidden_size=20, patch_size=32, num_patches=16, **layers),
+    )
+    Siglip2Model(config).eval().save_pretrained(tmp_path)
+    encoder = Encoder(str(tmp_path), device="cpu")
+    assert (encoder.family.name, encoder.embedding_dim, encoder.num_layers) == ("siglip2", 20, 3)
+    images = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    encoded = encoder.encode(images)
+    x = normalised_input(images, [0.5] * 3, [0.5] * 3).numpy()
+    patches = torch.from_numpy(np.stack([convert_image_to_patches(i, 32) for i in x]))
+    model = Siglip2Model.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        expected = model.get_image_features(
+            pixel_values=patches,
+            pixel_attention_mask=torch.ones(2, 49, dtype=torch.long),
+            spatial_shapes=torch.tensor([[7, 7], [7, 7]]),
+        ).pooler_output.numpy()
+    assert cosines(encoded.embeddings, expected).min() >= 0.9999
+    assert encoded.attention.shape == (2, 3, 49)
+    np.testing.assert_allclose(encoded.attention.sum(-1), 1.0, atol=1e-5)
