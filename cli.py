@@ -66,8 +66,8 @@ def _note_run(run: dict | None) -> None:
 def cli():
     """How does a vision-language model's representation move when the image changes?
 
-    `clipshift ingest PHOTOS` embeds each image and nine augmented copies with CLIP into a
-    LanceDB store; the other commands query that store.
+    `clipshift ingest PHOTOS` embeds each image and nine augmented copies with CLIP, SigLIP or
+    SigLIP 2 into a LanceDB store; the other commands query that store.
     """
 
 
@@ -591,7 +591,8 @@ def compare(run_a, run_b, db, fmt):
 @user_errors
 def sql(query, query_file, db, fmt, output, max_rows):
     """Run QUERY (or --file F) over the views runs, images, variants, errors, shifts, summary,
-    pairwise and layer_shifts. Read-only: nothing a query says can change the store."""
+    pairwise and layer_shifts (and variants_<D>, one per embedding width, with FLOAT[D]
+    embeddings). Read-only: nothing a query says can change the store."""
     from clipshift import ClipshiftError
     from clipshift.analysis import sql as run_sql
     from clipshift.analysis import sql_arrow
