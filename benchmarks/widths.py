@@ -67,7 +67,14 @@ def main() -> None:
         def single_stats():
             return named_query(single_table_connection(db), "summary", run_id=run_id).fetchall()
 
-        assert view_stats() == single_stats()
+        # the same numbers, up to the summation order of DuckDB's parallel aggregates
+        worst = max(
+            abs(a - b)
+            for row_a, row_b in zip(view_stats(), single_stats(), strict=True)
+            for a, b in zip(row_a, row_b, strict=True)
+            if isinstance(a, float) and isinstance(b, float)
+        )
+        assert worst < 1e-9, worst
         union = best(view_stats, args.repeat)
         single = best(single_stats, args.repeat)
         build_synthetic_store(db, n_images=2048, dim=768, seed=1)
@@ -75,7 +82,7 @@ def main() -> None:
         print(f"stats through the variants view (union, FLOAT[] cast)  {union:.2f} s")
         print(f"stats on the single 512-d table (before schema 3)      {single:.2f} s")
         print(f"stats of the 512-d run with a 768-d run beside it      {beside:.2f} s")
-        print(f"ratio view / single table: {union / single:.2f}")
+        print(f"ratio view / single table: {union / single:.2f}; largest difference {worst:.1e}")
 
 
 if __name__ == "__main__":

@@ -209,6 +209,13 @@ class Siglip2Family(SiglipFamily):
     name = "siglip2"
     model_class = "Siglip2Model"
 
+    def tokenize(self, tokenizer, texts, max_length):
+        # as Siglip2Processor: padded to max_length, with the tokenizer's attention mask
+        tokens = tokenizer(
+            texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return {k: tokens[k] for k in ("input_ids", "attention_mask") if k in tokens}
+
     def interpolate(self, model, image_size: int) -> bool:
         return False  # NaFlex resizes its position embeddings to every input grid itself
 

@@ -49,6 +49,23 @@ def make_tiny_clip(path: Path, image_size: int = 224, patch_size: int = 32) -> P
     return path
 
 
+# pad, eos and unknown: ids 0, 1 and 2 of every tiny word-level vocabulary
+SPECIAL_WORDS = ("<pad>", "</s>", "<unk>")
+
+
+def save_word_tokenizer(path: Path, words: list[str]) -> None:
+    """A word-level tokenizer (tokenizers library) saved as tokenizer.json beside a model."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, "<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(path)
+
+
 def make_tiny_siglip(path: Path, image_size: int = 224, patch_size: int = 32) -> Path:
     """A random SigLIP (24-d embeddings: not the tiny CLIP's 16) with its processor config and
     a tiny word-level tokenizer (tokenizers library, tokenizer.json) whose pad and eos tokens
@@ -56,12 +73,13 @@ def make_tiny_siglip(path: Path, image_size: int = 224, patch_size: int = 32) ->
     import json
 
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel
+    from transformers import SiglipConfig, SiglipModel
 
     torch.manual_seed(1)
-    words = ["<pad>", "</s>", "<unk>"]
-    words += "a an the photo of blurry cat dog rocket coffee astronaut camera logo".split()
+    words = [
+        *SPECIAL_WORDS,
+        *"a an the photo of blurry cat dog rocket coffee astronaut camera logo".split(),
+    ]
     vocab = {word: i for i, word in enumerate(words)}
     layers = dict(intermediate_size=48, num_hidden_layers=2, num_attention_heads=2)
     config = SiglipConfig(
@@ -77,12 +95,7 @@ def make_tiny_siglip(path: Path, image_size: int = 224, patch_size: int = 32) ->
         vision_config=dict(hidden_size=24, image_size=image_size, patch_size=patch_size, **layers),
     )
     SiglipModel(config).eval().save_pretrained(path)
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    ).save_pretrained(path)
+    save_word_tokenizer(path, words)
     (path / "preprocessor_config.json").write_text(
         json.dumps(
             {

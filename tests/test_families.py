@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_tiny_siglip
+from conftest import SPECIAL_WORDS, make_tiny_siglip, save_word_tokenizer
 from PIL import Image
 from scipy.stats import kendalltau, wilcoxon
 
@@ -336,7 +336,15 @@ def test_siglip2_embeddings_match_get_image_features(tmp_path):
     torch.manual_seed(2)
     layers = dict(intermediate_size=48, num_hidden_layers=2, num_attention_heads=2)
     config = Siglip2Config(
-        text_config=dict(hidden_size=20, vocab_size=20, max_position_embeddings=16, **layers),
+        text_config=dict(
+            hidden_size=20,
+            vocab_size=6,
+            max_position_embeddings=16,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=1,
+            **layers,
+        ),
         vision_config=dict(hidden_size=20, patch_size=32, num_patches=16, **layers),
     )
     Siglip2Model(config).eval().save_pretrained(tmp_path)
@@ -356,3 +364,26 @@ def test_siglip2_embeddings_match_get_image_features(tmp_path):
     assert cosines(encoded.embeddings, expected).min() >= 0.9999
     assert encoded.attention.shape == (2, 3, 49)
     np.testing.assert_allclose(encoded.attention.sum(-1), 1.0, atol=1e-5)
+
+    # text: padded to max_length with the attention mask, as Siglip2Processor does
+    from transformers import AutoTokenizer
+
+    save_word_tokenizer(tmp_path, [*SPECIAL_WORDS, "a", "photo", "cat"])
+    texts = ["a photo", "cat cat a"]
+    tokens = AutoTokenizer.from_pretrained(tmp_path)(
+        texts, padding="max_length", max_length=16, return_tensors="pt"
+    )
+    with torch.no_grad():
+        expected_text = model.get_text_features(**tokens).pooler_output.numpy()
+    np.testing.assert_allclose(encoder.encode_text(texts), expected_text, atol=1e-5)
+
+
+def test_a_model_of_another_family_is_a_one_line_error(tmp_path, photos):
+    (tmp_path / "vit").mkdir()
+    (tmp_path / "vit" / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    out = CliRunner().invoke(
+        cli, ["ingest", str(photos), "--db", str(tmp_path / "db"), "--model", str(tmp_path / "vit")]
+    )
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert "'vit'" in out.output and "clip, siglip, siglip2" in out.output
+    assert not (tmp_path / "db").exists()
