@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.synthetic import build_synthetic_store  # noqa: E402
 from clipshift.analysis import connect, named_query  # noqa: E402
 from clipshift.resources import resource_dir  # noqa: E402
 from clipshift.store import Store  # noqa: E402
+from clipshift.synthetic import build_synthetic_store  # noqa: E402
 
 
 def single_table_connection(db: Path):
