@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -262,8 +263,9 @@ def test_every_named_query_says_what_it_answers_and_runs(ingested_store):
         text = (resource_dir("sql") / f"{name}.sql").read_text()
         assert text.startswith("-- ")
         params = {"run_id": run_id, "samples": 3, "reference": None}
+        params.update(run_a=run_id, run_b=run_id, run_ids=[run_id])
         rows = named_query(
-            con, name, **{k: v for k, v in params.items() if f"${k}" in text}
+            con, name, **{k: v for k, v in params.items() if re.search(rf"\${k}\b", text)}
         ).fetchall()
         # the paper's augmentations have no severity levels (tests/test_suites.py has some)
         assert rows or name in ("severity_curves", "corruption_mean")
