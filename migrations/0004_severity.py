@@ -1,17 +1,24 @@
-"""Add `variants.severity`: the level of a perturbation that has severity levels (the ImageNet-C
-corruptions 1-5, a user suite's levels); NULL where it has none.
+"""Add `severity` to the variant rows: the level of a perturbation that has severity levels
+(the ImageNet-C corruptions 1-5, a user suite's levels); NULL where it has none.
 
 Every row stored before this migration is of the paper's nine augmentations, which have no
 levels: they get NULL, and keep their variant names and their run's run_id.
+
+Since migration 0003 the variant rows live in one table per embedding width, `variants_<D>`:
+each gets the column (a store without any yet gets it from its first ingest).
 """
+
+import re
+from pathlib import Path
 
 import pyarrow as pa
 
 
 def upgrade(db) -> None:
-    try:
-        variants = db.open_table("variants")
-    except ValueError:
-        return  # not created yet: the first ingest creates it with the column
-    if "severity" not in variants.schema.names:
-        variants.add_columns(pa.field("severity", pa.int32()))
+    root = Path(str(db.uri).removeprefix("file://"))
+    for path in sorted(root.glob("variants*.lance")):
+        if not re.fullmatch(r"variants(_\d+)?\.lance", path.name):
+            continue
+        variants = db.open_table(path.name.removesuffix(".lance"))
+        if "severity" not in variants.schema.names:
+            variants.add_columns(pa.field("severity", pa.int32()))

@@ -280,7 +280,10 @@ def test_migration_0003_moves_an_old_store_to_tables_by_width(tmp_path):
     db = tmp_path / "db"
     store = Store._connect(db, create=True)
     store.migrate(target=2)
-    store.db.create_table("variants", schema=variants_schema(8))
+    # the variants table of schema 2: one table, no severity column yet
+    old_schema = variants_schema(8)
+    old_schema = old_schema.remove(old_schema.get_field_index("severity"))
+    store.db.create_table("variants", schema=old_schema)
     runs = store.table("runs")
     run = {
         "run_id": "old",
@@ -305,7 +308,7 @@ def test_migration_0003_moves_an_old_store_to_tables_by_width(tmp_path):
         "attention": [1.0],
         "attention_layers": [1.0],
     }
-    store.table("variants").add(pa.Table.from_pylist([row], schema=variants_schema(8)))
+    store.table("variants").add(pa.Table.from_pylist([row], schema=old_schema))
 
     out = CliRunner().invoke(cli, ["migrate", "--db", str(db)])
     assert out.exit_code == 0, out.output
@@ -314,6 +317,8 @@ def test_migration_0003_moves_an_old_store_to_tables_by_width(tmp_path):
     assert upgraded.schema_version() == latest_schema_version()
     assert upgraded.variants_tables() == ["variants_8"] and not upgraded.has_table("variants")
     assert upgraded.table("variants_8").count_rows() == 1
+    # migration 0004 found the renamed table: the rows take a severity, NULL for these
+    assert upgraded.dataset("variants_8").to_table().column("severity").to_pylist() == [None]
     (migrated,) = upgraded.dataset("runs").to_table().to_pylist()
     assert migrated["family"] == "clip" and migrated["preprocessing"] is None
     assert migrated["attention_maps"].startswith("cls_row")
