@@ -230,7 +230,7 @@ def corruption_store(tmp_path_factory, tiny_model):
 def test_severity_is_stored_and_summarised(corruption_store):
     db, _, summary, reference = corruption_store
     assert summary.stored == 2 and len(summary.augmentations) == 19
-    variants = lance.dataset(str(db / "variants.lance")).to_table(
+    variants = lance.dataset(str(db / "variants_16.lance")).to_table(
         columns=["run_id", "variant", "severity"], filter=f"run_id = '{summary.run_id}'"
     )
     pairs = set(zip(variants["variant"].to_pylist(), variants["severity"].to_pylist(), strict=True))
@@ -311,7 +311,7 @@ def test_a_file_suite_ingests_to_the_built_in_pixels(corruption_store, tmp_path,
 
     def pixels(store, run_id=None):
         where = f"run_id = '{run_id}'" if run_id else None
-        table = lance.dataset(str(store / "variants.lance")).to_table(
+        table = lance.dataset(str(store / "variants_16.lance")).to_table(
             columns=["image_id", "variant", "pixels"], filter=where
         )
         return {
@@ -335,7 +335,8 @@ def test_migration_adds_severity_to_an_older_store(tmp_path):
     assert "applied 0004 severity" in result.output
     upgraded = Store.open(db)
     assert upgraded.schema_version() == latest_schema_version()
-    assert upgraded.dataset("variants").schema.field("severity").type == pa.int32()
+    # 0003 moved the table to variants_<width> first; 0004 found it there
+    assert upgraded.dataset("variants_4").schema.field("severity").type == pa.int32()
 
 
 def _old_variant_fields() -> list[pa.Field]:
