@@ -557,10 +557,14 @@ def compare(run_a, run_b, db, fmt):
         }
         click.echo(json.dumps(document, indent=2))
         return
+    columns = result.columns
     if fmt == "table":
         for label, run in (("A", result.run_a), ("B", result.run_b)):
             click.echo(f"{label}: run {run['run_id']} ({run['model']}, {run['family']})")
-    click.echo(format_rows(result.columns, rows, fmt, max_rows=None))
+        if all(row["severity"] is None for row in result.rows):  # no levelled perturbation
+            keep = [i for i, name in enumerate(columns) if name != "severity"]
+            columns, rows = [columns[i] for i in keep], [[r[i] for i in keep] for r in rows]
+    click.echo(format_rows(columns, rows, fmt, max_rows=None))
     if fmt == "table":
         taus = ", ".join(
             f"{metric} {tau:.3f} (p {p:.3g})" for metric, (tau, p) in result.kendall_tau.items()

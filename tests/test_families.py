@@ -209,6 +209,7 @@ def test_compare_command(two_families):
     out = CliRunner().invoke(cli, ["compare", clip_run, siglip_run, "--db", str(db)])
     assert out.exit_code == 0, out.output
     assert f"A: run {clip_run}" in out.output and "wilcoxon_p" in out.output
+    assert "severity" not in out.output  # the paper's augmentations have no levels
     assert "Kendall tau" in out.output
     out = CliRunner().invoke(
         cli, ["compare", clip_run, siglip_run, "--db", str(db), "--format", "json"]
