@@ -16,7 +16,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 def user_errors(command):
-    """Print a ClipshiftError (a user mistake) on one line and exit 1: never a traceback."""
+    """Print a ClipshiftError (a user mistake) on one line and exit 1: never a traceback.
+
+    Any other failure of a command with a store is checked against the store: when a damaged
+    table is behind it, that is said on one line (with `clipshift check`) instead."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -24,8 +27,26 @@ def user_errors(command):
             return command(*args, **kwargs)
         except ClipshiftError as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            damaged = _store_damage(kwargs.get("db"), exc)
+            if damaged is None:
+                raise
+            raise click.ClickException(str(damaged)) from None
 
     return wrapper
+
+
+def _store_damage(db: str | None, exc: Exception) -> ClipshiftError | None:
+    from pathlib import Path
+
+    from clipshift.store import Store
+
+    if not db or not Path(db).is_dir():
+        return None
+    try:
+        return Store(Path(db)).diagnose(exc)
+    except Exception:  # noqa: BLE001 - the diagnosis must not hide the original error
+        return None
 
 
 db_option = click.option(
@@ -255,6 +276,57 @@ def migrate(db):
         for migration in applied:
             click.echo(f"applied {migration.version:04d} {migration.name}")
     click.echo(f"store {db} is at schema version {version}")
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--repair",
+    type=click.Choice(["rollback", "drop"]),
+    default=None,
+    help="Repair a damaged store: roll each damaged table back to its newest version that "
+    "reads in full, or drop its unreadable fragments. Either way the variants of images left "
+    "incomplete are deleted too, and what was lost is listed and recorded in `errors`.",
+)
+@user_errors
+def check(db, repair):
+    """Verify the store: every table's manifest and data files, every stored image complete
+    with all its variants, the schema version, and the space old versions hold. Exits 1 while
+    a problem remains."""
+    from clipshift.check import check as run_check
+
+    result = run_check(db, repair=repair)
+    for line in result.repaired:
+        click.echo(f"repaired: {line}")
+    for table in result.tables:
+        state = "ok" if table.ok else "DAMAGED"
+        size = f"{_megabytes(table.bytes_on_disk)} on disk"
+        if table.reclaimable:
+            size += f", {_megabytes(table.reclaimable)} reclaimable"
+        rows = "" if table.rows is None else f"{table.rows} rows, "
+        versions = (
+            f"version {table.version} of {table.versions}" if table.version else "no manifest"
+        )
+        click.echo(f"{table.name:<18} {state:<8} {rows}{versions}, {size}")
+        for problem in table.problems:
+            click.echo(f"    {problem}")
+    version = result.schema_version if result.schema_version is not None else "unknown"
+    click.echo(f"schema version {version} (this clipshift: {result.latest_schema_version})")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    if result.ok:
+        click.echo(f"store {db} is whole; {_megabytes(result.reclaimable)} reclaimable")
+        return
+    for problem in result.problems:
+        if not problem.startswith("table "):
+            click.echo(f"problem: {problem}")
+    hint = "" if repair else f": `clipshift check --db {db} --repair rollback|drop`"
+    click.echo(f"store {db} has {len(result.problems)} problem(s){hint}", err=True)
+    sys.exit(1)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 @cli.command()

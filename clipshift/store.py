@@ -36,7 +36,11 @@ MIGRATIONS_TABLE = "schema_migrations"
 LOCK_FILE = ".clipshift.lock"
 # Small appends leave many small fragments; past this many, compact after the ingest.
 COMPACT_FRAGMENTS = 64
-# Versions older than this are deleted by a compaction; a reader holding one that long may fail.
+# Versions older than this are deleted after every ingest (and their unreferenced files: old
+# data a compaction rewrote, files of a write killed before its commit). A command reads the
+# version that was latest when it started; none takes near this long on the paper-size store
+# (report, the slowest, about a minute), so a reader never loses its files mid-read.
+# CLIPSHIFT_KEEP_VERSIONS_SECONDS overrides it (tests use 0).
 KEEP_VERSIONS = timedelta(minutes=10)
 
 MIGRATIONS_SCHEMA = pa.schema(
@@ -112,6 +116,60 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def keep_versions() -> timedelta:
+    """How long old table versions are kept (KEEP_VERSIONS unless the environment says)."""
+    seconds = os.environ.get("CLIPSHIFT_KEEP_VERSIONS_SECONDS")
+    if seconds is None:
+        return KEEP_VERSIONS
+    try:
+        return timedelta(seconds=max(0.0, float(seconds)))
+    except ValueError:
+        raise ClipshiftError(
+            f"CLIPSHIFT_KEEP_VERSIONS_SECONDS={seconds!r}: give a number of seconds"
+        ) from None
+
+
+class StoreDamaged(ClipshiftError):
+    """A table of the store cannot be read: a data file is missing, short, or unreadable."""
+
+
+def damage_error(path: Path, table: str, problem: str) -> StoreDamaged:
+    return StoreDamaged(
+        f"the store at {path} is damaged: table {table}: {problem}; run `clipshift check "
+        f"--db {path}` to see what is affected and `clipshift check --db {path} --repair` to fix it"
+    )
+
+
+def table_damage(table_dir: Path) -> str | None:
+    """What is wrong with the latest version of the Lance table at `table_dir`, found from its
+    manifest and the file sizes it records, without reading any data; None when nothing is.
+
+    Catches a missing manifest or data file and a data file of the wrong size (truncated); a
+    file damaged in place is found by `clipshift check`, which reads every fragment."""
+    try:
+        ds = lance.dataset(str(table_dir))
+        fragments = ds.get_fragments()
+    except Exception as exc:  # noqa: BLE001 - any failure to open is the damage reported
+        return f"its manifest cannot be read ({first_line(exc)})"
+    for fragment in fragments:
+        for data_file in fragment.metadata.files:
+            file = table_dir / "data" / data_file.path
+            if not file.is_file():
+                return f"data file data/{data_file.path} is missing"
+            expected = data_file.file_size_bytes
+            if expected and file.stat().st_size != expected:
+                return (
+                    f"data file data/{data_file.path} has {file.stat().st_size:,} bytes, "
+                    f"not the {expected:,} it was written with (truncated?)"
+                )
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 class Store:
     """An open clipshift store: a LanceDB directory at a known schema version."""
 
@@ -135,10 +193,34 @@ class Store:
         by a newer clipshift is refused, since this version cannot know its layout.
         """
         store = cls._connect(Path(path), create=create)
+        store.raise_if_damaged()
         if store.schema_version() == 0 and create:
             store.migrate()
         store.check_version()
         return store
+
+    def raise_if_damaged(self) -> None:
+        """StoreDamaged, naming the table and the problem, if a table's latest version cannot
+        be read (checked from manifests and file sizes: milliseconds, no data read)."""
+        for name in self.table_names():
+            problem = table_damage(self.path / f"{name}.lance")
+            if problem:
+                raise damage_error(self.path, name, problem)
+
+    def diagnose(self, exc: BaseException) -> StoreDamaged | None:
+        """After an unexpected failure reading the store: the damage behind it, if any (the
+        quick check, then a full read of the table the error names)."""
+        try:
+            self.raise_if_damaged()
+        except StoreDamaged as damaged:
+            return damaged
+        message = str(exc)
+        for name in self.table_names():
+            if f"{name}.lance" in message or f"'{name}'" in message:
+                problem = read_damage(self.path / f"{name}.lance")
+                if problem:
+                    return damage_error(self.path, name, problem)
+        return None
 
     def check_version(self) -> None:
         version, latest = self.schema_version(), latest_schema_version()
@@ -170,7 +252,19 @@ class Store:
                 f"cannot create a store at {path}: {existing} is not a writable folder"
             )
         if existing == path:
+            others = sorted(
+                p.name
+                for p in path.iterdir()
+                if not p.name.endswith(".lance") and p.name not in (LOCK_FILE, ".DS_Store")
+            )
+            if others:
+                shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+                raise ClipshiftError(
+                    f"--db {path} is a folder holding other files ({shown}), not a clipshift "
+                    "store: give a new or empty folder, or an existing store"
+                )
             store = Store(path)
+            store.raise_if_damaged()
             if store.schema_version():
                 store.check_version()
 
@@ -288,8 +382,18 @@ class Store:
         """
         if self._lock is None:
             self._lock = FileLock(self.path / LOCK_FILE)
-        with self._lock:
+        try:
+            self._lock.acquire()
+        except OSError as exc:
+            raise ClipshiftError(
+                f"the store at {self.path} is read-only here (cannot open {LOCK_FILE} for "
+                f"writing: {exc.strerror or exc}): this command writes, so run it where the "
+                "store is writable"
+            ) from None
+        try:
             yield
+        finally:
+            self._lock.release()
 
     def ensure_run(self, run: dict) -> None:
         """Record the run (once) and create the `variants_<D>` table of its embedding width."""
@@ -364,17 +468,42 @@ class Store:
             self.table("errors").delete(where(run_id=run_id, path=list(paths)))
 
     def compact(self, *, force: bool = False) -> None:
-        """Merge the small fragments that many batch commits leave, and drop old versions."""
+        """Merge the small fragments that many batch commits leave, then delete the versions
+        older than `keep_versions()` and every file no remaining version uses.
+
+        That includes files no version ever used (a write killed before its commit): Lance
+        keeps such "unverified" files for a week in case a writer is still committing them,
+        but every clipshift write holds the store lock, which this holds too."""
+        keep = keep_versions()
         with self.lock():
             for name in self.table_names():
                 table = self.table(name)
                 if force or len(table.to_lance().get_fragments()) > COMPACT_FRAGMENTS:
-                    table.optimize(cleanup_older_than=KEEP_VERSIONS)
+                    table.optimize(cleanup_older_than=keep)
+                table.to_lance().cleanup_old_versions(
+                    older_than=keep, delete_unverified=True, error_if_tagged_old_versions=False
+                )
+
+
+def read_damage(table_dir: Path) -> str | None:
+    """As `table_damage`, and then every fragment of the latest version read in full."""
+    problem = table_damage(table_dir)
+    if problem:
+        return problem
+    for fragment in lance.dataset(str(table_dir)).get_fragments():
+        try:
+            for _ in fragment.to_batches(batch_size=4096):
+                pass
+        except Exception as exc:  # noqa: BLE001 - any read failure is the damage reported
+            files = ", ".join(f"data/{f.path}" for f in fragment.metadata.files)
+            return f"fragment {fragment.fragment_id} ({files}) cannot be read: {first_line(exc)}"
+    return None
 
 
 def migrate_store(path: str | os.PathLike) -> tuple[list[Migration], int]:
     """Apply pending migrations to the store at `path`; return those applied and the version."""
     store = Store._connect(Path(path), create=False)
+    store.raise_if_damaged()
     version = store.schema_version()
     if version == 0:
         raise ClipshiftError(f"no clipshift store at {path}: nothing to migrate")
@@ -383,5 +512,7 @@ def migrate_store(path: str | os.PathLike) -> tuple[list[Migration], int]:
             f"the store at {path} has schema version {version}, newer than this clipshift "
             f"understands ({latest_schema_version()}): upgrade clipshift"
         )
+    if version == latest_schema_version():
+        return [], version  # nothing to write: fine on a read-only store too
     applied = store.migrate()
     return applied, store.schema_version()

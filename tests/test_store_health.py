@@ -1,0 +1,167 @@
+"""A damaged store: one-line errors everywhere, `clipshift check`, both repairs, and resuming;
+disk space after interrupted ingests; the store location and read-only checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import lance
+import pytest
+from click.testing import CliRunner
+from test_reliability import VARIANTS, assert_whole_images_no_duplicates, ingest_process
+
+from cli import cli
+from clipshift.check import check
+from clipshift.ingest import ingest
+from clipshift.store import Store
+
+
+def data_files(db: Path, table: str = "variants") -> list[Path]:
+    """The data files of the table's latest version, in fragment order."""
+    ds = lance.dataset(str(db / f"{table}.lance"))
+    return [
+        db / f"{table}.lance" / "data" / f.path
+        for fragment in ds.get_fragments()
+        for f in fragment.metadata.files
+    ]
+
+
+@pytest.fixture
+def store_copy(tmp_path, ingested_store) -> Path:
+    db = tmp_path / "db"
+    shutil.copytree(ingested_store, db)
+    return db
+
+
+def damage(db: Path, how: str) -> None:
+    last = data_files(db)[-1]
+    if how == "deleted":
+        last.unlink()
+    else:
+        with open(last, "r+b") as handle:
+            handle.truncate(last.stat().st_size // 3)
+
+
+COMMANDS = [
+    ["stats"],
+    ["clusters"],
+    ["report", "--out", "{tmp}/report"],
+    ["neighbors", "abcd"],
+    ["retrieval"],
+    ["index"],
+    ["sql", "SELECT count(*) FROM variants"],
+    ["ingest", "{photos}", "--model", "{model}"],
+    ["migrate"],
+]
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated"])
+def test_a_damaged_store_gives_one_line_errors_and_check_finds_it(
+    store_copy, tmp_path, photos, tiny_model, how
+):
+    damage(store_copy, how)
+    for command in COMMANDS:
+        args = [a.format(tmp=tmp_path, photos=photos, model=tiny_model) for a in command] + [
+            "--db",
+            str(store_copy),
+        ]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, (command, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.output, (command, result.output)
+        assert "damaged: table variants" in lines[0] and "clipshift check" in lines[0]
+        assert ("missing" if how == "deleted" else "truncated") in lines[0]
+
+    result = CliRunner().invoke(cli, ["check", "--db", str(store_copy)])
+    assert result.exit_code == 1
+    assert "variants           DAMAGED" in result.output and "--repair" in result.output
+
+
+@pytest.mark.parametrize("how", ["rollback", "drop"])
+def test_repair_then_ingest_resumes_what_was_lost(store_copy, photos, tiny_model, how):
+    total = len(list(photos.iterdir()))
+    damage(store_copy, "truncated")
+    result = CliRunner().invoke(cli, ["check", "--db", str(store_copy), "--repair", how])
+    assert result.exit_code == 0, result.output
+    assert "repaired: table variants" in result.output and "is whole" in result.output
+    assert ("rolled back" if how == "rollback" else "dropped 1 unreadable") in result.output
+    repairs = [
+        e
+        for e in Store.open(store_copy).table("errors").to_arrow().to_pylist()
+        if e["stage"] == "repair"
+    ]
+    assert repairs and all("variants" in e["message"] for e in repairs)
+    kept = assert_whole_images_no_duplicates(store_copy)
+    assert kept < total
+
+    summary = ingest([photos], store_copy, str(tiny_model), device="cpu")
+    assert summary.stored == total - kept and summary.skipped == kept
+    assert assert_whole_images_no_duplicates(store_copy) == total
+    assert check(store_copy).ok
+
+
+def test_check_finds_and_repairs_an_incomplete_image(store_copy, photos, tiny_model):
+    store = Store.open(store_copy)
+    victim = store.dataset("images").to_table(columns=["image_id"])["image_id"][0].as_py()
+    store.table("variants").delete(f"image_id = '{victim}' AND variant = 'blur'")
+    found = check(store_copy)
+    assert not found.ok and [i for _, i in found.incomplete_images] == [victim]
+    assert "1 stored images miss some of their variants" in found.problems
+    repaired = check(store_copy, repair="drop")
+    assert repaired.ok and any("1 incomplete images" in line for line in repaired.repaired)
+    summary = ingest([photos], store_copy, str(tiny_model), device="cpu")
+    assert summary.stored == 1
+    assert check(store_copy).ok
+
+
+def test_disk_stays_near_live_data_after_interrupted_ingests(tmp_path, photos, tiny_model):
+    """Killed ingests leave files no version uses; each later ingest deletes them and the
+    versions older than the retention (0 s here), so the store stays near its live data."""
+    db = tmp_path / "db"
+    os.environ["CLIPSHIFT_KEEP_VERSIONS_SECONDS"] = "0"
+    try:
+        for delay in (4.0, 5.0, 6.0):
+            process = ingest_process(photos, db, tiny_model, "--batch-size", "1")
+            time.sleep(delay)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        finish = ingest_process(photos, db, tiny_model, "--batch-size", "1")
+        assert finish.wait(timeout=180) == 0, finish.stderr.read().decode()
+    finally:
+        del os.environ["CLIPSHIFT_KEEP_VERSIONS_SECONDS"]
+    assert assert_whole_images_no_duplicates(db) == len(list(photos.iterdir()))
+    live = sum(
+        f.stat().st_size
+        for name in ("runs", "images", "variants", "errors", "schema_migrations")
+        for f in data_files(db, name)
+    )
+    on_disk = sum(f.stat().st_size for f in db.rglob("*") if f.is_file())
+    assert on_disk <= 1.2 * live, (on_disk, live)
+    assert check(db).reclaimable <= 0.2 * live
+    assert Store.open(db).table("variants").count_rows() == len(list(photos.iterdir())) * VARIANTS
+
+
+def test_db_on_a_folder_of_other_files_is_refused(tmp_path, photos, tiny_model):
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("keep me")
+    result = CliRunner().invoke(
+        cli, ["ingest", str(photos), "--db", str(folder), "--model", str(tiny_model)]
+    )
+    assert result.exit_code == 1 and "holding other files (thesis.tex)" in result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+
+
+def test_migrate_on_a_store_that_cannot_be_written(store_copy):
+    ok = CliRunner().invoke(cli, ["migrate", "--db", str(store_copy)])
+    assert ok.exit_code == 0 and "schema version" in ok.output  # nothing to write: no lock
+    (store_copy / ".clipshift.lock").unlink()
+    (store_copy / ".clipshift.lock").mkdir()  # the lock cannot be opened, as when read-only
+    store = Store.open(store_copy)
+    with pytest.raises(Exception, match="read-only here"):
+        with store.lock():
+            pass
