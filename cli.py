@@ -146,6 +146,10 @@ def ingest(
     or text files listing image paths. Running the same command again stores nothing twice
     and resumes where an interrupted run stopped.
     """
+    from clipshift.hub import require_model
+
+    # before importing torch and transformers (seconds): offline, a missing model fails at once
+    require_model(model)
     from clipshift.ingest import ingest as run_ingest
 
     bar = _ProgressBar(enabled=not quiet and sys.stderr.isatty())

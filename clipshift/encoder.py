@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from . import ClipshiftError
 from .defaults import DEVICES, IMAGE_SIZE
 from .families import Family, family_of
+from .hub import load_error, load_pretrained, require_model
 
 
 @dataclass
@@ -51,21 +51,23 @@ class Encoder:
     family: Family
 
     def __init__(self, model_name: str, device: str = "auto", image_size: int = IMAGE_SIZE):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         self.model_name = model_name
         self.device = resolve_device(device)
         local = Path(model_name).expanduser()
         self.local_dir = local.resolve() if local.is_dir() else None
         source = str(self.local_dir) if self.local_dir else model_name
+        require_model(model_name)  # offline: fail at once, before importing transformers
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         try:
             self.family = family_of(_model_type(source), model_name)
             model = self.family.load(source)
             processor_config = _processor_config(source)
         except (OSError, ValueError) as exc:
-            raise ClipshiftError(_load_error(model_name, local, exc)) from None
+            raise ClipshiftError(load_error(model_name, local, exc)) from None
         self.model = model.eval().to(self.device)
         vision = self.family.vision_config(model)
         self.image_size = image_size
@@ -133,7 +135,7 @@ class Encoder:
                     "CLIPTokenizer.from_pretrained(...).save_pretrained(DIR))"
                 )
             try:
-                self._text_tokenizer = AutoTokenizer.from_pretrained(source)
+                self._text_tokenizer = load_pretrained(AutoTokenizer, source)
             except (OSError, ValueError) as exc:
                 raise ClipshiftError(
                     f"cannot load the text tokenizer of {self.model_name}: "
@@ -144,17 +146,15 @@ class Encoder:
 
 def _model_type(source: str) -> str | None:
     """config.json's model_type (a local folder, or a hub id from the cache or the hub)."""
-    from transformers.utils import cached_file
 
-    path = cached_file(source, "config.json")
+    path = _cached_file(source, "config.json")
     return json.loads(Path(path).read_text()).get("model_type")
 
 
 def _processor_config(source: str) -> dict | None:
     """The checkpoint's preprocessor_config.json, or None where it ships none."""
-    from transformers.utils import cached_file
 
-    path = cached_file(
+    path = _cached_file(
         source,
         "preprocessor_config.json",
         _raise_exceptions_for_missing_entries=False,
@@ -179,19 +179,12 @@ def _revision(model, local_dir: Path | None) -> str:
     return "sha256:" + digest.hexdigest()[:16] if weights else "unknown"
 
 
-def _load_error(model_name: str, local: Path, exc: Exception) -> str:
-    if local.is_dir():
-        return f"cannot load a model from {local}: {str(exc).splitlines()[0]}"
-    if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
-        return f"--model {model_name}: no such directory"
-    if (
-        os.environ.get("HF_HUB_OFFLINE")
-        or "offline" in str(exc).lower()
-        or "connect" in str(exc).lower()
-    ):
-        return (
-            f"cannot load {model_name}: it is not in the Hugging Face cache and the hub cannot be "
-            "reached. Download it once where the hub is reachable, or pass --model DIR (a folder "
-            "made with save_pretrained)"
-        )
-    return f"cannot load model {model_name}: {str(exc).splitlines()[0]}"
+def _cached_file(source: str, filename: str, **kwargs):
+    """transformers' cached_file from the local cache (or folder) first, then the hub (reached
+    only when `require_model` found it reachable)."""
+    from transformers.utils import cached_file
+
+    try:
+        return cached_file(source, filename, local_files_only=True, **kwargs)
+    except OSError:
+        return cached_file(source, filename, **kwargs)

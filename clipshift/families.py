@@ -83,7 +83,9 @@ class Family:
                 f"this transformers ({transformers.__version__}) has no {self.model_class}: "
                 "upgrade transformers to load this model"
             )
-        return model_class.from_pretrained(source, attn_implementation="eager")
+        from .hub import load_pretrained
+
+        return load_pretrained(model_class, source, attn_implementation="eager")
 
     def preprocessing(self, processor_config: dict | None) -> Preprocessing:
         if not processor_config:

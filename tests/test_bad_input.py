@@ -223,3 +223,27 @@ def test_image_size_not_a_multiple_of_the_patch(stored, photos, tiny_model):
 def test_reading_commands_on_a_missing_store(tmp_path):
     result = run(["migrate", "--db", str(tmp_path / "none")])
     assert_one_line_error(result, "no clipshift store")
+
+
+def test_model_not_cached_and_hub_unreachable_fails_without_retries(tmp_path, photos):
+    """Not offline by setting, but the hub does not answer (a closed local port stands in for
+    it): one line at once, without transformers' retry messages."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9", PYTHONPATH=str(root))
+    result = subprocess.run(
+        [sys.executable, str(root / "cli.py"), "ingest", str(photos), "--db", str(tmp_path / "db")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the hub cannot be reached" in lines[0], result.stderr
+    assert not (tmp_path / "db").exists()

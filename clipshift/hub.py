@@ -1,0 +1,92 @@
+"""Where a model comes from: a local folder, the local Hugging Face cache, or the hub, and
+whether the hub can be reached. Light: imports neither torch nor transformers, so a command
+can refuse an unavailable model before paying for those imports."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import ClipshiftError
+
+# How long the hub may take to accept a connection before a model missing from the local
+# cache is reported as unreachable: without this check, transformers retries for ~30 s.
+HUB_PROBE_SECONDS = 1.5
+
+
+def load_pretrained(loader, source: str, **kwargs):
+    """`loader.from_pretrained(source)` from the local cache (or folder) first; from the hub
+    only when that fails and the hub accepts a connection within HUB_PROBE_SECONDS.
+
+    Offline, a model missing from the cache thus fails in about a second with an OSError
+    saying the hub cannot be reached, instead of after transformers' retries."""
+    try:
+        return loader.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError:
+        if Path(source).is_dir() or hub_offline():
+            raise
+    if not hub_reachable():
+        raise OSError(f"{source} is not cached and the hub cannot be reached (offline)")
+    return loader.from_pretrained(source, **kwargs)
+
+
+def in_hub_cache(model_name: str) -> bool:
+    """Whether the local Hugging Face cache holds the model's config (an id it cannot even
+    parse counts as not cached: the load reports it)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(model_name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - e.g. HFValidationError for a path-like id
+        return False
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether the Hugging Face endpoint (HF_ENDPOINT) accepts a TCP connection in time."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_model(model_name: str) -> None:
+    """ClipshiftError at once when `model_name` is neither a folder nor in the local cache and
+    the hub cannot be reached (or HF_HUB_OFFLINE is set); otherwise nothing."""
+    local = Path(model_name).expanduser()
+    if local.is_dir() or in_hub_cache(model_name):
+        return
+    if hub_offline() or not hub_reachable():
+        unreachable = OSError("not in the cache and the hub cannot be reached (offline)")
+        raise ClipshiftError(load_error(model_name, local, unreachable))
+
+
+def load_error(model_name: str, local: Path, exc: Exception) -> str:
+    if local.is_dir():
+        return f"cannot load a model from {local}: {str(exc).splitlines()[0]}"
+    if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
+        return f"--model {model_name}: no such directory"
+    if (
+        os.environ.get("HF_HUB_OFFLINE")
+        or "offline" in str(exc).lower()
+        or "connect" in str(exc).lower()
+    ):
+        return (
+            f"cannot load {model_name}: it is not in the Hugging Face cache and the hub cannot be "
+            "reached. Download it once where the hub is reachable, or pass --model DIR (a folder "
+            "made with save_pretrained)"
+        )
+    return f"cannot load model {model_name}: {str(exc).splitlines()[0]}"
