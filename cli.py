@@ -179,6 +179,17 @@ def ingest(
     bar.finish()
     if not quiet:
         click.echo(format_ingest_summary(summary))
+    if summary.stored == 0 and summary.failed:
+        # files were given but none could be stored: a failure, whatever was skipped
+        if quiet:
+            for failure in summary.failures[:10]:
+                click.echo(f"{failure.stage}: {failure.path}: {failure.message}", err=True)
+        click.echo(
+            f"Error: nothing stored: {summary.failed} of {summary.discovered} files failed "
+            "(listed above)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 class _ProgressBar:
@@ -665,7 +676,7 @@ def compare(run_a, run_b, db, fmt):
     "--max-rows",
     default=D.DEFAULT_MAX_ROWS,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=0),
     help="Rows a table shows (the rest are counted); csv, json and parquet carry all.",
 )
 @user_errors

@@ -391,6 +391,8 @@ def sql(db: str | os.PathLike | Store, query: str, max_rows: int | None = None) 
     them all (the rest stay in Arrow), so a query over every embedding is cheap to preview.
     A bad query raises ClipshiftError with DuckDB's message on one line.
     """
+    if max_rows is not None and max_rows < 0:
+        raise ClipshiftError(f"--max-rows {max_rows}: give 0 or more")
     con = connect(db)
     relation = _run_user_query(con, query)
     if relation is None:  # a statement without rows (CREATE VIEW, SET, ...)
@@ -422,6 +424,13 @@ def _run_user_query(con: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckDB
     """The relation of the query's last statement (None where it returns no rows)."""
     if not query.strip():
         raise ClipshiftError('empty query: give SQL, e.g. clipshift sql "SELECT * FROM runs"')
+    statements = _guarded(con.extract_statements, query)
+    if len(statements) > 1:
+        # DuckDB would run them all and show only the last result
+        raise ClipshiftError(
+            f"{len(statements)} SQL statements given: give one per call (a SELECT, or WITH ... "
+            "SELECT); run the others separately"
+        )
     return _guarded(con.sql, query)
 
 

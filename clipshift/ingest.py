@@ -21,7 +21,14 @@ from typing import TypeVar
 
 from . import ClipshiftError, __version__
 from .augment import augmentation_config, config_hash
-from .defaults import BATCH_SIZE, DEFAULT_DB, DEFAULT_MODEL, IMAGE_SIZE, KEEP_PIXELS
+from .defaults import (
+    BATCH_SIZE,
+    DEFAULT_DB,
+    DEFAULT_MODEL,
+    IMAGE_SIZE,
+    IMAGE_SUFFIXES,
+    KEEP_PIXELS,
+)
 from .encoder import Encoder
 from .filters import matches
 from .sources import discover
@@ -107,6 +114,11 @@ def ingest(
     names = [p.label for p in perturbations]
     _check_options(image_size, batch_size, limit, keep_pixels)
     files = list(discover(paths))
+    if not files:
+        raise ClipshiftError(
+            f"no supported images found under {', '.join(map(str, paths))} "
+            f"(looked for {', '.join(IMAGE_SUFFIXES)}, in folders recursively)"
+        )
     if limit is not None:
         files = files[:limit]
 

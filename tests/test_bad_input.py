@@ -247,3 +247,32 @@ def test_model_not_cached_and_hub_unreachable_fails_without_retries(tmp_path, ph
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "the hub cannot be reached" in lines[0], result.stderr
     assert not (tmp_path / "db").exists()
+
+
+def test_exit_codes_when_nothing_can_be_stored(tmp_path, tiny_model):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("")
+    db = tmp_path / "db"
+    result = run(["ingest", str(empty / "sub"), "--db", str(db), "--model", str(tiny_model)])
+    assert_one_line_error(result, "no supported images found under", ".tiff")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.png").write_text("not an image")
+    result = run(["ingest", str(bad), "--db", str(db), "--model", str(tiny_model)])
+    assert result.exit_code == 1
+    assert "decode:" in result.output and "broken.png" in result.output
+    assert "nothing stored: 1 of 1 files failed" in result.output
+    Image.new("RGB", (20, 20), "blue").save(bad / "good.png")
+    result = run(["ingest", str(bad), "--db", str(db), "--model", str(tiny_model)])
+    assert result.exit_code == 0, result.output  # one stored, one failed
+    result = run(["ingest", str(bad / "good.png"), "--db", str(db), "--model", str(tiny_model)])
+    assert result.exit_code == 0 and "skipped    1 already" in result.output
+
+
+def test_sql_refuses_several_statements_and_negative_max_rows(stored):
+    result = run(["sql", "SELECT 1; SELECT 2", "--db", str(stored)])
+    assert_one_line_error(result, "2 SQL statements given")
+    assert run(["sql", "SELECT 1;", "--db", str(stored)]).exit_code == 0
+    result = run(["sql", "SELECT 1", "--max-rows", "-1", "--db", str(stored)])
+    assert result.exit_code == 2 and "--max-rows" in result.output
