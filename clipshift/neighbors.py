@@ -30,15 +30,14 @@ from .filters import matches, where
 from .knn import exact_neighbours, normalise
 from .store import Store
 
-# A flat LanceDB scan answers one query in ~0.1 s per 100k rows, and at the paper's 133k rows
-# a `neighbors` query took 0.75 s flat against 0.86 s through the index, which took ~150 s to
-# build: below about a million rows (~1 s a scan) an index is not built unasked. One built
-# with `clipshift index` is used at any size.
+# At the paper's 133k rows a `neighbors` query is about as fast flat as through the index,
+# which takes minutes to build (README, Benchmarks: benchmarks/retrieval.py); a flat scan grows
+# to ~1 s around a million rows, so below that an index is not built unasked. One built with
+# `clipshift index` is used at any size.
 INDEX_MIN_ROWS = 1_000_000
-# Bulk retrieval through the index costs ~6 ms per query (HNSW, ef 150, 2 cores) against
-# 0.05 ms per query for the exact search with 13k originals and 0.3 ms with 133k (linear in
-# the originals: ~2 ms at 1M); the index only pays for the bulk evaluation of a run with
-# about this many originals.
+# Bulk retrieval through the index costs ~100x the exact search per query at 13k originals
+# (README, Benchmarks); the exact cost grows linearly with the originals, so the index only
+# pays for the bulk evaluation of a run with about this many originals.
 RETRIEVAL_INDEX_MIN_ORIGINALS = 1_000_000
 # HNSW search breadth: recall@10 against exact 0.91 at 50, 0.96 at 200 on the synthetic store.
 HNSW_EF = 150
