@@ -435,10 +435,14 @@ def _run_user_query(con: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckDB
 
 
 def _guarded(call, *args):
-    """Call DuckDB; its error (a user's bad SQL) becomes a one-line ClipshiftError."""
+    """Call DuckDB; its error (a user's bad SQL) becomes a one-line ClipshiftError. A failure
+    to read a table is not the query's fault: it stays as it is, for the CLI to diagnose the
+    store (`Store.diagnose`)."""
     try:
         return call(*args)
     except duckdb.Error as exc:
+        if "reading the stream registered as" in str(exc):
+            raise
         raise ClipshiftError(one_line_error(exc)) from None
 
 

@@ -215,11 +215,14 @@ class Store:
         except StoreDamaged as damaged:
             return damaged
         message = str(exc)
-        for name in self.table_names():
-            if f"{name}.lance" in message or f"'{name}'" in message:
-                problem = read_damage(self.path / f"{name}.lance")
-                if problem:
-                    return damage_error(self.path, name, problem)
+        names = self.table_names()
+        named = [n for n in names if f"{n}.lance" in message or f"'{n}'" in message]
+        if not named and "lance" in f"{type(exc).__name__} {message}".lower():
+            named = names  # a Lance read error that names no table: read them all
+        for name in named:
+            problem = read_damage(self.path / f"{name}.lance")
+            if problem:
+                return damage_error(self.path, name, problem)
         return None
 
     def check_version(self) -> None:

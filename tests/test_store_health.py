@@ -41,9 +41,14 @@ def damage(db: Path, how: str) -> None:
     last = data_files(db)[-1]
     if how == "deleted":
         last.unlink()
-    else:
+    elif how == "truncated":
         with open(last, "r+b") as handle:
             handle.truncate(last.stat().st_size // 3)
+    else:  # overwritten in place, same size: only a read finds it
+        size = last.stat().st_size
+        with open(last, "r+b") as handle:
+            handle.seek(size - 2000)
+            handle.write(b"\0" * 1500)
 
 
 COMMANDS = [
@@ -53,18 +58,20 @@ COMMANDS = [
     ["neighbors", "abcd"],
     ["retrieval"],
     ["index"],
-    ["sql", "SELECT count(*) FROM variants"],
+    ["sql", "SELECT image_id, embedding FROM variants"],
     ["ingest", "{photos}", "--model", "{model}"],
     ["migrate"],
 ]
 
 
-@pytest.mark.parametrize("how", ["deleted", "truncated"])
+@pytest.mark.parametrize("how", ["deleted", "truncated", "overwritten"])
 def test_a_damaged_store_gives_one_line_errors_and_check_finds_it(
     store_copy, tmp_path, photos, tiny_model, how
 ):
     damage(store_copy, how)
     for command in COMMANDS:
+        if how == "overwritten" and command[0] in ("migrate", "index"):
+            continue  # neither reads the data here (nothing to migrate; too few rows to index)
         args = [a.format(tmp=tmp_path, photos=photos, model=tiny_model) for a in command] + [
             "--db",
             str(store_copy),
@@ -74,7 +81,8 @@ def test_a_damaged_store_gives_one_line_errors_and_check_finds_it(
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in result.output, (command, result.output)
         assert "damaged: table variants" in lines[0] and "clipshift check" in lines[0]
-        assert ("missing" if how == "deleted" else "truncated") in lines[0]
+        expected = {"deleted": "missing", "truncated": "truncated", "overwritten": "cannot be read"}
+        assert expected[how] in lines[0]
 
     result = CliRunner().invoke(cli, ["check", "--db", str(store_copy)])
     assert result.exit_code == 1
