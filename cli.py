@@ -147,8 +147,11 @@ def ingest(
     and resumes where an interrupted run stopped.
     """
     from clipshift.hub import require_model
+    from clipshift.store import Store
 
-    # before importing torch and transformers (seconds): offline, a missing model fails at once
+    # before importing torch and transformers (seconds): offline, a missing model fails at
+    # once, after the store's own checks (an unusable --db is said first, as ingest would)
+    Store.check_location(db)
     require_model(model)
     from clipshift.ingest import ingest as run_ingest
 
