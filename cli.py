@@ -146,13 +146,6 @@ def ingest(
     or text files listing image paths. Running the same command again stores nothing twice
     and resumes where an interrupted run stopped.
     """
-    from clipshift.hub import require_model
-    from clipshift.store import Store
-
-    # before importing torch and transformers (seconds): offline, a missing model fails at
-    # once, after the store's own checks (an unusable --db is said first, as ingest would)
-    Store.check_location(db)
-    require_model(model)
     from clipshift.ingest import ingest as run_ingest
 
     bar = _ProgressBar(enabled=not quiet and sys.stderr.isatty())

@@ -1,5 +1,5 @@
 """Where a model comes from: a local folder, the local Hugging Face cache, or the hub, and
-whether the hub can be reached. Light: imports neither torch nor transformers, so a command
+whether the hub can be reached. Light: imports neither torch nor transformers, so a caller
 can refuse an unavailable model before paying for those imports."""
 
 from __future__ import annotations

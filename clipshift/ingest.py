@@ -29,8 +29,8 @@ from .defaults import (
     IMAGE_SUFFIXES,
     KEEP_PIXELS,
 )
-from .encoder import Encoder
 from .filters import matches
+from .hub import require_model
 from .sources import discover
 from .stages import (
     STAGES,
@@ -114,6 +114,7 @@ def ingest(
     names = [p.label for p in perturbations]
     _check_options(image_size, batch_size, limit, keep_pixels)
     files = list(discover(paths))
+    Store.check_location(db)
     if not files:
         raise ClipshiftError(
             f"no supported images found under {', '.join(map(str, paths))} "
@@ -121,8 +122,11 @@ def ingest(
         )
     if limit is not None:
         files = files[:limit]
+    # offline, a model neither local nor cached fails here at once (no hub retries), before
+    # transformers is imported
+    require_model(model)
+    from .encoder import Encoder
 
-    Store.check_location(db)
     encoder = Encoder(model, device=device, image_size=image_size)
     store = Store.open(db, create=True)
     config = augmentation_config(perturbations)
