@@ -134,7 +134,8 @@ def _check(store: Store) -> CheckResult:
     result = CheckResult(store.path, tables, version, latest_schema_version())
     if version is None:
         result.notes.append("no schema_migrations table that reads: schema version unknown")
-    if all(by_name.get(n) and by_name[n].ok for n in ("runs", "images", "variants")):
+    needed = ["runs", "images", *store.variants_tables()]
+    if all(by_name.get(n) and by_name[n].ok for n in needed):
         _check_images(store, result)
     return result
 
@@ -190,7 +191,12 @@ def _unreadable_fragments(ds, table_dir: Path, problems: list[str]) -> list[int]
 def _check_images(store: Store, result: CheckResult) -> None:
     runs = store.dataset("runs").to_table(columns=["run_id", "augmentations"]).to_pylist()
     expected = {r["run_id"]: 1 + len(json.loads(r["augmentations"])) for r in runs}
-    variants = store.dataset("variants").to_table(columns=["run_id", "image_id"])
+    tables = [
+        store.dataset(n).to_table(columns=["run_id", "image_id"]) for n in store.variants_tables()
+    ]
+    if not tables:
+        return
+    variants = pa.concat_tables(tables)
     counts = variants.group_by(["run_id", "image_id"]).aggregate([([], "count_all")])
     for run_id, image_id, count in zip(
         counts["run_id"].to_pylist(),
@@ -260,19 +266,19 @@ def _repair_table(store: Store, table: TableReport, how: str) -> str:
 def _drop_incomplete(store: Store, result: CheckResult) -> list[str]:
     """Delete the variants of images that are not whole, so the next ingest redoes them."""
     lost = []
-    variants = store.table("variants") if store.has_table("variants") else None
-    if variants is None:
-        return lost
     by_run: dict[str, list[str]] = {}
     for run_id, image_id in result.incomplete_images:
         by_run.setdefault(run_id, []).append(image_id)
     for run_id, image_ids in by_run.items():
-        variants.delete(where(run_id=run_id, image_id=image_ids))
+        store.table(store.variants_table_of(run_id)).delete(
+            where(run_id=run_id, image_id=image_ids)
+        )
         lost.append(
             f"run {run_id}: deleted the remaining variants of {len(image_ids)} incomplete images"
         )
     if result.missing_image_rows:
-        variants.delete(where(image_id=result.missing_image_rows))
+        for name in store.variants_tables():
+            store.table(name).delete(where(image_id=result.missing_image_rows))
         lost.append(
             f"deleted the variants of {len(result.missing_image_rows)} images without an "
             "`images` row"

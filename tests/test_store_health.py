@@ -20,8 +20,9 @@ from clipshift.ingest import ingest
 from clipshift.store import Store
 
 
-def data_files(db: Path, table: str = "variants") -> list[Path]:
-    """The data files of the table's latest version, in fragment order."""
+def data_files(db: Path, table: str = "variants_16") -> list[Path]:
+    """The data files of the table's latest version, in fragment order (default: the tiny
+    model's variants table)."""
     ds = lance.dataset(str(db / f"{table}.lance"))
     return [
         db / f"{table}.lance" / "data" / f.path
@@ -86,7 +87,7 @@ def test_a_damaged_store_gives_one_line_errors_and_check_finds_it(
 
     result = CliRunner().invoke(cli, ["check", "--db", str(store_copy)])
     assert result.exit_code == 1
-    assert "variants           DAMAGED" in result.output and "--repair" in result.output
+    assert "variants_16        DAMAGED" in result.output and "--repair" in result.output
 
 
 @pytest.mark.parametrize("how", ["rollback", "drop"])
@@ -115,7 +116,7 @@ def test_repair_then_ingest_resumes_what_was_lost(store_copy, photos, tiny_model
 def test_check_finds_and_repairs_an_incomplete_image(store_copy, photos, tiny_model):
     store = Store.open(store_copy)
     victim = store.dataset("images").to_table(columns=["image_id"])["image_id"][0].as_py()
-    store.table("variants").delete(f"image_id = '{victim}' AND variant = 'blur'")
+    store.table("variants_16").delete(f"image_id = '{victim}' AND variant = 'blur'")
     found = check(store_copy)
     assert not found.ok and [i for _, i in found.incomplete_images] == [victim]
     assert "1 stored images miss some of their variants" in found.problems
@@ -143,14 +144,14 @@ def test_disk_stays_near_live_data_after_interrupted_ingests(tmp_path, photos, t
         del os.environ["CLIPSHIFT_KEEP_VERSIONS_SECONDS"]
     assert assert_whole_images_no_duplicates(db) == len(list(photos.iterdir()))
     live = sum(
-        f.stat().st_size
-        for name in ("runs", "images", "variants", "errors", "schema_migrations")
-        for f in data_files(db, name)
+        f.stat().st_size for name in Store.open(db).table_names() for f in data_files(db, name)
     )
     on_disk = sum(f.stat().st_size for f in db.rglob("*") if f.is_file())
     assert on_disk <= 1.2 * live, (on_disk, live)
     assert check(db).reclaimable <= 0.2 * live
-    assert Store.open(db).table("variants").count_rows() == len(list(photos.iterdir())) * VARIANTS
+    assert (
+        Store.open(db).table("variants_16").count_rows() == len(list(photos.iterdir())) * VARIANTS
+    )
 
 
 def test_db_on_a_folder_of_other_files_is_refused(tmp_path, photos, tiny_model):
