@@ -677,9 +677,10 @@ def compare(run_a, run_b, db, fmt):
 )
 @user_errors
 def sql(query, query_file, db, fmt, output, max_rows):
-    """Run QUERY (or --file F) over the views runs, images, variants, errors, shifts, summary,
-    pairwise and layer_shifts (and variants_<D>, one per embedding width, with FLOAT[D]
-    embeddings). Read-only: nothing a query says can change the store."""
+    """Run QUERY (or --file F) over the views runs, images, variants, errors, zeroshot,
+    zeroshot_labels, shifts, summary, pairwise, layer_shifts and zeroshot_summary (and
+    variants_<D>, one per embedding width, with FLOAT[D] embeddings). Read-only: nothing a
+    query says can change the store."""
     from clipshift import ClipshiftError
     from clipshift.analysis import sql as run_sql
     from clipshift.analysis import sql_arrow
@@ -754,6 +755,97 @@ def clusters(db, run_id, model, method, threshold):
     click.echo("merges (height: joined groups):")
     for height, left, right in found.merges():
         click.echo(f"  {height:.6g}: {' + '.join(left)}  |  {' + '.join(right)}")
+
+
+# -- what the model sees: zeroshot, directions (clipshift/zeroshot.py, directions.py) --------
+
+
+device_option = click.option(
+    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"])
+)
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--labels",
+    default="imagenet",
+    show_default=True,
+    help="imagenet (the 1,000 ImageNet-1k classes), cifar100, or a file of one label per line.",
+)
+@click.option(
+    "--template",
+    default="a photo of a {}.",
+    show_default=True,
+    help="The prompt of each label; {} is replaced by the label.",
+)
+@run_option
+@device_option
+@format_option
+@user_errors
+def zeroshot(db, labels, template, run_id, device, fmt):
+    """Does an augmentation change what the model sees? Classifies every original and variant
+    of a run against the label prompts and prints, per augmentation (and severity): flip_rate
+    (share of images whose top-1 label changes), top1_prob_drop (mean drop of the original's
+    top-1 probability) and top5_retention (share whose original top-1 stays in the top 5).
+    Predictions are stored: the same labels and template again read them back."""
+    from clipshift.formatting import format_rows
+    from clipshift.zeroshot import zeroshot as run_zeroshot
+
+    result = run_zeroshot(db, labels=labels, template=template, run=run_id, device=device)
+    _note_run(result.rows.run)
+    columns, rows = _drop_empty_severity(result.rows.columns, result.rows.rows)
+    if fmt == "table":
+        run = result.rows.run
+        how = (
+            f"classified {result.classified_images} images ({result.probability} probabilities)"
+            if result.classified_images
+            else "stored predictions"
+        )
+        click.echo(
+            f"run {run['run_id']} ({run['model']}), {len(result.label_set.labels)} labels "
+            f"({result.label_set.source}), template {result.template!r}: {how}"
+        )
+    click.echo(format_rows(columns, rows, fmt, max_rows=None))
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--prompts",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A file of prompts, one a line; `NAME: text` describes augmentation NAME. "
+    "Default: each augmentation's own description.",
+)
+@run_option
+@click.option(
+    "--matrix", is_flag=True, help="Every (augmentation, prompt) pair, not one line each."
+)
+@device_option
+@format_option
+@user_errors
+def directions(db, prompts, run_id, matrix, device, fmt):
+    """Does a shift point where the words for the perturbation point? Per augmentation: the
+    mean cosine between shifts (variant - original, unit embeddings) and the text direction
+    embed(prompt) - embed("a photo"), and the identification accuracy: how often the
+    augmentation's own description is the closest of the run's descriptions."""
+    from clipshift.directions import directions as run_directions
+    from clipshift.formatting import format_rows
+
+    result = run_directions(db, prompts=prompts, run=run_id, device=device)
+    _note_run(result.run)
+    shown = result.matrix if matrix else result.summary
+    columns, rows = _drop_empty_severity(shown.columns, shown.rows)
+    click.echo(format_rows(columns, rows, fmt, max_rows=None))
+
+
+def _drop_empty_severity(columns: list[str], rows: list[tuple]) -> tuple[list[str], list[tuple]]:
+    """Leave out the severity column where no row has a severity."""
+    where = columns.index("severity")
+    if any(row[where] is not None for row in rows):
+        return columns, rows
+    return columns[:where] + columns[where + 1 :], [row[:where] + row[where + 1 :] for row in rows]
 
 
 def main() -> None:

@@ -37,11 +37,12 @@ METRICS = (
 # the paper's five scores (radar, heatmap, rank); overall is their plain mean
 SCORES = tuple(m for m in METRICS if m != "l2")
 
-TABLES = ("runs", "images", "errors")
+TABLES = ("runs", "images", "errors", "zeroshot", "zeroshot_labels")
 
 
 def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the views runs, images, variants, errors (the store's tables)
+    """A DuckDB connection with the views runs, images, variants, errors, zeroshot,
+    zeroshot_labels (the store's tables)
     and shifts, summary, pairwise, layer_shifts (sql/views/), locked read-only."""
     store = db if isinstance(db, Store) else Store.open(db)
     con = duckdb.connect(":memory:")
@@ -79,10 +80,19 @@ def _variants_view(con: duckdb.DuckDBPyConnection, store: Store) -> str:
 
 def named_query(con: duckdb.DuckDBPyConnection, name: str, **params) -> duckdb.DuckDBPyConnection:
     """Run `sql/NAME.sql` with its $parameters bound; returns DuckDB's result to fetch from."""
+    return con.execute(_query_text(name), params)
+
+
+def named_arrow(con: duckdb.DuckDBPyConnection, name: str, **params) -> pa.Table:
+    """`named_query`'s rows as one Arrow table, without a copy through the DB-API result."""
+    return con.sql(_query_text(name), params=params).to_arrow_table()
+
+
+def _query_text(name: str) -> str:
     path = resource_dir("sql") / f"{name}.sql"
     if not path.is_file():
         raise ClipshiftError(f"no named query {name!r}: one of {', '.join(query_names())}")
-    return con.execute(path.read_text(), params)
+    return path.read_text()
 
 
 def query_names() -> list[str]:

@@ -117,6 +117,19 @@ class Encoder:
         tokens = {name: value.to(self.device) for name, value in tokens.items()}
         return self.family.encode_text(self.model, tokens).float().cpu().numpy()
 
+    @property
+    def logit_scale(self) -> float:
+        """The multiplier of a cosine in the model's image-text logits: exp of its learned
+        logit_scale (100 for OpenAI's CLIP)."""
+        return float(self.model.logit_scale.detach().exp())
+
+    @property
+    def logit_bias(self) -> float | None:
+        """The bias added to the logits by sigmoid-trained models (SigLIP); None for CLIP,
+        whose logits go through a softmax over the candidate texts instead."""
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.detach())
+
     def _tokenizer(self):
         # loaded on first use: image-only commands never need it
         if getattr(self, "_text_tokenizer", None) is None:
@@ -142,6 +155,19 @@ class Encoder:
                     f"{str(exc).splitlines()[0]} (text queries need the model's tokenizer files)"
                 ) from None
         return self._text_tokenizer
+
+
+def text_encoder(run: dict, device: str = "auto") -> Encoder:
+    """The encoder of a run's model, for text: a ClipshiftError where it has no text tower."""
+    no_text = f"run {run['run_id']} ({run['model']}) has no text tower"
+    try:
+        encoder = Encoder(run["model"], device=device, image_size=run["image_size"])
+    except ClipshiftError as exc:  # a synthetic run names no model at all
+        raise ClipshiftError(f"{no_text} clipshift can load: {exc}") from None
+    if not hasattr(encoder.model, "get_text_features"):
+        raise ClipshiftError(f"{no_text}: text prompts need a model with a text encoder")
+    encoder._tokenizer()  # fail now, before any work, where the tokenizer files are missing
+    return encoder
 
 
 def _model_type(source: str) -> str | None:

@@ -447,6 +447,33 @@ class Store:
     def _is_stale(self, table) -> bool:
         return table.version != self._seen_version.get(table.name)
 
+    def write_zeroshot(self, predictions: pa.Table, labels: pa.Table) -> int:
+        """Store zero-shot predictions of whole images (one commit) and their label set's names.
+
+        `predictions` holds the rows of one (run_id, label_set, template); images that key
+        already holds (another call got there first) are dropped. Returns the rows written.
+        """
+        if not predictions.num_rows:
+            return 0
+        run_id, label_set, template = (
+            predictions[name][0].as_py() for name in ("run_id", "label_set", "template")
+        )
+        with self.lock():
+            names = self.table("zeroshot_labels")
+            known = names.to_lance().count_rows(filter=matches(label_set=label_set))
+            if not known:
+                names.add(labels)
+            zeroshot = self.table("zeroshot")
+            key = matches(run_id=run_id, label_set=label_set, template=template)
+            stored = zeroshot.to_lance().to_table(columns=["image_id"], filter=key)["image_id"]
+            if len(stored):
+                predictions = predictions.filter(
+                    pc.invert(pc.is_in(predictions["image_id"], pc.unique(stored)))
+                )
+            if predictions.num_rows:
+                zeroshot.add(predictions)
+            return predictions.num_rows
+
     def record_errors(self, rows: list[dict]) -> None:
         """Record failures; a path that fails again in the same run updates its row."""
         if not rows:

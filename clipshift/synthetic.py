@@ -35,8 +35,11 @@ def build_synthetic_store(
     layers: int = 12,
     seed: int = 0,
     chunk: int = 2048,
+    model: str = SYNTHETIC_MODEL,
 ) -> str:
-    """Create the store at `db` and return its run_id."""
+    """Create the store at `db` and return its run_id. `model` is what the run records as
+    its model: "synthetic" (no model at all), or a local folder whose text tower the text
+    commands (zeroshot, directions) then use."""
     rng = np.random.default_rng(seed)
     names = list(AUGMENTATION_NAMES)
     config = augmentation_config(resolve(names))
@@ -45,7 +48,7 @@ def build_synthetic_store(
     store.ensure_run(
         {
             "run_id": run_id,
-            "model": SYNTHETIC_MODEL,
+            "model": model,
             "model_revision": SYNTHETIC_MODEL,
             "family": "synthetic",
             "embedding_dim": dim,
@@ -116,3 +119,52 @@ def build_synthetic_store(
         store.write_batch(run_id, images, table)
     store.compact(force=True)
     return run_id
+
+
+def save_tiny_tokenizer(folder: str | Path, words: tuple[str, ...] | list[str] = ()) -> Path:
+    """A byte-level CLIP BPE tokenizer small enough for a tiny model, saved into `folder`.
+
+    Its vocabulary: <|startoftext|> = 0, <|endoftext|> = 1 (the ids a tiny text config sets as
+    bos and eos/pad, so CLIP pools at the real end of each text), then the 256 byte symbols,
+    alone and word-final (514 ids). Every text thus tokenises, one id per byte. `words` adds
+    merges that make each of those words a single token, as CLIP's own 49,408-token BPE makes
+    most English words (CLIP's own splits some rare ones in two or more): a benchmark then
+    encodes prompts of about realistic token counts. Words are split as CLIP splits text:
+    runs of letters, single digits, runs of other symbols.
+    """
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # GPT-2's byte -> printable character table, as CLIP's BPE uses it
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = [b for b in range(256) if b not in printable]
+    table = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(extra)}
+    symbols = [table[b] for b in range(256)]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in symbols + [s + "</w>" for s in symbols]:
+        vocab[symbol] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    if words:
+        # a BPE trained on the words alone: its merges join each of them into one token
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+        trained = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
+        trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        trained.train_from_iterator(
+            [w.lower() for w in words],
+            trainers.BpeTrainer(
+                vocab_size=1 << 20,
+                min_frequency=0,
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                end_of_word_suffix="</w>",
+                show_progress=False,
+            ),
+        )
+        model = json.loads(trained.to_str())["model"]
+        for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1]):
+            vocab.setdefault(token, len(vocab))
+        merges = [tuple(pair) for pair in model["merges"]]
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -17,8 +17,11 @@ from PIL import Image  # noqa: E402
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "logo")
 
 
-def make_tiny_clip(path: Path, image_size: int = 224, patch_size: int = 32) -> Path:
-    """A random CLIP with small hidden sizes and a tiny tokenizer, saved with save_pretrained."""
+def make_tiny_clip(
+    path: Path, image_size: int = 224, patch_size: int = 32, tokenizer: bool = False
+) -> Path:
+    """A random CLIP with small hidden sizes, saved with save_pretrained; with `tokenizer`, a
+    tiny byte-level tokenizer beside it whose bos/eos/pad ids are the text config's."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
@@ -46,6 +49,15 @@ def make_tiny_clip(path: Path, image_size: int = 224, patch_size: int = 32) -> P
         projection_dim=16,
     )
     CLIPModel(config).eval().save_pretrained(path)
+    if tokenizer:
+        from clipshift.defaults import AUGMENTATION_NAMES
+        from clipshift.suites import prompt_for
+        from clipshift.synthetic import save_tiny_tokenizer
+
+        # the words of the paper's prompts as single tokens, so that every prompt the tests
+        # embed fits the tiny model's 32 positions (other words go byte by byte)
+        words = {w for name in AUGMENTATION_NAMES for w in prompt_for("paper", name).split()}
+        save_tiny_tokenizer(path, sorted(words))
     return path
 
 
@@ -112,9 +124,32 @@ def make_tiny_siglip(path: Path, image_size: int = 224, patch_size: int = 32) ->
     return path
 
 
+def direct_text_embeddings(model_dir, texts) -> np.ndarray:
+    """Text embeddings straight from transformers (no clipshift code): the projected pooled
+    output at each text's end-of-text token."""
+    import torch
+    from transformers import CLIPModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(model_dir))
+    model = CLIPModel.from_pretrained(str(model_dir)).eval()
+    tokens = tokenizer(list(texts), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.text_model(**tokens).last_hidden_state
+        ends = (tokens["input_ids"] == tokenizer.eos_token_id).int().argmax(dim=1)
+        pooled = hidden[torch.arange(len(texts)), ends]
+        return model.text_projection(pooled).numpy()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
+    """The tiny CLIP without tokenizer files: image-only (text queries must fail clearly)."""
     return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory) -> Path:
+    """The tiny CLIP with its tokenizer: the same weights as `tiny_model`, text works."""
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip-text"), tokenizer=True)
 
 
 def write_photos(folder: Path, names=PHOTOS) -> list[Path]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import direct_text_embeddings
 
 from cli import cli
 from clipshift import ClipshiftError
@@ -157,38 +157,35 @@ def test_new_image_is_embedded_as_an_ingest_would(ingested_store, photos, tmp_pa
     assert not any(n.own for n in result.rows)
 
 
-def _tiny_tokenizer(folder):
-    """A byte-level CLIP BPE tokenizer with no merges: 2 specials + 512 byte symbols."""
-    from transformers import CLIPTokenizer
-
-    # GPT-2's byte -> printable character table, as CLIP's BPE uses it
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    extra = [b for b in range(256) if b not in printable]
-    table = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(extra)}
-    symbols = [table[b] for b in range(256)]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for symbol in symbols + [s + "</w>" for s in symbols]:
-        vocab[symbol] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(
-        vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt")
-    )
-    tokenizer.save_pretrained(folder)
-
-
-def test_text_query(tiny_model, photos, tmp_path):
+def test_different_prompts_embed_differently(tiny_text_model):
     from clipshift.encoder import Encoder
+
+    texts = ["a blurry photo", "a photo of a cat", "a blurry photo"]
+    vectors = Encoder(str(tiny_text_model), device="cpu").encode_text(texts)
+    assert float(_unit(vectors[0]) @ _unit(vectors[1])) < 0.99
+    np.testing.assert_allclose(vectors[0], vectors[2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        vectors, direct_text_embeddings(tiny_text_model, texts), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_text_query(tiny_text_model, photos, tmp_path):
     from clipshift.ingest import ingest
 
-    model = tmp_path / "tiny-with-tokenizer"
-    shutil.copytree(tiny_model, model)
-    _tiny_tokenizer(model)
     db = tmp_path / "db"
-    ingest([photos], db, str(model), limit=3, augmentations="blur", keep_pixels=0, device="cpu")
+    ingest(
+        [photos],
+        db,
+        str(tiny_text_model),
+        limit=3,
+        augmentations="blur",
+        keep_pixels=0,
+        device="cpu",
+    )
 
     text = "a blurry photo"
-    vector = Encoder(str(model), device="cpu").encode_text([text])[0]
+    # the query vector from transformers directly, not from the encoder under test
+    vector = direct_text_embeddings(tiny_text_model, [text])[0]
     assert vector.shape == (16,)
     originals, _ = _embeddings(db)
     distances = {j: 1 - float(_unit(vector) @ _unit(e)) for j, e in originals.items()}
@@ -199,6 +196,18 @@ def test_text_query(tiny_model, photos, tmp_path):
     rows = json.loads(out.stdout)
     assert [r["image_id"] for r in rows] == sorted(distances, key=distances.get)
     assert [r["distance"] for r in rows] == pytest.approx(sorted(distances.values()), abs=1e-5)
+    # a different text is a different query: the ranking follows the text
+    other = direct_text_embeddings(tiny_text_model, ["a photo of a rocket"])[0]
+    out_other = CliRunner().invoke(
+        cli,
+        ["neighbors", "--text", "a photo of a rocket", "--db", str(db), "-k", "3"]
+        + ["--format", "json"],
+    )
+    distances_other = {j: 1 - float(_unit(other) @ _unit(e)) for j, e in originals.items()}
+    assert [r["distance"] for r in json.loads(out_other.stdout)] == pytest.approx(
+        sorted(distances_other.values()), abs=1e-5
+    )
+    assert sorted(distances_other.values()) != pytest.approx(sorted(distances.values()))
 
 
 def test_text_query_without_tokenizer_is_a_clear_error(ingested_store):

@@ -9,6 +9,7 @@ import duckdb
 import numpy as np
 from PIL import Image
 
+from .. import ClipshiftError
 from ..analysis import SCORES, named_query
 
 
@@ -87,6 +88,30 @@ class ReportData:
             result = named_query(self.con, "summary_runs", run_ids=run_ids).fetchnumpy()
             self._cache["runs_summary"] = {c: _unmask(v) for c, v in result.items()}
         return self._cache["runs_summary"]
+
+    def zeroshot_models(self) -> dict[str, np.ndarray]:
+        """Stored zero-shot flip rates of every run sharing this run's label set and template
+        (ImageNet with the default template where the run has them)."""
+        from ..zeroshot import DEFAULT_TEMPLATE
+
+        rows = self.query("zeroshot_models", label_set="imagenet", template=DEFAULT_TEMPLATE)
+        if not len(rows["run_id"]):
+            raise FigureUnavailable(
+                "no zero-shot predictions stored for this run: run `clipshift zeroshot "
+                f"--run {self.run_id}` first"
+            )
+        return rows
+
+    def alignment(self):
+        """The run's text-direction alignment (clipshift.directions), computed once."""
+        if "alignment" not in self._cache:
+            from ..directions import run_directions
+
+            try:
+                self._cache["alignment"] = run_directions(self.con, self.run)
+            except ClipshiftError as exc:
+                raise FigureUnavailable(str(exc)) from None
+        return self._cache["alignment"]
 
     def images(self) -> dict[str, int]:
         counts = self.query("run_images")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
+from matplotlib.colors import Normalize, to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -544,6 +544,101 @@ def severity_heatmap(data: ReportData) -> Figure:
     return fig
 
 
+# -- what the model sees: zero-shot labels and text directions ------------------------------
+
+
+def flip_rate(data: ReportData) -> Figure:
+    """Zero-shot flip rate per augmentation, one bar per model (run) in the store."""
+    rows = data.zeroshot_models()
+    runs = list(dict.fromkeys(str(r) for r in rows["run_id"]))
+    models = {str(r): str(m) for r, m in zip(rows["run_id"], rows["model"], strict=True)}
+    names = paper_order(set(str(a) for a in rows["augmentation"]))
+    value = {
+        (str(r), str(a)): float(f)
+        for r, a, f in zip(rows["run_id"], rows["augmentation"], rows["flip_rate"], strict=True)
+    }
+    fig = Figure(figsize=(max(7.5, 0.9 * len(names) * max(1, len(runs) / 2)), 4.6))
+    fig.set_layout_engine("constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(runs)
+    x = np.arange(len(names))
+    greys = _model_colours(len(runs))
+    for i, run in enumerate(runs):
+        heights = [value.get((run, n), np.nan) for n in names]
+        colours = [colour(n) for n in names] if len(runs) == 1 else greys[i]
+        ax.bar(
+            x + (i - (len(runs) - 1) / 2) * width,
+            heights,
+            width,
+            color=colours,
+            label=f"{_short_model(models[run])} ({run[:8]})",
+        )
+    ax.set_xticks(x, [label(n, 13) for n in names], fontsize=8.5)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("flip rate (share of images whose top-1 label changes)")
+    ax.set_title(
+        f"Zero-shot flip rate: {rows['label_set'][0]} labels, template {rows['template'][0]!r}"
+    )
+    if len(runs) > 1:
+        ax.legend(frameon=False, fontsize=8.5)
+    return fig
+
+
+def alignment(data: ReportData) -> Figure:
+    """Mean cosine between each augmentation's shifts and each prompt's text direction."""
+    result = data.alignment()
+    cells: dict[tuple[str, str], list[tuple[float, int]]] = {}
+    accuracy: dict[str, list[tuple[float, int]]] = {}
+    for row in result.matrix.records():  # severities pooled, weighted by their images
+        cells.setdefault((row["augmentation"], row["prompt"]), []).append(
+            (row["mean_cosine"], row["n"])
+        )
+        if row["describes"] == row["augmentation"]:
+            accuracy.setdefault(row["augmentation"], []).append((row["picked"], row["n"]))
+    names = paper_order({a for a, _ in cells})
+    prompts = [p.text for p in result.prompts]
+    matrix = np.array([[_pooled(cells.get((a, p), [])) for p in prompts] for a in names])
+    limit = max(float(np.nanmax(np.abs(matrix))), 1e-6)
+    fig = Figure(figsize=(0.95 * len(prompts) + 3.2, 0.5 * len(names) + 2.4))
+    fig.set_layout_engine("constrained")
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    _annotate(ax, matrix, image, xs=np.arange(len(prompts)), ys=np.arange(len(names)), size=7.5)
+    ax.set_xticks(np.arange(len(prompts)), [label(p, 12) for p in prompts], fontsize=7.5)
+    ax.set_yticks(
+        np.arange(len(names)),
+        [
+            f"{label(n)} (identified {_pooled(accuracy[n]):.0%})" if n in accuracy else label(n)
+            for n in names
+        ],
+        fontsize=8.5,
+    )
+    ax.tick_params(length=0)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="mean cos(shift, text direction)")
+    ax.set_title('Shifts against text directions embed(prompt) - embed("a photo")')
+    return fig
+
+
+def _pooled(values: list[tuple[float, int]]) -> float:
+    """The mean of per-severity means, weighted by their images (NaN where none)."""
+    values = [(v, n) for v, n in values if v is not None and n]
+    if not values:
+        return float("nan")
+    return sum(v * n for v, n in values) / sum(n for _, n in values)
+
+
+def _short_model(model: str) -> str:
+    return model.rstrip("/").rsplit("/", 1)[-1] if model.startswith("/") else model
+
+
+def _model_colours(count: int) -> list[str]:
+    """`count` distinct colours (viridis) for the models of a grouped bar chart."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    return [to_hex(cmap(i / max(1, count - 1) * 0.85)) for i in range(count)]
+
+
 # -- the registry -------------------------------------------------------------------------
 
 
@@ -606,6 +701,19 @@ FIGURES: dict[str, FigureSpec] = {
         cosine_heatmap,
         "Cosine similarity to the original for random images of the run (seeded by the run's "
         "seed) and every augmentation (paper Fig. 9).",
+    ),
+    "flip_rate": FigureSpec(
+        flip_rate,
+        "Beyond the paper: zero-shot flip rate, the share of images whose top-1 label changes "
+        "under each augmentation, per model in the store (`clipshift zeroshot`; drawn from "
+        "the stored predictions).",
+    ),
+    "alignment": FigureSpec(
+        alignment,
+        "Beyond the paper: mean cosine between each augmentation's shifts (unit variant minus "
+        'unit original embedding) and each text direction embed(prompt) - embed("a photo"); '
+        "in brackets, how often the augmentation's own description is the closest "
+        "(`clipshift directions`).",
     ),
     "layer_drift": FigureSpec(
         layer_drift,

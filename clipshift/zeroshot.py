@@ -1,0 +1,316 @@
+"""Zero-shot consistency: does an augmentation change what the model sees?
+
+`zeroshot` classifies every original and every variant of a run by cosine against text
+prompts, one per label ("a photo of a {}."), and stores each variant's top-5 labels and
+probabilities in the `zeroshot` table, keyed by (run, label set, template). The metrics
+(flip_rate, top1_prob_drop, top5_retention) are sql/zeroshot.sql over that table. A second
+call with the same labels and template classifies only images stored since, usually none:
+it reads the stored predictions back and never loads the model.
+
+Probabilities, as the model was trained to score image-text pairs (docs/metrics.md):
+- CLIP: softmax over the label set of logit_scale * cos(image, prompt), logit_scale the
+  exp of the model's learned scale (100 for OpenAI's CLIP);
+- sigmoid-trained models (SigLIP), recognised by a logit_bias: each label's own
+  sigmoid(logit_scale * cos + logit_bias), which need not sum to 1 over the labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from . import ClipshiftError
+from .analysis import Rows, connect, named_arrow, named_query, resolve_run
+from .store import Store
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+BUILTIN_LABEL_SETS = ("imagenet", "cifar100")
+TOP_K = 5
+# images classified per matrix product: 8,192 rows x 1,000 labels is a 33 MB logit block
+CHUNK_ROWS = 8192
+# prompts per text-encoder forward; sorted by length first, so each batch pads little
+TEXT_BATCH = 256
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+# -- label sets ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Class names in class-index order, and the key the store files their results under."""
+
+    key: str  # "imagenet", "cifar100", or "file:" + a hash of a label file's labels
+    labels: tuple[str, ...]
+    source: str  # the built-in name or the file's path, for messages
+
+    def prompts(self, template: str) -> list[str]:
+        return [template.replace("{}", label) for label in self.labels]
+
+    def arrow(self) -> pa.Table:
+        """The set's rows of `zeroshot_labels`."""
+        return pa.table(
+            {
+                "label_set": [self.key] * len(self.labels),
+                "label_index": pa.array(range(len(self.labels)), pa.int32()),
+                "label": list(self.labels),
+            }
+        )
+
+
+def load_labels(spec: str) -> LabelSet:
+    """A built-in set (imagenet, cifar100) or a file of one label per line (UTF-8).
+
+    A file with an empty line, a repeated label, a byte that is not UTF-8 or fewer than two
+    labels is refused with a one-line ClipshiftError naming the line.
+    """
+    if spec in BUILTIN_LABEL_SETS:
+        text = (DATA_DIR / f"{spec}.txt").read_text(encoding="utf-8")
+        return LabelSet(spec, tuple(text.splitlines()), spec)
+    labels = read_lines(spec, what="label")
+    digest = hashlib.sha256("\n".join(labels).encode()).hexdigest()[:16]
+    return LabelSet(f"file:{digest}", tuple(labels), spec)
+
+
+def read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The lines of a UTF-8 text file of one `what` per line, checked: no empty line, no
+    repeat, no byte that is not UTF-8, at least two lines. Surrounding spaces are dropped."""
+    path = Path(path).expanduser()
+    builtin = f" (or one of: {', '.join(BUILTIN_LABEL_SETS)})" if what == "label" else ""
+    if not path.is_file():
+        raise ClipshiftError(f"no {what} file {path}{builtin}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ClipshiftError(f"cannot read {path}: {exc.strerror or exc}") from None
+    lines: list[str] = []
+    first_seen: dict[str, int] = {}
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":  # the newline that ends the last line
+        raw_lines.pop()
+    for number, raw in enumerate(raw_lines, 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise ClipshiftError(
+                f"{path}: line {number} is not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                f"{exc.start + 1}): save the file as UTF-8"
+            ) from None
+        if not line:
+            raise ClipshiftError(f"{path}: line {number} is empty: give one {what} per line")
+        if line in first_seen:
+            raise ClipshiftError(
+                f"{path}: line {number} repeats {line!r} (first on line {first_seen[line]}): "
+                f"each {what} once"
+            )
+        first_seen[line] = number
+        lines.append(line)
+    if len(lines) < 2:
+        raise ClipshiftError(f"{path}: {len(lines)} {what}s: give at least two, one per line")
+    return lines
+
+
+def check_template(template: str) -> str:
+    if template.count("{}") != 1:
+        raise ClipshiftError(
+            f"--template {template!r}: put {{}} exactly once where the label goes, "
+            f'e.g. "{DEFAULT_TEMPLATE}"'
+        )
+    return template
+
+
+# -- classification --------------------------------------------------------------------------
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def encode_prompts(encoder, prompts: list[str]) -> np.ndarray:
+    """(len(prompts), D) unit text embeddings, encoded in batches of similar length."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = np.empty((len(prompts), 0), np.float32)
+    for start in range(0, len(order), TEXT_BATCH):
+        batch = order[start : start + TEXT_BATCH]
+        vectors = unit(encoder.encode_text([prompts[i] for i in batch]))
+        if not out.shape[1]:
+            out = np.empty((len(prompts), vectors.shape[1]), np.float32)
+        out[batch] = vectors
+    return out
+
+
+def classify(
+    embeddings: np.ndarray,
+    image_index: np.ndarray,
+    is_original: np.ndarray,
+    texts: np.ndarray,
+    scale: float,
+    bias: float | None,
+    k: int = TOP_K,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k labels and probabilities of every row, and each row's probability of its image's
+    original top-1 label. `image_index` numbers each row's image (0..n-1); `is_original`
+    marks the one original row of each image.
+
+    The originals go first, so each variant knows its original's top-1 label; an original's
+    top-1 is by definition its top_labels[0]. Probabilities are taken from the logits only
+    where needed (the top k and the original's label): both are increasing in the logit, so
+    the top k of the logits are those of the probabilities, and no (N, L) probability matrix
+    is made (softmax: exp(logit - logsumexp); sigmoid: of logit + bias).
+    """
+    k = min(k, len(texts))
+    top_labels = np.empty((len(embeddings), k), np.int32)
+    top_probs = np.empty((len(embeddings), k), np.float32)
+    of_original = np.empty(len(embeddings), np.float32)
+    original_top1 = np.zeros(int(image_index.max()) + 1, np.int64)
+    for rows, original in (
+        (np.flatnonzero(is_original), True),
+        (np.flatnonzero(~is_original), False),
+    ):
+        for start in range(0, len(rows), CHUNK_ROWS):
+            chunk = rows[start : start + CHUNK_ROWS]
+            wanted = None if original else original_top1[image_index[chunk]]
+            labels, probs, wanted_probs = _classify_chunk(
+                unit(embeddings[chunk]), texts, scale, bias, k, wanted
+            )
+            top_labels[chunk], top_probs[chunk] = labels, probs
+            if original:
+                original_top1[image_index[chunk]] = labels[:, 0]
+                of_original[chunk] = probs[:, 0]
+            else:
+                of_original[chunk] = wanted_probs
+    return top_labels, top_probs, of_original
+
+
+def _classify_chunk(
+    images: np.ndarray,
+    texts: np.ndarray,
+    scale: float,
+    bias: float | None,
+    k: int,
+    wanted: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One block of rows: top-k labels and probabilities, and the probability of `wanted`."""
+    import torch
+
+    logits = scale * (torch.from_numpy(images) @ torch.from_numpy(texts).T)
+    values, indices = torch.topk(logits, k, dim=1, sorted=True)
+    chosen = None if wanted is None else logits.gather(1, torch.from_numpy(wanted)[:, None])[:, 0]
+    if bias is None:
+        total = torch.logsumexp(logits, dim=1)
+        probs = torch.exp(values - total[:, None])
+        chosen = None if chosen is None else torch.exp(chosen - total)
+    else:
+        probs = torch.sigmoid(values + bias)
+        chosen = None if chosen is None else torch.sigmoid(chosen + bias)
+    return (
+        indices.numpy().astype(np.int32),
+        probs.numpy(),
+        None if chosen is None else chosen.numpy(),
+    )
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+@dataclass
+class ZeroshotResult:
+    """Per augmentation (and severity): flip_rate, top1_prob_drop, top5_retention."""
+
+    rows: Rows
+    label_set: LabelSet
+    template: str
+    classified_images: int  # images classified by this call; 0: every result was stored
+    probability: str | None  # "softmax" or "sigmoid" where this call classified, else None
+
+
+def zeroshot(
+    db: str | os.PathLike,
+    labels: str = "imagenet",
+    template: str = DEFAULT_TEMPLATE,
+    run: str | None = None,
+    device: str = "auto",
+) -> ZeroshotResult:
+    """Classify a run's originals and variants against `labels` (imagenet, cifar100 or a
+    file), store the predictions, and return the per-augmentation metrics of
+    sql/zeroshot.sql. Images already classified with these labels and template are read
+    back, not classified again."""
+    from .encoder import text_encoder
+
+    label_set = load_labels(labels)
+    template = check_template(template)
+    store = Store.open(db)
+    con = connect(store)
+    chosen = resolve_run(con, run)
+    key = {"run_id": chosen["run_id"], "label_set": label_set.key, "template": template}
+    pending = named_arrow(con, "zeroshot_pending", **key)
+    classified = 0
+    probability = None
+    if pending.num_rows:
+        encoder = text_encoder(chosen, device)
+        texts = encode_prompts(encoder, label_set.prompts(template))
+        scale, bias = encoder.logit_scale, encoder.logit_bias
+        probability = "softmax" if bias is None else "sigmoid"
+        schema = store.dataset("zeroshot").schema
+        predictions = _predictions(pending, texts, scale, bias, key, schema)
+        store.write_zeroshot(predictions, label_set.arrow())
+        classified = len(set(pending["image_id"].to_pylist()))
+        con = connect(store)  # a fresh snapshot that sees the rows just written
+    result = named_query(con, "zeroshot", **key)
+    rows = Rows([d[0] for d in result.description], result.fetchall(), chosen)
+    if not rows.rows:
+        _explain_empty(con, chosen)
+    return ZeroshotResult(rows, label_set, template, classified, probability)
+
+
+def _predictions(
+    pending: pa.Table,
+    texts: np.ndarray,
+    scale: float,
+    bias: float | None,
+    key: dict,
+    schema: pa.Schema,
+) -> pa.Table:
+    """The `zeroshot` rows of the pending variant rows (sql/zeroshot_pending.sql)."""
+    image_ids = pending["image_id"].to_numpy(zero_copy_only=False)
+    variants = pending["variant"].to_numpy(zero_copy_only=False)
+    # the variants view gives FLOAT[] lists (one view over every width): all one width here
+    flat = pending["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    vectors = flat.reshape(pending.num_rows, -1)
+    _, image_index = np.unique(image_ids, return_inverse=True)
+    is_original = variants == "original"
+    missing = set(image_ids[~is_original]) - set(image_ids[is_original])
+    if missing:  # an ingest stores an image's variants with its original, in one commit
+        raise ClipshiftError(f"{len(missing)} images have variants but no original row")
+    top_labels, top_probs, of_original = classify(
+        vectors, image_index, is_original, texts, scale, bias
+    )
+    n, k = top_labels.shape
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    return pa.table(
+        {
+            "run_id": [key["run_id"]] * n,
+            "label_set": [key["label_set"]] * n,
+            "template": [key["template"]] * n,
+            "image_id": pending["image_id"],
+            "variant": pending["variant"],
+            "severity": pending["severity"].cast(pa.int32()),
+            "top_labels": pa.ListArray.from_arrays(offsets, pa.array(top_labels.reshape(-1))),
+            "top_probs": pa.ListArray.from_arrays(offsets, pa.array(top_probs.reshape(-1))),
+            "original_top1_prob": pa.array(of_original),
+        },
+        schema=schema,
+    )
+
+
+def _explain_empty(con, run: dict) -> None:
+    """Say why a run has no metrics: no images, or originals only."""
+    from .analysis import _require_augmented_rows
+
+    _require_augmented_rows(con, run)
