@@ -81,7 +81,7 @@ def main() -> None:
         words = sorted({w for p in prompts for w in re.findall(r"[^\W\d_]+|\d|[^\s\w]+|_+", p)})
         _, seconds = timed(lambda: save_vit_b32(model, words))
         print(f"random ViT-B/32 with tokenizer saved in {seconds:.1f} s: {model}")
-    if not (db / "variants.lance").is_dir():
+    if not (db / "runs.lance").is_dir():
         _, seconds = timed(lambda: build_synthetic_store(db, args.images, model=str(model)))
         print(f"synthetic store of {args.images} images x 10 variants built in {seconds:.1f} s")
     import torch
