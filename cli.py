@@ -135,10 +135,38 @@ def cli():
     help="Store PNG pixels for the first N images (0 none, -1 all).",
 )
 @click.option("--device", default="auto", show_default=True, type=click.Choice(D.DEVICES))
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    show_default="the cores this process may use",
+    help="Processes that read, decode, augment and measure images while the model runs; "
+    "1 does it in this process. Results do not depend on it.",
+)
+@click.option(
+    "--precision",
+    default=D.PRECISION,
+    show_default=True,
+    type=click.Choice(D.PRECISIONS),
+    help="The model's compute precision; part of the run's identity (another precision is "
+    "another run). docs/metrics.md gives each one's embedding difference from fp32.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @user_errors
 def ingest(
-    paths, db, model, image_size, batch_size, seed, augmentations, limit, keep_pixels, device, quiet
+    paths,
+    db,
+    model,
+    image_size,
+    batch_size,
+    seed,
+    augmentations,
+    limit,
+    keep_pixels,
+    device,
+    workers,
+    precision,
+    quiet,
 ):
     """Embed images and their nine augmentations into the store.
 
@@ -161,6 +189,8 @@ def ingest(
             limit=limit,
             keep_pixels=keep_pixels,
             device=device,
+            workers=workers,
+            precision=precision,
             on_start=bar.start,
             on_progress=bar.update,
         )
@@ -237,8 +267,15 @@ def format_ingest_summary(summary) -> str:
             f'           ... {summary.failed - 10} more: clipshift sql "SELECT * FROM '
             f"errors WHERE run_id = '{summary.run_id}'\""
         )
+    if summary.retried:
+        lines.append(f"           {summary.retried} images retried after a worker process died")
     lines += [
-        f"time       {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)",
+        f"time       {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s), "
+        f"{summary.workers} worker{'s' if summary.workers > 1 else ''}, {summary.precision}",
+        "stages     "
+        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary.timings.items()),
+        "           (read to png: CPU seconds summed over the workers; transfer to write: "
+        "in this process)",
         f"store      {summary.db}",
     ]
     return "\n".join(lines)

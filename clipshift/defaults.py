@@ -52,6 +52,9 @@ CORRUPTION_NAMES = (
 # file suffixes a folder is searched for, lower case
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# --precision: the model's compute dtype; fp32 is the default and keeps pre-existing run_ids
+PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISION = "fp32"
 
 # -- output ------------------------------------------------------------------------------------
 FORMATS = ("table", "csv", "json")

@@ -16,15 +16,32 @@ import numpy as np
 import torch
 
 from . import ClipshiftError
-from .defaults import DEVICES, IMAGE_SIZE
+from .defaults import DEVICES, IMAGE_SIZE, PRECISION, PRECISIONS
 from .families import Family, family_of
 from .hub import load_error, load_pretrained, require_model
+
+# --precision: the dtype of the weights and activations. Outputs are float32 whatever it is;
+# docs/metrics.md gives the measured embedding difference of each against fp32.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ClipshiftError(f"unknown --precision {precision}: choose {', '.join(PRECISIONS)}")
 
 
 @dataclass
 class Encoded:
     embeddings: np.ndarray  # (N, D) float32, un-normalised
     attention: np.ndarray  # (N, maps, g*g) float32: the family's maps (docs/metrics.md)
+
+
+@dataclass
+class Pending:
+    """A forward pass queued on the device; `Encoder.finish` waits for it."""
+
+    embeddings: torch.Tensor
+    attention: torch.Tensor
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -50,8 +67,17 @@ class Encoder:
 
     family: Family
 
-    def __init__(self, model_name: str, device: str = "auto", image_size: int = IMAGE_SIZE):
+    def __init__(
+        self,
+        model_name: str,
+        device: str = "auto",
+        image_size: int = IMAGE_SIZE,
+        precision: str = PRECISION,
+    ):
+        check_precision(precision)
         self.model_name = model_name
+        self.precision = precision
+        self.dtype = DTYPES[precision]
         self.device = resolve_device(device)
         local = Path(model_name).expanduser()
         self.local_dir = local.resolve() if local.is_dir() else None
@@ -68,7 +94,7 @@ class Encoder:
             processor_config = _processor_config(source)
         except (OSError, ValueError) as exc:
             raise ClipshiftError(load_error(model_name, local, exc)) from None
-        self.model = model.eval().to(self.device)
+        self.model = model.eval().to(self.device, dtype=self.dtype)
         vision = self.family.vision_config(model)
         self.image_size = image_size
         self.patch_size = vision.patch_size
@@ -88,24 +114,58 @@ class Encoder:
         self._mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255.0
         self.revision = _revision(model, self.local_dir)
+        # CUDA: uint8 batches go up from pinned host memory, two buffers used in turn, so the
+        # copy of the next batch overlaps the forward pass of this one (see `start`).
+        self._pinned: list[torch.Tensor] = []
+        self._turn = 0
 
     def preprocessing_json(self) -> str:
         """What `runs.preprocessing` records for this model at this image size."""
         return self.preprocessing.to_json(self.image_size, self._interpolate)
 
     def pixel_values(self, images: np.ndarray) -> torch.Tensor:
-        """(N, S, S, 3) uint8 -> the model's normalisation, (N, 3, S, S) float32 on the device."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        """(N, S, S, 3) uint8 -> the model's normalisation, (N, 3, S, S) in the model's dtype
+        on the device."""
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        if self.device.type == "cuda":
+            x = self._pin(x).to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
         x = x.permute(0, 3, 1, 2).float()
-        return (x - self._mean) / self._std
+        return ((x - self._mean) / self._std).to(self.dtype)
+
+    def _pin(self, x: torch.Tensor) -> torch.Tensor:
+        # A buffer is reused two batches later, when `finish` of its batch has synchronised.
+        self._turn = (self._turn + 1) % 2
+        if len(self._pinned) < 2:
+            self._pinned.append(torch.empty(0, dtype=torch.uint8).pin_memory())
+        buffer = self._pinned[self._turn]
+        if buffer.numel() < x.numel():
+            buffer = self._pinned[self._turn] = torch.empty(
+                x.numel(), dtype=torch.uint8
+            ).pin_memory()
+        pinned = buffer[: x.numel()].view(x.shape)
+        pinned.copy_(x)
+        return pinned
 
     @torch.inference_mode()
-    def encode(self, images: np.ndarray) -> Encoded:
+    def start(self, images: np.ndarray) -> Pending:
+        """Queue the forward pass of (N, S, S, 3) uint8 images; on CUDA this returns before
+        the device is done, so the caller can prepare (and start) the next batch meanwhile."""
         output = self.family.encode_images(self.model, self.pixel_values(images), self._interpolate)
+        return Pending(output.embeddings, output.attention)
+
+    @torch.inference_mode()
+    def finish(self, pending: Pending) -> Encoded:
+        """Wait for a queued forward pass; its outputs as float32 arrays."""
         return Encoded(
-            output.embeddings.float().cpu().numpy(),
-            output.attention.float().cpu().numpy(),
+            pending.embeddings.float().cpu().numpy(),
+            pending.attention.float().cpu().numpy(),
         )
+
+    def encode(self, images: np.ndarray) -> Encoded:
+        """Embeddings and attention of (N, S, S, 3) uint8 images."""
+        return self.finish(self.start(images))
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> np.ndarray:

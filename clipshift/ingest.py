@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from . import ClipshiftError, __version__
 from .augment import augmentation_config, config_hash
@@ -28,6 +28,8 @@ from .defaults import (
     IMAGE_SIZE,
     IMAGE_SUFFIXES,
     KEEP_PIXELS,
+    PRECISION,
+    PRECISIONS,
 )
 from .filters import matches
 from .hub import require_model
@@ -39,13 +41,18 @@ from .stages import (
     Prepared,
     PrepareSettings,
     Skipped,
-    encode_batch,
+    finish_batch,
     image_rows,
     prepare_image,
+    start_batch,
     variant_rows,
 )
 from .store import Store
-from .suites import resolve, spec_items
+from .suites import Perturbation, resolve, spec_items
+from .workers import PreparePool, default_workers
+
+if TYPE_CHECKING:
+    from .encoder import Pending
 
 T = TypeVar("T")
 
@@ -65,6 +72,9 @@ class IngestSummary:
     duplicates: int = 0
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    workers: int = 1
+    precision: str = PRECISION
+    retried: int = 0  # images retried after their worker process died
     # seconds spent in each stage (STAGES); the per-image CPU stages are summed over images
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
@@ -80,10 +90,15 @@ class IngestSummary:
 ProgressCallback = Callable[[int, "IngestSummary"], None]
 
 
-def run_identity(model: str, revision: str, image_size: int, seed: int, aug_hash: str) -> str:
-    """A run is a configuration: the same weights, size, seed and augmentations give the same
-    run_id, so the same command again resumes (or extends) it instead of starting anew."""
+def run_identity(
+    model: str, revision: str, image_size: int, seed: int, aug_hash: str, precision: str = PRECISION
+) -> str:
+    """A run is a configuration: the same weights, size, seed, augmentations and precision give
+    the same run_id, so the same command again resumes (or extends) it instead of starting anew.
+    The number of workers is not part of it: results do not depend on it."""
     key = {"revision": revision, "image_size": image_size, "seed": seed, "augmentations": aug_hash}
+    if precision != PRECISION:
+        key["precision"] = precision  # fp32 runs keep the run_ids they had before precisions
     if revision == "unknown":
         key["model"] = model
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -101,6 +116,8 @@ def ingest(
     limit: int | None = None,
     keep_pixels: int = KEEP_PIXELS,
     device: str = "auto",
+    workers: int | None = None,
+    precision: str = PRECISION,
     on_start: Callable[[int], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> IngestSummary:
@@ -108,11 +125,16 @@ def ingest(
 
     Idempotent: images this run already holds are skipped. `on_start(total)` is called once
     the paths are known, `on_progress(images_done, summary)` after each batch.
+
+    `workers` processes (default: one per core this process may use) run the per-image CPU
+    stages; 1 runs them in a thread of this process. The results do not depend on it.
+    `precision` (fp32, bf16, fp16) is the model's compute precision, part of the run's identity.
     """
     started = time.perf_counter()
     perturbations = resolve(augmentations)
     names = [p.label for p in perturbations]
-    _check_options(image_size, batch_size, limit, keep_pixels)
+    workers = default_workers() if workers is None else workers
+    _check_options(image_size, batch_size, limit, keep_pixels, workers, precision)
     files = list(discover(paths))
     Store.check_location(db)
     if not files:
@@ -123,15 +145,63 @@ def ingest(
     if limit is not None:
         files = files[:limit]
     # offline, a model neither local nor cached fails here at once (no hub retries), before
-    # transformers is imported
+    # transformers is imported and before any worker starts
     require_model(model)
+    # the spec, not the labels: a worker resolves it to the same perturbations (a user suite
+    # file included, by its absolute path)
+    settings = PrepareSettings(image_size, spec_items(augmentations), seed)
+    # started before the model loads, so that the workers' own start-up overlaps it
+    pool = None
+    if workers > 1 and len(files) > 1:
+        pool = PreparePool(
+            min(workers, len(files)), settings, (1 + len(names), image_size, image_size, 3)
+        )
+    try:
+        return _ingest(
+            files,
+            db,
+            model,
+            settings,
+            perturbations,
+            pool,
+            batch_size=batch_size,
+            keep_pixels=keep_pixels,
+            device=device,
+            precision=precision,
+            started=started,
+            on_start=on_start,
+            on_progress=on_progress,
+        )
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _ingest(
+    files: list[Path],
+    db: str | Path,
+    model: str,
+    settings: PrepareSettings,
+    perturbations: list[Perturbation],
+    pool: PreparePool | None,
+    *,
+    batch_size: int,
+    keep_pixels: int,
+    device: str,
+    precision: str,
+    started: float,
+    on_start: Callable[[int], None] | None,
+    on_progress: ProgressCallback | None,
+) -> IngestSummary:
+    names = [p.label for p in perturbations]
+    image_size, seed = settings.image_size, settings.seed
     from .encoder import Encoder
 
-    encoder = Encoder(model, device=device, image_size=image_size)
+    encoder = Encoder(model, device=device, image_size=image_size, precision=precision)
     store = Store.open(db, create=True)
     config = augmentation_config(perturbations)
     aug_hash = config_hash(config)
-    run_id = run_identity(model, encoder.revision, image_size, seed, aug_hash)
+    run_id = run_identity(model, encoder.revision, image_size, seed, aug_hash, precision)
     model_id = str(encoder.local_dir or model)  # a local folder as its absolute path
     store.ensure_run(
         {
@@ -162,40 +232,58 @@ def ingest(
         seed=seed,
         augmentations=names,
         discovered=len(files),
+        workers=pool.size if pool else 1,
+        precision=precision,
     )
     if on_start:
         on_start(len(files))
 
     already = store.stored_images(run_id)
     failed_before = _failed_paths(store, run_id)
-    # the spec, not the labels: a worker resolves it to the same perturbations (a user suite
-    # file included, by its absolute path)
-    settings = PrepareSettings(image_size, spec_items(augmentations), seed)
     batch: list[Prepared] = []
     failures: list[Failure] = []
     seen: set[str] = set()
 
-    def flush() -> None:
-        nonlocal batch, failures
+    # The batch whose forward pass is queued on the device: it is written after the next
+    # batch's forward has been queued, so an accelerator never waits on a write.
+    in_flight: tuple[list[Prepared], Pending] | None = None
+
+    def timed(stage: str, work: Callable[[], T]) -> T:
+        clock = time.perf_counter()
+        try:
+            return work()
+        finally:
+            summary.timings[stage] += time.perf_counter() - clock
+
+    def write(batch: list[Prepared], pending: Pending) -> None:
+        try:
+            encoded = timed("encode", lambda: finish_batch(encoder, pending))
+        except EncodeError as exc:
+            failures.extend(Failure(p.path, "encode", str(exc), p.image_id) for p in batch)
+            return
+        clock = time.perf_counter()
+        variants = variant_rows(run_id, batch, encoded, encoder.embedding_dim)
+        written = store.write_batch(run_id, image_rows(batch), variants)
+        summary.stored += len(written)
+        summary.skipped += len(batch) - len(written)  # another writer stored them
+        recovered = [p.path for p in batch if p.image_id in written]
+        store.clear_errors(run_id, [p for p in recovered if p in failed_before])
+        summary.timings["write"] += time.perf_counter() - clock
+
+    def flush(last: bool = False) -> None:
+        nonlocal batch, failures, in_flight
+        started_now = None
         if batch:
             try:
-                clock = time.perf_counter()
-                encoded = encode_batch(encoder, batch)
-                summary.timings["encode"] += time.perf_counter() - clock
+                started_now = (batch, timed("encode", lambda: start_batch(encoder, batch)))
             except EncodeError as exc:
                 failures.extend(Failure(p.path, "encode", str(exc), p.image_id) for p in batch)
-            else:
-                clock = time.perf_counter()
-                written = store.write_batch(
-                    run_id,
-                    image_rows(batch),
-                    variant_rows(run_id, batch, encoded, encoder.embedding_dim),
-                )
-                summary.stored += len(written)
-                summary.skipped += len(batch) - len(written)  # another writer stored them
-                recovered = [p.path for p in batch if p.image_id in written]
-                store.clear_errors(run_id, [p for p in recovered if p in failed_before])
-                summary.timings["write"] += time.perf_counter() - clock
+        if in_flight:
+            write(*in_flight)
+        in_flight = started_now
+        if last and in_flight:
+            write(*in_flight)
+            in_flight = None
         if failures:
             store.record_errors(
                 [
@@ -207,10 +295,13 @@ def ingest(
         batch, failures = [], []
 
     keep = [keep_pixels < 0 or index < keep_pixels for index in range(len(files))]
-    prepared = in_background(
-        (prepare_image(path, settings, keep[i], already) for i, path in enumerate(files)),
-        depth=2 * batch_size,
-    )
+    if pool is not None:
+        pool.set_skip(already)
+        items = pool.imap(files, keep)
+    else:
+        items = (prepare_image(path, settings, keep[i], already) for i, path in enumerate(files))
+    # a batch's worth and more prepared while the model runs on the current one
+    prepared = in_background(items, depth=2 * batch_size)
     for done, item in enumerate(prepared, start=1):
         for stage, seconds in item.timings.items():
             summary.timings[stage] += seconds
@@ -230,15 +321,24 @@ def ingest(
                 if on_progress:
                     summary.seconds = time.perf_counter() - started
                     on_progress(done, summary)
-    flush()
+    flush(last=True)
     store.compact()
+    if pool is not None:
+        summary.retried = pool.retried
     summary.seconds = time.perf_counter() - started
     if on_progress:
         on_progress(len(files), summary)
     return summary
 
 
-def _check_options(image_size: int, batch_size: int, limit: int | None, keep_pixels: int) -> None:
+def _check_options(
+    image_size: int,
+    batch_size: int,
+    limit: int | None,
+    keep_pixels: int,
+    workers: int,
+    precision: str,
+) -> None:
     if image_size < 16:
         raise ClipshiftError(
             f"--image-size {image_size} is too small: use 16 or more ({IMAGE_SIZE} is CLIP's)"
@@ -249,6 +349,10 @@ def _check_options(image_size: int, batch_size: int, limit: int | None, keep_pix
         raise ClipshiftError(f"--limit {limit}: use 0 or more")
     if keep_pixels < -1:
         raise ClipshiftError(f"--keep-pixels {keep_pixels}: use a count, 0 for none or -1 for all")
+    if workers < 1:
+        raise ClipshiftError(f"--workers {workers}: use 1 or more (1 runs in this process)")
+    if precision not in PRECISIONS:
+        raise ClipshiftError(f"unknown --precision {precision}: choose {', '.join(PRECISIONS)}")
 
 
 def _failed_paths(store: Store, run_id: str) -> set[str]:

@@ -12,8 +12,10 @@ The contract, kept stable for every engine:
   pickles; `Prepared.timings` holds the seconds spent in each sub-stage.
 - Per batch, where the model lives: `encode_batch(encoder, batch)` runs the model over the
   images of a batch (in their order, original first within an image), raising `EncodeError`
-  with a one-line message; `image_rows(batch)` and `variant_rows(run_id, batch, encoded, dim)`
-  build the Arrow tables `Store.write_batch` takes.
+  with a one-line message (`start_batch` + `finish_batch` are its two halves, for keeping an
+  accelerator busy while the previous batch is written); `image_rows(batch)` and
+  `variant_rows(run_id, batch, encoded, dim)` build the Arrow tables `Store.write_batch`
+  takes.
 - Duplicate files (the same bytes twice) are resolved by the caller in discovery order: the
   first is stored, later ones are counted as duplicates (`Prepared.image_id`,
   `Failure.image_id`).
@@ -24,10 +26,11 @@ only `prepare_image` start quickly.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +45,7 @@ from .pixels import IDENTICAL, PixelReference
 from .sources import DecodeError, Source, decode, read_source
 
 if TYPE_CHECKING:
-    from .encoder import Encoded, Encoder
+    from .encoder import Encoded, Encoder, Pending
 
 # The timed stages, in pipeline order. Per image on a CPU worker: read (and hash), decode,
 # augment, metrics, png; in the process that holds the model, per batch: transfer (receiving
@@ -195,9 +198,26 @@ def png(pixels: np.ndarray) -> bytes:
 
 def encode_batch(encoder: Encoder, batch: Sequence[Prepared]) -> Encoded:
     """The model over every variant of the batch, image by image in batch order."""
+    return finish_batch(encoder, start_batch(encoder, batch))
+
+
+def start_batch(encoder: Encoder, batch: Sequence[Prepared]) -> Pending:
+    """`encode_batch` in two halves: queue the forward pass (on an accelerator it runs while
+    the caller goes on), then `finish_batch` waits for its outputs."""
+    with _encode_errors():
+        return encoder.start(np.concatenate([p.pixels for p in batch]))
+
+
+def finish_batch(encoder: Encoder, pending: Pending) -> Encoded:
+    with _encode_errors():
+        return encoder.finish(pending)
+
+
+@contextlib.contextmanager
+def _encode_errors() -> Iterator[None]:
     try:
-        return encoder.encode(np.concatenate([p.pixels for p in batch]))
-    except Exception as exc:  # noqa: BLE001
+        yield
+    except Exception as exc:  # noqa: BLE001 - the batch fails, the run goes on
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         raise EncodeError(f"{type(exc).__name__}: {first_line}") from exc
 

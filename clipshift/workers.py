@@ -1,0 +1,326 @@
+"""A pool of worker processes that run the per-image CPU stages (`stages.prepare_image`).
+
+The main process keeps the model and the store; workers read, decode, augment, measure and
+PNG-encode. Results come back in discovery order whatever worker finished first.
+
+How, and why (figures in docs/ingest.md, from benchmarks/ingest.py):
+- Workers are fresh interpreters (`python -m clipshift.workers`), started with subprocess: the
+  main process has loaded torch and its OpenMP threads by then, and a fork of a threaded
+  process can deadlock; multiprocessing's spawn would also re-import the parent's main script
+  (the `clipshift` command imports lance, ~1.2 s and tens of MB per worker). A worker imports
+  only numpy, PIL, albumentations and clipshift's CPU stages, never torch.
+- The ten variants of an image (1.5 MB at 224 x 224) come back through shared memory, one
+  slot per task in flight: pickled through a pipe they cost the main process 8-13 ms per image
+  here, through a shared-memory slot 0.35 ms. Everything else (metrics, parameters, PNGs)
+  is pickled over a socket pair, one per worker.
+- A worker that dies (segfault, OOM kill, kill -9) is replaced; the images it held are retried
+  once, alone on a worker, then recorded as failed at stage "worker". Ctrl-C and errors in
+  the main process close the pool: workers ignore SIGINT, exit on EOF of their socket, and are
+  killed if they do not exit promptly.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import ClipshiftError
+
+# Tasks each worker holds at once: one in work, one queued, so it never waits for the main
+# process between images.
+TASKS_PER_WORKER = 2
+# A worker that dies this many times in a row without returning anything means workers cannot
+# start here at all (a broken install); fail rather than respawn forever.
+MAX_FRUITLESS_STARTS = 3
+ATTEMPTS = 2  # the first try and one retry
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class _Task:
+    index: int
+    path: str
+    keep_pixels: bool
+    attempts: int = 0
+    slot: int | None = None
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen
+    conn: Connection
+    tasks: dict[int, _Task] = field(default_factory=dict)
+    exclusive: bool = False  # holds a retried task: nothing else goes to it meanwhile
+    returned: bool = False  # has returned at least one result
+    dead: bool = False  # a send failed: its EOF is yet to be handled
+
+
+class PreparePool:
+    """`workers` processes running `prepare(path, settings, keep_pixels, skip)` per image.
+
+    `prepare` must be importable by name in a fresh interpreter (a module-level function);
+    `settings` must pickle. `pixel_shape` is the shape of `Prepared.pixels`, which travels
+    through shared memory. The workers start at once (a second or two each, best overlapped
+    with loading the model); `skip` can be given later with `set_skip`.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        settings: Any,
+        pixel_shape: tuple[int, ...],
+        prepare: Callable | None = None,
+    ):
+        if prepare is None:
+            from .stages import prepare_image as prepare
+        self.size = workers
+        self.retried = 0  # images retried after their worker died
+        self.worker_deaths = 0
+        self._payload = pickle.dumps((prepare, settings), protocol=5)
+        self._skip = pickle.dumps(("skip", frozenset()))
+        self._shape = tuple(pixel_shape)
+        self._slot_bytes = int(np.prod(self._shape))
+        slots = workers * TASKS_PER_WORKER
+        self._shm = shared_memory.SharedMemory(create=True, size=max(1, slots * self._slot_bytes))
+        self._free_slots = collections.deque(range(slots))
+        self._workers: list[_Worker] = []
+        self._fruitless = 0
+        self._closed = False
+        try:
+            for _ in range(workers):
+                self._workers.append(self._start())
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _start(self) -> _Worker:
+        parent, child = socket.socketpair()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "clipshift.workers", str(child.fileno())],
+                pass_fds=[child.fileno()],
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(p or "." for p in sys.path)},
+            )
+        finally:
+            child.close()
+        conn = Connection(parent.detach())
+        conn.send_bytes(pickle.dumps((self._shm.name, self._shape, TASKS_PER_WORKER)))
+        conn.send_bytes(self._payload)
+        conn.send_bytes(self._skip)
+        return _Worker(process, conn)
+
+    def set_skip(self, skip: Collection[str]) -> None:
+        """The image_ids to skip (already stored): workers hash, then skip them unprocessed."""
+        self._skip = pickle.dumps(("skip", frozenset(skip)), protocol=5)
+        for worker in self._workers:
+            worker.conn.send_bytes(self._skip)
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
+    def close(self) -> None:
+        """Stop every worker (politely, then by SIGKILL) and free the shared memory."""
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers:
+            try:
+                worker.conn.close()  # EOF: the worker exits
+            except OSError:
+                pass
+        deadline = time.monotonic() + 2.0
+        for worker in self._workers:
+            try:
+                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+        self._workers = []
+        self._shm.close()
+        self._shm.unlink()
+
+    def __enter__(self) -> PreparePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the work --------------------------------------------------------------------------
+
+    def imap(self, paths: Sequence[str | Path], keep_pixels: Sequence[bool]) -> Iterator[Any]:
+        """prepare() of every path, in the order given; at most `window` results ahead."""
+        window = self.size * TASKS_PER_WORKER * 2
+        todo = collections.deque(
+            _Task(i, str(p), bool(k))
+            for i, (p, k) in enumerate(zip(paths, keep_pixels, strict=True))
+        )
+        retry: collections.deque[_Task] = collections.deque()
+        done: dict[int, Any] = {}
+        next_out = 0
+        while next_out < len(paths):
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+            if next_out >= len(paths):
+                break
+            self._dispatch(todo, retry, limit=next_out + window)
+            ready = wait([w.conn for w in self._workers])
+            for worker in [w for w in self._workers if w.conn in ready]:
+                try:
+                    message = worker.conn.recv_bytes()
+                except (EOFError, OSError):
+                    self._replace(worker, retry, done)
+                    continue
+                clock = time.perf_counter()
+                index, result = pickle.loads(message)
+                task = worker.tasks.pop(index)
+                if getattr(result, "pixels", None) is not None and result.pixels.size == 0:
+                    result.pixels = self._slot(task.slot).copy()
+                self._free_slots.append(task.slot)
+                result.timings["transfer"] = time.perf_counter() - clock
+                worker.returned, worker.exclusive = True, False
+                self._fruitless = 0
+                done[index] = result
+
+    def _dispatch(self, todo: collections.deque, retry: collections.deque, limit: int) -> None:
+        # a retried task runs alone on an idle worker, so that an image which kills its worker
+        # again cannot take an innocent image with it
+        for worker in self._workers:
+            if retry and not worker.tasks and not worker.dead:
+                worker.exclusive = self._send(worker, retry)
+        for worker in self._workers:
+            while (
+                not worker.exclusive
+                and not worker.dead
+                and len(worker.tasks) < TASKS_PER_WORKER
+                and todo
+                and todo[0].index < limit
+            ):
+                self._send(worker, todo)
+
+    def _send(self, worker: _Worker, queue: collections.deque) -> bool:
+        """Hand the first task of `queue` to `worker`; a worker found dead keeps it queued (the
+        death is handled when its socket reports EOF)."""
+        task = queue[0]
+        message = ("task", task.index, task.path, task.keep_pixels, self._free_slots[0])
+        try:
+            worker.conn.send_bytes(pickle.dumps(message))
+        except OSError:
+            worker.dead = True
+            return False
+        queue.popleft()
+        task.slot = self._free_slots.popleft()
+        task.attempts += 1
+        worker.tasks[task.index] = task
+        return True
+
+    def _replace(self, worker: _Worker, retry: collections.deque, done: dict[int, Any]) -> None:
+        from .stages import Failure
+
+        code = worker.process.wait()
+        worker.conn.close()
+        self.worker_deaths += 1
+        self._fruitless = 0 if worker.returned else self._fruitless + 1
+        for task in sorted(worker.tasks.values(), key=lambda t: t.index):
+            self._free_slots.append(task.slot)
+            if task.attempts < ATTEMPTS:
+                self.retried += 1
+                retry.append(task)
+            else:
+                done[task.index] = Failure(
+                    task.path,
+                    "worker",
+                    f"the worker process preparing this image died {ATTEMPTS} times "
+                    f"(last exit status {_describe_exit(code)})",
+                )
+        self._workers.remove(worker)
+        if self._fruitless >= MAX_FRUITLESS_STARTS:
+            raise ClipshiftError(
+                f"ingest worker processes die before preparing any image (exit status "
+                f"{_describe_exit(code)}); try --workers 1 to see the error in this process"
+            )
+        self._workers.append(self._start())
+
+    def _slot(self, slot: int) -> np.ndarray:
+        start = slot * self._slot_bytes
+        return np.ndarray(self._shape, np.uint8, self._shm.buf, offset=start)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"{code}, {signal.Signals(-code).name}"
+        except ValueError:
+            return str(code)
+    return str(code)
+
+
+# -- the worker side -----------------------------------------------------------------------
+
+
+def _serve(fd: int) -> None:
+    """A worker's loop: tasks in, results out, until the main process closes the socket."""
+    # Ctrl-C reaches the whole process group; the main process decides, and closes the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(fd)
+    shm_name, shape, _ = pickle.loads(conn.recv_bytes())
+    # The main process owns the segment and unlinks it; without this the worker's own resource
+    # tracker would unlink it when the worker exits.
+    from multiprocessing import resource_tracker
+
+    resource_tracker.register = lambda *args, **kwargs: None
+    shm = shared_memory.SharedMemory(name=shm_name)
+    slot_bytes = int(np.prod(shape))
+    prepare, settings = pickle.loads(conn.recv_bytes())
+    skip: frozenset[str] = frozenset()
+    while True:
+        try:
+            message = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            break
+        if message[0] == "skip":
+            skip = message[1]
+            continue
+        _, index, path, keep, slot = message
+        result = prepare(path, settings, keep, skip)
+        pixels = getattr(result, "pixels", None)
+        if isinstance(pixels, np.ndarray) and pixels.shape == tuple(shape):
+            target = np.ndarray(shape, np.uint8, shm.buf, offset=slot * slot_bytes)
+            np.copyto(target, pixels)
+            result.pixels = np.empty((0,), np.uint8)
+            del target
+        try:
+            conn.send_bytes(pickle.dumps((index, result), protocol=5))
+        except (BrokenPipeError, OSError):
+            break
+    shm.close()
+
+
+if __name__ == "__main__":
+    # albumentations imports torch only for its optional ToTensor transforms (and catches the
+    # ImportError); blocking it saves each worker ~2 s of start-up and ~300 MB.
+    sys.modules.setdefault("torch", None)
+    _serve(int(sys.argv[1]))

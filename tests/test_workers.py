@@ -1,0 +1,224 @@
+"""Ingest's worker processes: results independent of their number, worker deaths, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from conftest import write_photos
+from worker_faults import die_on_poison
+
+from clipshift.ingest import ingest
+from clipshift.stages import Failure, Prepared, PrepareSettings, prepare_image
+from clipshift.store import Store
+from clipshift.workers import PreparePool
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = PrepareSettings(image_size=64, augmentations=("noise", "elastic", "coarse_dropout"))
+SHAPE = (4, 64, 64, 3)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The real photos, a copy of one under another name, an unreadable and a broken file."""
+    folder = tmp_path_factory.mktemp("corpus")
+    paths = write_photos(folder)
+    (folder / "z_copy_of_astronaut.png").write_bytes(paths[0].read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    return folder
+
+
+def many_photos(folder: Path, count: int) -> list[Path]:
+    """`count` distinct files: the real photos, each with some trailing bytes PIL ignores."""
+    originals = write_photos(folder.with_name(folder.name + "-originals"))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"photo_{i:03d}.png"
+        path.write_bytes(originals[i % len(originals)].read_bytes() + i.to_bytes(4, "little"))
+        paths.append(path)
+    return paths
+
+
+def rows(db: Path, table: str, order: str) -> list[tuple]:
+    dataset = Store.open(db).dataset(table)  # noqa: F841 - scanned by DuckDB below
+    return duckdb.sql(f"SELECT * FROM dataset ORDER BY {order}").fetchall()
+
+
+def test_one_and_two_workers_give_identical_results(tmp_path, tiny_model, corpus):
+    summaries = {}
+    for workers in (1, 2):
+        summaries[workers] = ingest(
+            [corpus],
+            tmp_path / f"db{workers}",
+            str(tiny_model),
+            batch_size=3,
+            keep_pixels=-1,
+            device="cpu",
+            workers=workers,
+        )
+    one, two = summaries[1], summaries[2]
+    assert two.workers == 2 and one.workers == 1
+    assert (one.run_id, one.stored, one.duplicates) == (two.run_id, two.stored, two.duplicates)
+    assert (one.stored, one.duplicates, one.failed) == (6, 1, 2)
+    assert [(f.path, f.stage, f.message) for f in one.failures] == [
+        (f.path, f.stage, f.message) for f in two.failures
+    ]
+
+    columns = (
+        "run_id, image_id, variant, patch_similarity, edge_preservation, detail_preservation, "
+        "params, pixels"
+    )
+    exact = {}
+    vectors = {}
+    for workers in (1, 2):
+        db = tmp_path / f"db{workers}"
+        dataset = Store.open(db).dataset("variants")  # noqa: F841 - scanned by DuckDB
+        exact[workers] = duckdb.sql(
+            f"SELECT {columns} FROM dataset ORDER BY image_id, variant"
+        ).fetchall()
+        table = duckdb.sql(
+            "SELECT embedding, attention_layers FROM dataset ORDER BY image_id, variant"
+        ).fetchnumpy()
+        vectors[workers] = [np.stack(table[c]) for c in ("embedding", "attention_layers")]
+    assert exact[1] == exact[2]
+    assert all(row[-1] for row in exact[1])  # every variant's PNG was kept and compared
+    for a, b in zip(vectors[1], vectors[2], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    assert rows(tmp_path / "db1", "images", "image_id") == rows(
+        tmp_path / "db2", "images", "image_id"
+    )
+    errors = [
+        [r[:4] for r in rows(tmp_path / f"db{w}", "errors", "path")]  # all but the time
+        for w in (1, 2)
+    ]
+    assert len(errors[0]) == 2 and errors[0] == errors[1]
+
+
+def test_a_killed_worker_is_replaced_and_its_images_retried(tmp_path):
+    paths = many_photos(tmp_path / "photos", 8)
+    expected = [prepare_image(p, SETTINGS, True) for p in paths]
+    with PreparePool(1, SETTINGS, SHAPE) as pool:
+        results = pool.imap(paths, [True] * len(paths))
+        first = next(results)  # the worker now holds the next images
+        os.kill(pool.pids()[0], signal.SIGKILL)
+        got = [first, *results]
+        assert pool.worker_deaths == 1 and pool.retried >= 1
+    assert [type(r) for r in got] == [Prepared] * len(paths)
+    for a, b in zip(expected, got, strict=True):
+        assert a.path == b.path and a.image_id == b.image_id
+        assert np.array_equal(a.pixels, b.pixels)
+        assert (a.params, a.metrics, a.pngs) == (b.params, b.metrics, b.pngs)
+
+
+def test_an_image_that_kills_its_worker_twice_is_recorded_and_the_rest_go_on(tmp_path):
+    paths = many_photos(tmp_path / "photos", 5)
+    poison = paths[2].rename(paths[2].with_name("poison.png"))
+    paths[2] = poison
+    with PreparePool(2, SETTINGS, SHAPE, prepare=die_on_poison) as pool:
+        got = list(pool.imap(paths, [False] * len(paths)))
+        assert pool.worker_deaths == 2
+    assert [type(r) for r in got] == [Prepared, Prepared, Failure, Prepared, Prepared]
+    assert got[2].stage == "worker" and got[2].path == str(poison)
+    assert "died 2 times" in got[2].message and "SIGKILL" in got[2].message
+
+
+def test_ingest_goes_on_when_a_worker_is_killed_mid_run(tmp_path, tiny_model):
+    many_photos(tmp_path / "photos", 12)
+    killed = []
+
+    def kill_a_worker(done, summary):
+        if not killed:
+            pid = [p for p in descendants(os.getpid()) if is_worker(p)][0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    summary = ingest(
+        [tmp_path / "photos"],
+        tmp_path / "db",
+        str(tiny_model),
+        batch_size=2,
+        image_size=64,
+        augmentations="noise,blur",
+        keep_pixels=0,
+        device="cpu",
+        workers=2,
+        on_progress=kill_a_worker,
+    )
+    assert killed
+    assert (summary.stored, summary.failed) == (12, 0)
+    assert not rows(tmp_path / "db", "errors", "path")
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *descendants(child)]
+    return found
+
+
+def is_worker(pid: int) -> bool:
+    try:
+        return b"clipshift.workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_ctrl_c_leaves_no_processes(tmp_path, tiny_model):
+    many_photos(tmp_path / "photos", 40)
+    command = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "ingest",
+        str(tmp_path / "photos"),
+        "--db",
+        str(tmp_path / "db"),
+        "--model",
+        str(tiny_model),
+        "--workers",
+        "2",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    main = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        children = descendants(main.pid)
+        if sum(is_worker(p) for p in children) == 2 and (tmp_path / "db").exists():
+            break
+        time.sleep(0.05)
+    else:
+        main.kill()
+        pytest.fail("the ingest never started its two workers")
+    children = descendants(main.pid)
+    main.send_signal(signal.SIGINT)
+    _, stderr = main.communicate(timeout=60)
+    assert main.returncode == 130, stderr
+    assert b"interrupted" in stderr and b"Traceback" not in stderr
+    time.sleep(0.2)
+    assert [p for p in children if alive(p)] == []
