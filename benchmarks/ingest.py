@@ -1,20 +1,26 @@
-"""Ingest throughput against the bare model forward, side by side in one run.
+"""Ingest throughput: CPU stages on every core, end to end, against the bare forward; memory.
 
-    python benchmarks/ingest.py [--images 32] [--batch-size 8] [--device cpu]
+    python benchmarks/ingest.py [--images 24] [--full-images 16] [--batch-size 8]
+                                [--max-workers CORES] [--device cpu] [--skip full,precision]
 
-Builds the full-size ViT-B/32 CLIP architecture with random weights (the cost is that of
-openai/clip-vit-base-patch32), saves it to a temp folder and loads it through `--model DIR`.
-Prints, on the same machine, model, batch size and device:
-  - bare forward: the model's one forward pass (embeddings + attention of every layer, as
-    ingest runs it) on batches of ready tensors, in images/s;
-  - end-to-end ingest over the ten variants (read, decode, augment, pixel metrics, forward,
-    write to LanceDB), in images/s of model input, and the ratio of the two;
-  - peak memory (max RSS) of ingests of N and 2N images in fresh processes: it must not grow
-    with the number of images;
+Everything side by side in one run, on one machine, each measurement in a fresh process:
+  - transfer: moving one image's ten 224 x 224 variants (1.5 MB) from a worker process to
+    the main process, pickled through a pipe against a shared-memory slot;
+  - CPU stages alone (read, decode, augment, pixel metrics, PNG; no model): images/s for
+    1..cores worker processes, and the efficiency against linear scaling;
+  - end to end with the tiny test CLIP (a stand-in for a fast accelerator): steady-state
+    images/s for --workers 1..cores, from the first batch written to the end (after every
+    fixed start-up cost: imports, model load, workers' start), and the CPU time per image
+    spent outside the model (difference of runs of N and 2N images: start-up cancels);
+  - full-size ViT-B/32 with random weights (the cost of openai/clip-vit-base-patch32):
+    steady-state ingest against the bare forward pass at the same batch;
+  - peak RSS of the main process and of a worker, for N and 2N images, 1..cores workers;
+  - precision: the embedding difference of bf16 and fp16 against fp32 (full-size ViT-B/32,
+    random weights, real photos);
   - the CPU cost of each perturbation (`--perturbations-only` prints just this): ms per
     224-px image for each of the paper's nine and each ImageNet-C corruption (the mean over
-    its five severities), with the pixel metrics and one bare forward input beside them for
-    scale, measured side by side in one process on one core's worth of work.
+    its five severities), with the pixel metrics beside them for scale, measured side by
+    side in one process on one core's worth of work.
 """
 
 from __future__ import annotations
@@ -50,6 +56,13 @@ def save_full_size_clip(folder: Path) -> Path:
     return folder
 
 
+def save_tiny_clip(folder: Path) -> Path:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_tiny_clip
+
+    return make_tiny_clip(folder)
+
+
 def write_distinct_photos(folder: Path, count: int) -> None:
     """`count` different JPEG files made from scikit-image's photos (each one's bytes differ)."""
     from skimage import data
@@ -65,6 +78,96 @@ def write_distinct_photos(folder: Path, count: int) -> None:
         top, left = rng.integers(0, h // 8), rng.integers(0, w // 8)
         crop = np.ascontiguousarray(pixels[top : top + h * 7 // 8, left : left + w * 7 // 8, :3])
         Image.fromarray(crop).save(folder / f"photo_{i:05d}.jpg", quality=92)
+
+
+# -- children: each measurement in a fresh process ------------------------------------------
+
+
+def transfer_child(args: argparse.Namespace) -> None:
+    """ms per image in the receiving process: pickled over a pipe vs a shared-memory slot."""
+    import multiprocessing as mp
+
+    images = args.batches
+    shape = (VARIANTS, 224, 224, 3)
+    context = mp.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    sender = context.Process(target=_send_pickled, args=(writer, shape, images))
+    sender.start()
+    reader.recv()
+    start = time.perf_counter()
+    for _ in range(images - 1):
+        reader.recv()
+    pipe = (time.perf_counter() - start) / (images - 1)
+    sender.join()
+
+    from multiprocessing import shared_memory
+
+    slots = 4
+    shm = shared_memory.SharedMemory(create=True, size=slots * int(np.prod(shape)))
+    ours, theirs = context.Pipe()
+    sender = context.Process(target=_send_shared, args=(theirs, shm.name, shape, images))
+    sender.start()
+    for slot in range(slots):
+        ours.send(slot)
+    out = np.empty(shape, np.uint8)
+    start = None
+    for i in range(images):
+        slot = ours.recv()
+        view = np.ndarray(shape, np.uint8, shm.buf, offset=slot * out.nbytes)
+        np.copyto(out, view)
+        del view
+        ours.send(slot)
+        if i == 0:
+            start = time.perf_counter()
+    shared = (time.perf_counter() - start) / (images - 1)
+    sender.join()
+    shm.close()
+    shm.unlink()
+    print(json.dumps({"pipe_ms": pipe * 1e3, "shared_ms": shared * 1e3}))
+
+
+def _send_pickled(conn, shape, images):
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    for _ in range(images):
+        conn.send(("prepared", pixels))
+
+
+def _send_shared(conn, name, shape, images):
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name=name)
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    for _ in range(images):
+        slot = conn.recv()
+        view = np.ndarray(shape, np.uint8, shm.buf, offset=slot * pixels.nbytes)
+        np.copyto(view, pixels)
+        del view
+        conn.send(slot)
+    for _ in range(4):
+        conn.recv()
+    shm.close()
+
+
+def stages_child(args: argparse.Namespace) -> None:
+    """CPU stages alone through the worker pool: steady images/s after the first result."""
+    import resource
+
+    from clipshift.stages import PrepareSettings
+    from clipshift.workers import PreparePool
+
+    paths = sorted(Path(args.photos).iterdir())
+    keep = [False] * len(paths)
+    settings = PrepareSettings()
+    with PreparePool(args.workers, settings, (VARIANTS, 224, 224, 3)) as pool:
+        results = pool.imap(paths, keep)
+        # the first `workers` results pay the workers' start-up; time the rest
+        for _ in range(args.workers):
+            next(results)
+        start = time.perf_counter()
+        rest = sum(1 for _ in results)
+        seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"images": rest, "seconds": seconds, "worker_rss_mb": usage.ru_maxrss / 1024}))
 
 
 def forward_child(args: argparse.Namespace) -> None:
@@ -90,27 +193,73 @@ def ingest_child(args: argparse.Namespace) -> None:
     from clipshift.ingest import ingest
 
     marks = {}
+    start = time.perf_counter()
     summary = ingest(
         [args.photos],
         args.db,
         args.model,
         batch_size=args.batch_size,
         device=args.device,
-        keep_pixels=0,
+        keep_pixels=args.keep_pixels,
+        workers=args.workers,
         on_start=lambda total: marks.setdefault("start", time.perf_counter()),
+        on_progress=lambda done, summary: marks.setdefault(
+            "first_batch", (time.perf_counter(), summary.stored)
+        ),
     )
-    steady = time.perf_counter() - marks["start"]
+    end = time.perf_counter()
+    first_time, first_stored = marks["first_batch"]
+    seconds = end - start
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(
         json.dumps(
             {
                 "images": summary.stored,
-                "inputs": summary.stored * (1 + len(summary.augmentations)),
-                "seconds": steady,
-                "seconds_with_model_load": summary.seconds,
-                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "seconds": seconds,
+                "after_model_load": end - marks["start"],
+                # steady state: from the first batch written to the end
+                "steady_images": summary.stored - first_stored,
+                "steady_seconds": end - first_time,
+                "timings": summary.timings,
+                "cpu_main": me.ru_utime + me.ru_stime,
+                "cpu_workers": workers.ru_utime + workers.ru_stime,
+                "max_rss_mb": me.ru_maxrss / 1024,
+                "worker_rss_mb": workers.ru_maxrss / 1024,
             }
         )
     )
+
+
+def precision_child(args: argparse.Namespace) -> None:
+    """bf16 and fp16 embeddings against fp32, over the photos' ten variants."""
+    import torch
+
+    from clipshift.encoder import Encoder
+    from clipshift.stages import PrepareSettings, prepare_image
+
+    torch.manual_seed(0)
+    paths = sorted(Path(args.photos).iterdir())[: args.batch_size]
+    images = np.concatenate([prepare_image(p, PrepareSettings(), False).pixels for p in paths])
+    reference = Encoder(args.model, device=args.device).encode(images).embeddings
+    out = {}
+    for precision in ("bf16", "fp16"):
+        try:
+            got = Encoder(args.model, device=args.device, precision=precision).encode(images)
+        except Exception as exc:  # noqa: BLE001 - reported: this CPU may lack the dtype
+            out[precision] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+            continue
+        e = got.embeddings
+        cosine = (e * reference).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(reference, 1)
+        relative = np.linalg.norm(e - reference, axis=1) / np.linalg.norm(reference, axis=1)
+        out[precision] = {
+            "inputs": len(images),
+            "min_cosine": float(cosine.min()),
+            "mean_cosine": float(cosine.mean()),
+            "max_relative_l2": float(relative.max()),
+            "max_abs": float(np.abs(e - reference).max()),
+        }
+    print(json.dumps(out))
 
 
 def perturbation_costs(photos: int = 6, repeats: int = 2) -> list[tuple[str, float]]:
@@ -179,71 +328,149 @@ def child(mode: str, args: argparse.Namespace, **options) -> dict:
     command = [sys.executable, __file__, "--child", mode, "--batch-size", str(args.batch_size),
                "--device", args.device]  # fmt: skip
     for name, value in options.items():
-        command += [f"--{name}", str(value)]
+        command += [f"--{name.replace('_', '-')}", str(value)]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
+def timed_ingest(args, model, photos, db, workers) -> dict:
+    return child("ingest", args, model=model, photos=photos, db=db, workers=workers, keep_pixels=0)
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=32, help="N (the second ingest has 2N)")
+    parser.add_argument("--images", type=int, default=24, help="N for the CPU-stage and "
+                        "tiny-model figures (the tiny model also runs 2N)")  # fmt: skip
+    parser.add_argument("--full-images", type=int, default=16,
+                        help="images for the full-size ViT-B/32 ingest")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--child", choices=["forward", "ingest"], help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--photos", help=argparse.SUPPRESS)
-    parser.add_argument("--db", help=argparse.SUPPRESS)
-    parser.add_argument("--batches", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--max-workers", type=int, default=None, help="default: the cores")
+    parser.add_argument("--skip", default="", help="comma list of: transfer, stages, tiny, "
+                        "full, precision, perturbations")  # fmt: skip
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    for hidden in ("--model", "--photos", "--db"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    for hidden in ("--batches", "--workers", "--keep-pixels"):
+        parser.add_argument(hidden, type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--perturbations-only", action="store_true", help="only the per-perturbation CPU cost"
     )
     args = parser.parse_args()
     if args.perturbations_only:
         return print_perturbation_costs()
-    if args.child == "forward":
-        return forward_child(args)
-    if args.child == "ingest":
-        return ingest_child(args)
+    if args.child:
+        children = {
+            "transfer": transfer_child,
+            "stages": stages_child,
+            "forward": forward_child,
+            "ingest": ingest_child,
+            "precision": precision_child,
+        }
+        return children[args.child](args)
 
+    from clipshift.workers import default_workers
+
+    cores = default_workers()
+    counts = list(range(1, (args.max_workers or cores) + 1))
+    skip = set(filter(None, args.skip.split(",")))
+    began = time.perf_counter()
+    print(f"{cores} cores usable, device {args.device}, batch {args.batch_size} images "
+          f"x {VARIANTS} variants; each figure from a fresh process")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = save_full_size_clip(tmp / "vit-b-32-random")
-        write_distinct_photos(tmp / "photos", args.images * 2)
-        small = tmp / "photos-n"
-        small.mkdir()
-        for path in sorted((tmp / "photos").iterdir())[: args.images]:
-            os.link(path, small / path.name)
+        photos = tmp / "photos"
+        write_distinct_photos(photos, 2 * args.images)
+        n_photos = tmp / "photos-n"
+        n_photos.mkdir()
+        for path in sorted(photos.iterdir())[: args.images]:
+            os.link(path, n_photos / path.name)
 
-        # every measurement in a fresh process of its own, forward passes before and after
-        # the ingests, so a passing load on the machine shows as a spread, not a bias
-        batches = max(2, args.images // args.batch_size)
-        forwards = [child("forward", args, model=model, batches=batches)]
-        small_run = child("ingest", args, model=model, photos=small, db=tmp / "db-n")
-        large_run = child("ingest", args, model=model, photos=tmp / "photos", db=tmp / "db-2n")
-        forwards.append(child("forward", args, model=model, batches=batches))
+        if "transfer" not in skip:
+            t = child("transfer", args, batches=100)
+            print(f"\ntransfer of one image's {VARIANTS} variants (1.5 MB), receiving side: "
+                  f"pickled through a pipe {t['pipe_ms']:.2f} ms, shared-memory slot "
+                  f"{t['shared_ms']:.2f} ms ({t['pipe_ms'] / t['shared_ms']:.0f}x)")  # fmt: skip
 
-    forward_rates = [f["inputs"] / f["seconds"] for f in forwards]
-    forward = sum(forward_rates) / len(forward_rates)
-    rate = large_run["inputs"] / large_run["seconds"]
-    with_load = large_run["inputs"] / large_run["seconds_with_model_load"]
-    inputs = args.batch_size * VARIANTS
-    print(f"ViT-B/32 (random weights), device {args.device}, {os.cpu_count()} cores")
-    print(f"batch: {args.batch_size} images x {VARIANTS} variants = {inputs} model inputs")
-    print(
-        "bare forward (embedding + all-layer attention): "
-        + ", ".join(f"{r:.1f}" for r in forward_rates)
-        + f" inputs/s (before, after the ingests; mean {forward:.1f})"
-    )
-    print(
-        f"ingest end to end, {large_run['images']} images: {rate:.1f} inputs/s "
-        f"({rate / VARIANTS:.2f} images/s), {with_load:.1f} with the model load"
-    )
-    print(f"ratio ingest / bare forward: {rate / forward:.2f}  (target >= 0.85)")
-    print(
-        f"peak RSS: {small_run['images']} images {small_run['max_rss_mb']:.0f} MB, "
-        f"{large_run['images']} images {large_run['max_rss_mb']:.0f} MB"
-    )
-    print_perturbation_costs()
+        if "stages" not in skip:
+            print(f"\nCPU stages alone (read, decode, augment, metrics; no model), "
+                  f"{args.images} images, steady state:")  # fmt: skip
+            base = None
+            for n in counts:
+                r = child("stages", args, photos=n_photos, workers=n)
+                rate = r["images"] / r["seconds"]
+                base = base or rate
+                print(f"  {n} workers: {rate:6.2f} images/s  x{rate / base:.2f} of 1 worker, "
+                      f"efficiency {rate / base / n:.2f} of linear")  # fmt: skip
+
+        tiny = save_tiny_clip(tmp / "tiny-clip")
+        if "tiny" not in skip:
+            n_images = args.images
+            print(f"\nend to end, tiny CLIP (a stand-in for a fast accelerator), {2 * n_images} "
+                  "images, steady state = from the first batch written to the end; CPU outside "
+                  f"the model from the difference of runs of N = {n_images} and 2N images; "
+                  "peak RSS of the main process and of the largest worker:")  # fmt: skip
+            base = None
+            for n in counts:
+                one = timed_ingest(args, tiny, n_photos, tmp / f"tiny-{n}-n", n)
+                two = timed_ingest(args, tiny, photos, tmp / f"tiny-{n}-2n", n)
+                rate = two["steady_images"] / two["steady_seconds"]
+                base = base or rate
+                cpu = [
+                    r["cpu_main"] + r["cpu_workers"] - r["timings"]["encode"] for r in (one, two)
+                ]
+                stages = ", ".join(f"{k} {(v - one['timings'][k]) * 1e3 / n_images:.0f}"
+                                   for k, v in two["timings"].items())  # fmt: skip
+                print(f"  --workers {n}: {rate:6.2f} images/s  x{rate / base:.2f} of 1 worker; "
+                      f"CPU outside the model {(cpu[1] - cpu[0]) * 1e3 / n_images:.0f} ms/image; "
+                      f"whole run {two['seconds']:.1f} s")  # fmt: skip
+                print(f"      ms/image by stage (workers' stages are CPU time): {stages}")
+                print(f"      peak RSS main {one['max_rss_mb']:.0f} MB ({n_images} images), "
+                      f"{two['max_rss_mb']:.0f} MB ({2 * n_images})"
+                      + (f"; worker {two['worker_rss_mb']:.0f} MB" if n > 1 else ""))  # fmt: skip
+
+        if "full" not in skip:
+            model = save_full_size_clip(tmp / "vit-b-32-random")
+            batches = max(2, args.full_images // args.batch_size)
+            full_photos = tmp / "photos-full"
+            full_photos.mkdir()
+            for path in sorted(photos.iterdir())[: args.full_images]:
+                os.link(path, full_photos / path.name)
+            before = child("forward", args, model=model, batches=batches)
+            run = timed_ingest(args, model, full_photos, tmp / "full", cores)
+            after = child("forward", args, model=model, batches=batches)
+            forward = [f["inputs"] / f["seconds"] for f in (before, after)]
+            mean = sum(forward) / 2
+            # steady state: from the end of the model load (workers start meanwhile)
+            rate = run["images"] * VARIANTS / run["after_model_load"]
+            print(f"\nfull-size ViT-B/32 (random weights), {run['images']} images, "
+                  f"--workers {cores}:")  # fmt: skip
+            print(f"  bare forward {forward[0]:.1f} / {forward[1]:.1f} inputs/s (before / after); "
+                  f"ingest steady state {rate:.1f} inputs/s; "
+                  f"ratio {rate / mean:.2f} (target >= 0.9)")  # fmt: skip
+
+        if "precision" not in skip:
+            model = tmp / "vit-b-32-random"
+            if not model.is_dir():
+                save_full_size_clip(model)
+            p = child("precision", args, model=model, photos=photos)
+            print("\nprecision against fp32 (full-size ViT-B/32, random weights, "
+                  "the photos' variants):")  # fmt: skip
+            for name, r in p.items():
+                if "error" in r:
+                    print(f"  {name}: not available on this device ({r['error']})")
+                else:
+                    print(f"  {name}: {r['inputs']} embeddings, cosine to fp32 min "
+                          f"{r['min_cosine']:.6f} mean {r['mean_cosine']:.6f}; relative L2 "
+                          f"max {r['max_relative_l2']:.2e}; "
+                          f"max |diff| {r['max_abs']:.2e}")  # fmt: skip
+    if "perturbations" not in skip:
+        print()
+        print_perturbation_costs()
+    print(f"\n(benchmark took {time.perf_counter() - began:.0f} s)")
 
 
 if __name__ == "__main__":

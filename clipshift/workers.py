@@ -15,8 +15,9 @@ How, and why (figures in docs/ingest.md, from benchmarks/ingest.py):
   is pickled over a socket pair, one per worker.
 - A worker that dies (segfault, OOM kill, kill -9) is replaced; the images it held are retried
   once, alone on a worker, then recorded as failed at stage "worker". Ctrl-C and errors in
-  the main process close the pool: workers ignore SIGINT, exit on EOF of their socket, and are
-  killed if they do not exit promptly.
+  the main process close the pool: workers ignore SIGINT (the main process decides), are
+  terminated by `close`, and exit by themselves on EOF of their socket if the main process
+  dies without closing it (kill -9).
 """
 
 from __future__ import annotations
@@ -142,15 +143,18 @@ class PreparePool:
         return [w.process.pid for w in self._workers]
 
     def close(self) -> None:
-        """Stop every worker (politely, then by SIGKILL) and free the shared memory."""
+        """Stop every worker and free the shared memory.
+
+        Workers hold nothing worth a polite exit (they only read files and fill slots), and
+        one may still be importing: SIGTERM at once, SIGKILL if it is not gone in 2 s.
+        """
         if self._closed:
             return
         self._closed = True
         for worker in self._workers:
-            try:
-                worker.conn.close()  # EOF: the worker exits
-            except OSError:
-                pass
+            worker.conn.close()
+            if worker.process.poll() is None:
+                worker.process.terminate()
         deadline = time.monotonic() + 2.0
         for worker in self._workers:
             try:

@@ -199,3 +199,36 @@ def test_a_model_of_another_embedding_width_gets_its_own_table(tmp_path, tiny_mo
     assert store.variants_tables() == ["variants_16", "variants_24"]
     assert store.table("variants_16").count_rows() == VARIANTS
     assert store.table("variants_24").count_rows() == len(list(photos.iterdir())) * VARIANTS
+
+
+def test_precision_is_part_of_the_run_identity_but_fp32_keeps_its_run_ids(tmp_path, tiny_model):
+    from clipshift.ingest import run_identity
+
+    # the run_id this configuration had before --precision existed
+    assert run_identity("m", "sha256:abc", 224, 0, "h") == "657b36a90e3e"
+    assert run_identity("m", "sha256:abc", 224, 0, "h", "fp32") == "657b36a90e3e"
+    assert run_identity("m", "sha256:abc", 224, 0, "h", "bf16") != "657b36a90e3e"
+
+
+def test_bf16_ingest_is_another_run_with_close_embeddings(tmp_path, tiny_model, photos):
+    db = tmp_path / "db"
+    options = dict(augmentations="noise", limit=2, device="cpu", workers=1, image_size=64)
+    fp32 = ingest([photos], db, str(tiny_model), **options)
+    bf16 = ingest([photos], db, str(tiny_model), precision="bf16", **options)
+    assert fp32.run_id != bf16.run_id and bf16.stored == 2 and bf16.precision == "bf16"
+    variants = table(db, "variants_16").sort_by(
+        [("run_id", "ascending"), ("image_id", "ascending")]
+    )
+    rows = {}
+    for row in variants.select(["run_id", "image_id", "variant", "embedding"]).to_pylist():
+        rows.setdefault(row["run_id"], []).append(np.array(row["embedding"]))
+    a, b = np.stack(rows[fp32.run_id]), np.stack(rows[bf16.run_id])
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.99
+
+
+def test_unknown_precision_is_a_one_line_error(tmp_path, tiny_model, photos):
+    result = CliRunner().invoke(
+        cli, ["ingest", str(photos), "--db", str(tmp_path / "db"), "--precision", "fp8"]
+    )
+    assert result.exit_code == 2 and "fp8" in result.output
