@@ -8,6 +8,7 @@ when, and only when, all its variant rows are.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import queue
@@ -300,27 +301,28 @@ def _ingest(
         items = pool.imap(files, keep)
     else:
         items = (prepare_image(path, settings, keep[i], already) for i, path in enumerate(files))
-    # a batch's worth and more prepared while the model runs on the current one
-    prepared = in_background(items, depth=2 * batch_size)
-    for done, item in enumerate(prepared, start=1):
-        for stage, seconds in item.timings.items():
-            summary.timings[stage] += seconds
-        if isinstance(item, Skipped):
-            summary.skipped += 1
-        elif item.image_id is not None and item.image_id in seen:
-            summary.duplicates += 1  # the first file with these bytes is the one stored
-        elif isinstance(item, Failure):
-            if item.image_id is not None:
+    # a batch's worth and more prepared while the model runs on the current one; closed
+    # (its thread stopped) before the caller closes the pool, whatever ends the loop
+    with contextlib.closing(in_background(items, depth=2 * batch_size)) as prepared:
+        for done, item in enumerate(prepared, start=1):
+            for stage, seconds in item.timings.items():
+                summary.timings[stage] += seconds
+            if isinstance(item, Skipped):
+                summary.skipped += 1
+            elif item.image_id is not None and item.image_id in seen:
+                summary.duplicates += 1  # the first file with these bytes is the one stored
+            elif isinstance(item, Failure):
+                if item.image_id is not None:
+                    seen.add(item.image_id)
+                failures.append(item)
+            else:
                 seen.add(item.image_id)
-            failures.append(item)
-        else:
-            seen.add(item.image_id)
-            batch.append(item)
-            if len(batch) >= batch_size:
-                flush()
-                if on_progress:
-                    summary.seconds = time.perf_counter() - started
-                    on_progress(done, summary)
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    flush()
+                    if on_progress:
+                        summary.seconds = time.perf_counter() - started
+                        on_progress(done, summary)
     flush(last=True)
     store.compact()
     if pool is not None:

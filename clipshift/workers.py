@@ -137,7 +137,10 @@ class PreparePool:
         """The image_ids to skip (already stored): workers hash, then skip them unprocessed."""
         self._skip = pickle.dumps(("skip", frozenset(skip)), protocol=5)
         for worker in self._workers:
-            worker.conn.send_bytes(self._skip)
+            try:
+                worker.conn.send_bytes(self._skip)
+            except OSError:
+                worker.dead = True  # replaced (with this skip set) when its EOF is read
 
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers]
@@ -184,14 +187,15 @@ class PreparePool:
         retry: collections.deque[_Task] = collections.deque()
         done: dict[int, Any] = {}
         next_out = 0
-        while next_out < len(paths):
+        while next_out < len(paths) and not self._closed:
             while next_out in done:
                 yield done.pop(next_out)
                 next_out += 1
             if next_out >= len(paths):
                 break
             self._dispatch(todo, retry, limit=next_out + window)
-            ready = wait([w.conn for w in self._workers])
+            # a timeout, so that a closed pool ends this loop even while a worker is busy
+            ready = wait([w.conn for w in self._workers], timeout=0.5)
             for worker in [w for w in self._workers if w.conn in ready]:
                 try:
                     message = worker.conn.recv_bytes()
@@ -244,6 +248,8 @@ class PreparePool:
     def _replace(self, worker: _Worker, retry: collections.deque, done: dict[int, Any]) -> None:
         from .stages import Failure
 
+        if self._closed:
+            return
         code = worker.process.wait()
         worker.conn.close()
         self.worker_deaths += 1
