@@ -98,7 +98,7 @@ def run_identity(
     the same run_id, so the same command again resumes (or extends) it instead of starting anew.
     The number of workers is not part of it: results do not depend on it."""
     key = {"revision": revision, "image_size": image_size, "seed": seed, "augmentations": aug_hash}
-    if precision != PRECISION:
+    if precision != "fp32":
         key["precision"] = precision  # fp32 runs keep the run_ids they had before precisions
     if revision == "unknown":
         key["model"] = model
