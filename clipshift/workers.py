@@ -197,12 +197,12 @@ class PreparePool:
             # a timeout, so that a closed pool ends this loop even while a worker is busy
             ready = wait([w.conn for w in self._workers], timeout=0.5)
             for worker in [w for w in self._workers if w.conn in ready]:
+                clock = time.perf_counter()
                 try:
                     message = worker.conn.recv_bytes()
                 except (EOFError, OSError):
                     self._replace(worker, retry, done)
                     continue
-                clock = time.perf_counter()
                 index, result = pickle.loads(message)
                 task = worker.tasks.pop(index)
                 if getattr(result, "pixels", None) is not None and result.pixels.size == 0:
