@@ -274,8 +274,8 @@ def format_ingest_summary(summary) -> str:
         f"{summary.workers} worker{'s' if summary.workers > 1 else ''}, {summary.precision}",
         "stages     "
         + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary.timings.items()),
-        "           (read to png: CPU seconds summed over the workers; transfer to write: "
-        "in this process)",
+        "           (read to png: summed over the images, on every worker at once; "
+        "transfer to write: in this process)",
         f"store      {summary.db}",
     ]
     return "\n".join(lines)

@@ -438,7 +438,7 @@ def main() -> None:
                       f"CPU {(cpu[1] - cpu[0]) * 1e3 / n_images:.0f} ms/image, of which outside "
                       f"the model {outside * 1e3:.0f} (the model's: {model_cpu * 1e3:.0f}); "
                       f"whole run {two['seconds']:.1f} s")  # fmt: skip
-                print(f"      ms/image by stage (workers' stages are CPU time): {stages}")
+                print(f"      ms/image by stage (read to png: summed over the workers): {stages}")
                 print(f"      peak RSS main {one['max_rss_mb']:.0f} MB ({n_images} images), "
                       f"{two['max_rss_mb']:.0f} MB ({2 * n_images})"
                       + (f"; worker {two['worker_rss_mb']:.0f} MB" if n > 1 else ""))  # fmt: skip
