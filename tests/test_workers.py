@@ -81,7 +81,7 @@ def test_one_and_two_workers_give_identical_results(tmp_path, tiny_model, corpus
     vectors = {}
     for workers in (1, 2):
         db = tmp_path / f"db{workers}"
-        dataset = Store.open(db).dataset("variants")  # noqa: F841 - scanned by DuckDB
+        dataset = Store.open(db).dataset("variants_16")  # noqa: F841 - the tiny CLIP is 16-d
         exact[workers] = duckdb.sql(
             f"SELECT {columns} FROM dataset ORDER BY image_id, variant"
         ).fetchall()
