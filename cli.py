@@ -54,7 +54,8 @@ db_option = click.option(
     default=lambda: os.environ.get("CLIPSHIFT_DB", D.DEFAULT_DB),
     show_default="$CLIPSHIFT_DB or ./clipshift-store",
     type=click.Path(file_okay=True, dir_okay=True),
-    help="The store: a LanceDB directory.",
+    help="The store: a LanceDB directory, or s3://bucket/prefix (gs://, az://) with "
+    "credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL.",
 )
 
 
@@ -151,6 +152,20 @@ def cli():
     help="The model's compute precision; part of the run's identity (another precision is "
     "another run). docs/metrics.md gives each one's embedding difference from fp32.",
 )
+@click.option(
+    "--engine",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "ray"]),
+    help="ray: the same stages on the Ray cluster at $RAY_ADDRESS, or a local one "
+    '(pip install "clipshift[ray]").',
+)
+@click.option(
+    "--actors",
+    type=int,
+    default=None,
+    help="--engine ray: model actors (default: one per GPU of the cluster, else one).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @user_errors
 def ingest(
@@ -166,13 +181,15 @@ def ingest(
     device,
     workers,
     precision,
+    engine,
+    actors,
     quiet,
 ):
     """Embed images and their nine augmentations into the store.
 
-    PATHS are folders (searched recursively for jpg, jpeg, png, webp, bmp, tif, tiff), image files,
-    or text files listing image paths. Running the same command again stores nothing twice
-    and resumes where an interrupted run stopped.
+    PATHS are folders (searched recursively for jpg, jpeg, png, webp, bmp, tif, tiff), image
+    files, text files listing image paths, or s3:// (gs://, az://) prefixes. Running the same
+    command again stores nothing twice and resumes where an interrupted run stopped.
     """
     from clipshift.ingest import ingest as run_ingest
 
@@ -191,6 +208,8 @@ def ingest(
             device=device,
             workers=workers,
             precision=precision,
+            engine=engine,
+            actors=actors,
             on_start=bar.start,
             on_progress=bar.update,
         )

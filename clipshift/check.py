@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from . import ClipshiftError
 from .filters import where
+from .location import is_object_uri
 from .store import (
     MIGRATIONS_TABLE,
     Store,
@@ -103,6 +104,12 @@ def check(db: str | os.PathLike, repair: str | None = None) -> CheckResult:
     the damaged tables that way and the incomplete images, then check again."""
     if repair is not None and repair not in REPAIRS:
         raise ClipshiftError(f"--repair {repair}: choose {' or '.join(REPAIRS)}")
+    if is_object_uri(db):
+        # the check compares data files with their manifests on disk, file by file
+        raise ClipshiftError(
+            f"clipshift check works on local stores only, not {db}: copy the store to a local "
+            "folder to check it"
+        )
     store = Store._connect(Path(db), create=False)
     if not store.table_names():
         raise ClipshiftError(f"no clipshift store at {db}: nothing to check")

@@ -119,6 +119,8 @@ def ingest(
     device: str = "auto",
     workers: int | None = None,
     precision: str = PRECISION,
+    engine: str = "local",
+    actors: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> IngestSummary:
@@ -130,12 +132,21 @@ def ingest(
     `workers` processes (default: one per core this process may use) run the per-image CPU
     stages; 1 runs them in a thread of this process. The results do not depend on it.
     `precision` (fp32, bf16, fp16) is the model's compute precision, part of the run's identity.
+    `engine` "local" runs here; "ray" runs the same stages on a Ray cluster
+    (clipshift.ray_engine) with `actors` model actors (default: one per GPU of the cluster,
+    else one); `workers` applies to the local engine only.
     """
     started = time.perf_counter()
     perturbations = resolve(augmentations)
     names = [p.label for p in perturbations]
     workers = default_workers() if workers is None else workers
     _check_options(image_size, batch_size, limit, keep_pixels, workers, precision)
+    if engine not in ENGINES:
+        raise ClipshiftError(f"--engine {engine}: one of {', '.join(ENGINES)}")
+    if engine != "local" and precision != PRECISION:
+        raise ClipshiftError(
+            f"--precision {precision}: --engine {engine} runs the model in {PRECISION}"
+        )
     files = list(discover(paths))
     Store.check_location(db)
     if not files:
@@ -153,7 +164,7 @@ def ingest(
     settings = PrepareSettings(image_size, spec_items(augmentations), seed)
     # started before the model loads, so that the workers' own start-up overlaps it
     pool = None
-    if workers > 1 and len(files) > 1:
+    if engine == "local" and workers > 1 and len(files) > 1:
         pool = PreparePool(
             min(workers, len(files)), settings, (1 + len(names), image_size, image_size, 3)
         )
@@ -169,6 +180,8 @@ def ingest(
             keep_pixels=keep_pixels,
             device=device,
             precision=precision,
+            engine=engine,
+            actors=actors,
             started=started,
             on_start=on_start,
             on_progress=on_progress,
@@ -190,6 +203,8 @@ def _ingest(
     keep_pixels: int,
     device: str,
     precision: str,
+    engine: str,
+    actors: int | None,
     started: float,
     on_start: Callable[[int], None] | None,
     on_progress: ProgressCallback | None,
@@ -198,7 +213,13 @@ def _ingest(
     image_size, seed = settings.image_size, settings.seed
     from .encoder import Encoder
 
-    encoder = Encoder(model, device=device, image_size=image_size, precision=precision)
+    # under another engine the model runs elsewhere: here it only names the run
+    encoder = Encoder(
+        model,
+        device=device if engine == "local" else "cpu",
+        image_size=image_size,
+        precision=precision,
+    )
     store = Store.open(db, create=True)
     config = augmentation_config(perturbations)
     aug_hash = config_hash(config)
@@ -241,6 +262,30 @@ def _ingest(
 
     already = store.stored_images(run_id)
     failed_before = _failed_paths(store, run_id)
+    keep = [keep_pixels < 0 or index < keep_pixels for index in range(len(files))]
+    if engine != "local":
+        job = IngestJob(
+            files=files,
+            keep=keep,
+            settings=settings,
+            store=store,
+            model=model,
+            device=device,
+            run_id=run_id,
+            embedding_dim=encoder.embedding_dim,
+            batch_size=batch_size,
+            already=already,
+            failed_before=failed_before,
+            summary=summary,
+            started=started,
+            on_progress=on_progress,
+        )
+        # the engine's workers write fragment files that its driver commits later, and a
+        # compaction deletes every file no version uses: the run holds the store's lock (the
+        # lease on object storage) throughout, so no other writer compacts meanwhile
+        with store.lock():
+            ENGINES[engine](job, actors)
+        return _finish(store, summary, started, on_progress, len(files))
     batch: list[Prepared] = []
     failures: list[Failure] = []
     seen: set[str] = set()
@@ -324,13 +369,69 @@ def _ingest(
                         summary.seconds = time.perf_counter() - started
                         on_progress(done, summary)
     flush(last=True)
-    store.compact()
     if pool is not None:
         summary.retried = pool.retried
+    return _finish(store, summary, started, on_progress, len(files))
+
+
+def _finish(
+    store: Store,
+    summary: IngestSummary,
+    started: float,
+    on_progress: ProgressCallback | None,
+    files: int,
+) -> IngestSummary:
+    store.compact()
+    store.close()
     summary.seconds = time.perf_counter() - started
     if on_progress:
-        on_progress(len(files), summary)
+        on_progress(files, summary)
     return summary
+
+
+@dataclass
+class IngestJob:
+    """One run handed to an engine other than the in-process one: what to ingest, where,
+    and the summary the engine fills in. The engine calls clipshift.stages, never its own
+    version of a stage."""
+
+    files: list
+    keep: list[bool]  # keep the PNG pixels of files[i]
+    settings: PrepareSettings
+    store: Store
+    model: str
+    device: str
+    run_id: str
+    embedding_dim: int
+    batch_size: int
+    already: set[str]  # image_ids this run holds: skipped
+    failed_before: set[str]  # paths with an `errors` row, cleared once stored
+    summary: IngestSummary
+    started: float
+    on_progress: ProgressCallback | None
+
+    def record_failures(self, failures: list[Failure]) -> None:
+        if failures:
+            self.store.record_errors(
+                [
+                    {"path": f.path, "stage": f.stage, "message": f.message, "run_id": self.run_id}
+                    for f in failures
+                ]
+            )
+            self.summary.failures.extend(failures)
+
+
+def _ray_engine(job: IngestJob, actors: int | None) -> None:
+    from .ray_engine import run  # imports Ray: only when asked for
+
+    run(job, actors)
+
+
+# the engines besides "local" (the loop in ingest): each runs an IngestJob to completion
+ENGINES: dict[str, Callable[[IngestJob, int | None], None] | None] = {
+    "local": None,
+    "ray": _ray_engine,
+}
 
 
 def _check_options(

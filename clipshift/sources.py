@@ -15,6 +15,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from . import ClipshiftError
 from .defaults import IMAGE_SUFFIXES
+from .location import Location, is_object_uri, read_object
 
 # PIL's own guard against decompression bombs stays on: past this many pixels an image is
 # recorded as an error rather than taking the machine's memory.
@@ -27,18 +28,39 @@ class DecodeError(Exception):
     """An image that cannot be turned into RGB pixels; recorded in `errors`, never fatal."""
 
 
-def is_image_path(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
+def is_image_path(path: Path | str) -> bool:
+    return Path(str(path)).suffix.lower() in IMAGE_SUFFIXES
 
 
-def discover(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+@dataclass(frozen=True)
+class ObjectFile:
+    """An image in object storage (s3://bucket/key), read with its location's credentials."""
+
+    uri: str
+    storage_options: dict
+
+    def read_bytes(self) -> bytes:
+        return read_object(self.uri, self.storage_options)
+
+    def __str__(self) -> str:
+        return self.uri
+
+
+def discover(paths: Iterable[str | os.PathLike]) -> Iterator[Path | ObjectFile]:
     """Image paths under each PATH, in a stable order.
 
     A folder is walked recursively (sorted); an image file is itself; any other file is a
     list of paths, one per line (blank lines and lines starting with # skipped, relative
-    paths relative to the list file). A PATH that does not exist is a user error.
+    paths relative to the list file). A PATH that does not exist is a user error. An
+    s3:// (gs://, az://) prefix is listed recursively (sorted) with the storage credentials.
     """
     for raw in paths:
+        if is_object_uri(raw):
+            location = Location.parse(raw)
+            for uri in location.list_files():
+                if is_image_path(uri):
+                    yield ObjectFile(uri, location.storage_options)
+            continue
         path = Path(raw).expanduser().absolute()
         if path.is_dir():
             for root, dirs, files in os.walk(path):
@@ -72,12 +94,12 @@ def _listed(list_file: Path) -> Iterator[Path]:
 
 @dataclass
 class Source:
-    path: Path
+    path: Path | ObjectFile
     data: bytes
     image_id: str  # sha256 of the file's bytes
 
 
-def read_source(path: Path) -> Source:
+def read_source(path: Path | ObjectFile) -> Source:
     """The file's bytes and content hash. OSError for a file that cannot be read."""
     data = path.read_bytes()
     return Source(path, data, hashlib.sha256(data).hexdigest())

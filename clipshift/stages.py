@@ -42,7 +42,7 @@ from PIL import Image
 from .augment import ORIGINAL, Augmenter
 from .defaults import AUGMENTATION_NAMES
 from .pixels import IDENTICAL, PixelReference
-from .sources import DecodeError, Source, decode, read_source
+from .sources import DecodeError, ObjectFile, Source, decode, read_source
 
 if TYPE_CHECKING:
     from .encoder import Encoded, Encoder, Pending
@@ -120,7 +120,7 @@ def augmenter_for(settings: PrepareSettings) -> Augmenter:
 
 
 def prepare_image(
-    path: str | Path,
+    path: str | Path | ObjectFile,
     settings: PrepareSettings,
     keep_pixels: bool,
     skip: Collection[str] = frozenset(),
@@ -129,7 +129,7 @@ def prepare_image(
     image (its `Failure` names the stage)."""
     started = time.perf_counter()
     try:
-        source = read_source(Path(path))
+        source = read_source(path if isinstance(path, ObjectFile) else Path(path))
     except OSError as exc:
         return Failure(str(path), "read", exc.strerror or str(exc))
     timings = {"read": time.perf_counter() - started}

@@ -2,19 +2,29 @@
 
 Table and column names here are a contract: users' SQL relies on them (see docs/schema.md).
 
-Writes are serialised by an advisory file lock (`<db>/.clipshift.lock`, filelock) held only
-around each commit, so two ingests into one store interleave their batches safely; under the
-lock each batch drops the images another writer stored meanwhile, so nothing is stored twice.
-Every Lance commit is atomic: a process killed at any moment leaves whole batches or nothing.
+A store lives at a Location: a local folder or an object-storage prefix (s3://, gs://, az://),
+whose storage options reach every Lance and LanceDB call made here.
+
+In a local folder, writes are serialised by an advisory file lock (`<db>/.clipshift.lock`,
+filelock) held only around each commit, so two ingests into one store interleave their batches
+safely; under the lock each batch drops the images another writer stored meanwhile, so nothing
+is stored twice. Object storage has no file lock: there one writing process at a time holds a
+lease (`_writer_lease.lance`, taken by a Lance conditional update, renewed at each commit) and
+a second writer is refused with a one-line error (docs/scale-out.md). Every Lance commit is
+atomic: a process killed at any moment leaves whole batches or nothing.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import importlib.util
 import os
 import re
+import socket
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -27,7 +37,8 @@ from filelock import FileLock
 
 from . import ClipshiftError
 from .defaults import ORIGINAL
-from .filters import matches, where
+from .filters import matches, sql_literal, where
+from .location import Location
 from .resources import resource_dir
 
 os.environ.setdefault("LANCE_LOG", "error")
@@ -42,6 +53,11 @@ COMPACT_FRAGMENTS = 64
 # (report, the slowest, about a minute), so a reader never loses its files mid-read.
 # CLIPSHIFT_KEEP_VERSIONS_SECONDS overrides it (tests use 0).
 KEEP_VERSIONS = timedelta(minutes=10)
+# On object storage: the writer's lease, and how long an unrenewed lease blocks other writers
+# (a writer renews it at every commit, at most every LEASE_RENEW seconds).
+LEASE_TABLE = "_writer_lease"
+LEASE_SECONDS = 300.0
+LEASE_RENEW = 30.0
 
 MIGRATIONS_SCHEMA = pa.schema(
     [
@@ -173,8 +189,11 @@ def first_line(exc: BaseException) -> str:
 class Store:
     """An open clipshift store: a LanceDB directory at a known schema version."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, location: str | os.PathLike | Location):
+        self.location = Location.parse(location)
+        # a local store's folder; an object store's URI (for messages)
+        self.path: Path | str = self.location.path if self.location.is_local else self.location.uri
+        self._lease: WriterLease | None = None
         # What this process knows is stored, and the table versions that knowledge reflects:
         # while a table is still at that version no other writer has committed, so a batch
         # needs no scan of the table (a scan per batch grows with the store).
@@ -192,18 +211,23 @@ class Store:
         A store at an older schema must be upgraded with `clipshift migrate` first; one written
         by a newer clipshift is refused, since this version cannot know its layout.
         """
-        store = cls._connect(Path(path), create=create)
+        store = cls._connect(Location.parse(path), create=create)
         store.raise_if_damaged()
         if store.schema_version() == 0 and create:
             store.migrate()
         store.check_version()
         return store
 
-    def raise_if_damaged(self) -> None:
+    def raise_if_damaged(self, ignore: Sequence[str] = ()) -> None:
         """StoreDamaged, naming the table and the problem, if a table's latest version cannot
         be read (checked from manifests and file sizes: milliseconds, no data read)."""
         for name in self.table_names():
-            problem = table_damage(self.path / f"{name}.lance")
+            if name in ignore:
+                continue
+            if self.location.is_local:
+                problem = table_damage(self.path / f"{name}.lance")
+            else:  # object storage: the manifest opens (file sizes are checked locally only)
+                problem = _object_damage(self.dataset, name, read=False)
             if problem:
                 raise damage_error(self.path, name, problem)
 
@@ -220,7 +244,10 @@ class Store:
         if not named and "lance" in f"{type(exc).__name__} {message}".lower():
             named = names  # a Lance read error that names no table: read them all
         for name in named:
-            problem = read_damage(self.path / f"{name}.lance")
+            if self.location.is_local:
+                problem = read_damage(self.path / f"{name}.lance")
+            else:
+                problem = _object_damage(self.dataset, name, read=True)
             if problem:
                 return damage_error(self.path, name, problem)
         return None
@@ -244,9 +271,15 @@ class Store:
             )
 
     @staticmethod
-    def check_location(path: str | os.PathLike) -> None:
+    def check_location(path: str | os.PathLike | Location) -> None:
         """Fail early, before any slow work, if a store cannot be made or opened at `path`."""
-        path = Path(path)
+        location = Location.parse(path)
+        if not location.is_local:
+            store = Store(location)
+            if store.schema_version():
+                store.check_version()
+            return
+        path = location.path
         if path.exists() and not path.is_dir():
             raise ClipshiftError(f"--db {path} is a file, not a store directory: choose a folder")
         existing = next(p for p in (path, *path.parents) if p.exists())
@@ -272,7 +305,11 @@ class Store:
                 store.check_version()
 
     @classmethod
-    def _connect(cls, path: Path, *, create: bool) -> Store:
+    def _connect(cls, location: str | os.PathLike | Location, *, create: bool) -> Store:
+        location = Location.parse(location)
+        if not location.is_local:
+            return cls(location)
+        path = location.path
         if create:
             cls.check_location(path)
             path.mkdir(parents=True, exist_ok=True)
@@ -295,10 +332,15 @@ class Store:
         """
         import lancedb
 
-        return lancedb.connect(str(self.path))
+        return lancedb.connect(self.location.uri, storage_options=self.location.storage_options)
 
     def table_names(self) -> list[str]:
-        return sorted(p.name[: -len(".lance")] for p in self.path.glob("*.lance") if p.is_dir())
+        if self.location.is_local:
+            folders = [p.name for p in self.location.path.glob("*.lance") if p.is_dir()]
+        else:
+            folders = self.location.list_dirs()
+        names = (f[: -len(".lance")] for f in folders if f.endswith(".lance"))
+        return sorted(n for n in names if not n.startswith("_"))
 
     def has_table(self, name: str) -> bool:
         return name in self.table_names()
@@ -344,7 +386,9 @@ class Store:
 
     def dataset(self, name: str):
         """The table as a pylance dataset (an Arrow dataset DuckDB scans directly)."""
-        return lance.dataset(str(self.path / f"{name}.lance"))
+        return lance.dataset(
+            self.location.child(f"{name}.lance"), storage_options=self.location.storage_options
+        )
 
     def variants_tables(self) -> list[str]:
         """The `variants_<D>` tables, narrowest embedding first."""
@@ -381,8 +425,16 @@ class Store:
         """Hold the store's write lock; the OS releases it if the process dies.
 
         filelock takes flock on POSIX and LockFileEx on Windows; the lock is re-entrant within
-        this Store, so a locked step may call another.
+        this Store, so a locked step may call another. On object storage: hold (or renew) this
+        process's writer lease instead; commits there are atomic by Lance's conditional puts,
+        and the lease keeps a second writer out.
         """
+        if not self.location.is_local:
+            if self._lease is None:
+                self._lease = WriterLease(self.location)
+            self._lease.hold()
+            yield
+            return
         if self._lock is None:
             self._lock = FileLock(self.path / LOCK_FILE)
         try:
@@ -397,6 +449,11 @@ class Store:
             yield
         finally:
             self._lock.release()
+
+    def close(self) -> None:
+        """Give up this process's writer lease (object storage); a local store holds nothing."""
+        if self._lease is not None:
+            self._lease.release()
 
     def ensure_run(self, run: dict) -> None:
         """Record the run (once) and create the `variants_<D>` table of its embedding width."""
@@ -443,6 +500,40 @@ class Store:
             self._seen_version[name] = variants_table.version
             stored.update(written)
             return written
+
+    def commit_fragments(
+        self, run_id: str, batches: Sequence[tuple[Sequence[str], list, list]]
+    ) -> tuple[set[str], set[str]]:
+        """Commit Lance fragments that workers wrote: per batch (image_ids, `images` fragments,
+        fragments of the run's `variants_<D>` table). One commit per table for all batches,
+        images first, so an image is stored exactly when its variants commit lands (as in
+        `write_batch`).
+
+        A batch holding an image that another writer stored meanwhile is not committed (a
+        written fragment cannot be filtered). Returns (image_ids stored, image_ids of the
+        batches left out that are still not stored: a rerun stores them).
+        """
+        import lance
+
+        with self.lock():
+            variants = self.variants_table_of(run_id)
+            if variants is None:
+                raise ClipshiftError(f"run {run_id} is not recorded: ensure_run comes first")
+            ids = sorted({i for batch in batches for i in batch[0]})
+            stored = self.stored_images(run_id, ids)
+            kept = [b for b in batches if not stored.intersection(b[0])]
+            left = {i for b in batches if stored.intersection(b[0]) for i in b[0]} - stored
+            for name, position in (("images", 1), (variants, 2)):
+                fragments = [f for batch in kept for f in batch[position]]
+                if fragments:
+                    dataset = self.dataset(name)
+                    lance.LanceDataset.commit(
+                        dataset.uri,
+                        lance.LanceOperation.Append(fragments),
+                        read_version=dataset.version,
+                        storage_options=self.location.storage_options,
+                    )
+            return {i for batch in kept for i in batch[0]}, left
 
     def _is_stale(self, table) -> bool:
         return table.version != self._seen_version.get(table.name)
@@ -515,6 +606,22 @@ class Store:
                 )
 
 
+def _object_damage(dataset, name: str, *, read: bool) -> str | None:
+    """What is wrong with the table `name` of an object-storage store (`dataset` opens it):
+    its manifest cannot be read, or with `read`, a fragment cannot."""
+    try:
+        fragments = dataset(name).get_fragments()
+    except Exception as exc:  # noqa: BLE001 - any failure to open is the damage reported
+        return f"its manifest cannot be read ({first_line(exc)})"
+    for fragment in fragments if read else []:
+        try:
+            for _ in fragment.to_batches(batch_size=4096):
+                pass
+        except Exception as exc:  # noqa: BLE001 - any read failure is the damage reported
+            return f"fragment {fragment.fragment_id} cannot be read: {first_line(exc)}"
+    return None
+
+
 def read_damage(table_dir: Path) -> str | None:
     """As `table_damage`, and then every fragment of the latest version read in full."""
     problem = table_damage(table_dir)
@@ -532,8 +639,11 @@ def read_damage(table_dir: Path) -> str | None:
 
 def migrate_store(path: str | os.PathLike) -> tuple[list[Migration], int]:
     """Apply pending migrations to the store at `path`; return those applied and the version."""
-    store = Store._connect(Path(path), create=False)
-    store.raise_if_damaged()
+    store = Store._connect(Location.parse(path), create=False)
+    # on object storage an interrupted migration 0003 leaves an incomplete copy of `variants`
+    # as `variants_<D>` beside it: not damage, 0003 copies it again
+    moving = not store.location.is_local and store.has_table("variants")
+    store.raise_if_damaged(ignore=store.variants_tables() if moving else ())
     version = store.schema_version()
     if version == 0:
         raise ClipshiftError(f"no clipshift store at {path}: nothing to migrate")
@@ -546,3 +656,97 @@ def migrate_store(path: str | os.PathLike) -> tuple[list[Migration], int]:
         return [], version  # nothing to write: fine on a read-only store too
     applied = store.migrate()
     return applied, store.schema_version()
+
+
+class WriterLease:
+    """One writing process at a time on an object-storage store.
+
+    The lease is a one-row Lance dataset beside the tables. Taking it is a Lance update with a
+    condition (free, expired, or left by a dead process on this host), then read back. Lance
+    commits a version atomically (a put-if-absent of its manifest where the store supports
+    one), so of two processes racing for it one update lands and the other conflicts or,
+    retried on the newer version, matches no row. Renewed at each commit; released at exit. A
+    crashed writer's lease blocks others for LEASE_SECONDS at most.
+    """
+
+    def __init__(self, location: Location):
+        self.location = location
+        self.uri = location.child(f"{LEASE_TABLE}.lance")
+        self.token = uuid.uuid4().hex
+        self.renewed = 0.0
+
+    def _dataset(self):
+        options = self.location.storage_options
+        try:
+            return lance.dataset(self.uri, storage_options=options)
+        except (ValueError, OSError, FileNotFoundError):
+            free = pa.table(
+                {
+                    "holder": [""],
+                    "host": [""],
+                    "pid": pa.array([0], pa.int64()),
+                    "heartbeat": pa.array([0.0], pa.float64()),
+                }
+            )
+            try:
+                return lance.write_dataset(free, self.uri, mode="create", storage_options=options)
+            except (ValueError, OSError):  # another process created it first
+                return lance.dataset(self.uri, storage_options=options)
+
+    def hold(self) -> None:
+        now = time.time()
+        if now - self.renewed < LEASE_RENEW:
+            return
+        dataset = self._dataset()
+        current = dataset.to_table().to_pylist()[0]
+        me = f"holder = {sql_literal(self.token)}"
+        if self.renewed:
+            condition = me  # renewing: only while still ours
+        else:
+            condition = f"holder = '' OR {me} OR heartbeat < {now - LEASE_SECONDS!r}"
+            if current["host"] == socket.gethostname() and not _alive(current["pid"]):
+                condition += f" OR holder = {sql_literal(current['holder'])}"
+        try:
+            dataset.update(
+                {
+                    "holder": sql_literal(self.token),
+                    "host": sql_literal(socket.gethostname()),
+                    "pid": str(os.getpid()),
+                    "heartbeat": repr(now),
+                },
+                where=condition,
+            )
+        except (OSError, ValueError, RuntimeError):
+            pass  # a commit conflict: another process took it first; the read below says who
+        holder = lance.dataset(self.uri, storage_options=self.location.storage_options)
+        row = holder.to_table().to_pylist()[0]
+        if row["holder"] != self.token:
+            age = max(0, now - row["heartbeat"])
+            raise ClipshiftError(
+                f"another clipshift process (pid {row['pid']} on {row['host']}, last seen "
+                f"{age:.0f} s ago) is writing to {self.location}: an object-storage store takes "
+                f"one writer at a time; wait for it to finish (a dead writer's lease expires "
+                f"after {LEASE_SECONDS:.0f} s)"
+            )
+        if not self.renewed:
+            atexit.register(self.release)
+        self.renewed = now
+
+    def release(self) -> None:
+        if not self.renewed:
+            return
+        self.renewed = 0.0
+        with contextlib.suppress(Exception):  # at exit; an unreleased lease just expires
+            lance.dataset(self.uri, storage_options=self.location.storage_options).update(
+                {"holder": "''", "heartbeat": "0.0"}, where=where(holder=self.token)
+            )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return pid > 0

@@ -9,16 +9,25 @@ each gets the column (a store without any yet gets it from its first ingest).
 """
 
 import re
-from pathlib import Path
 
 import pyarrow as pa
 
 
 def upgrade(db) -> None:
-    root = Path(str(db.uri).removeprefix("file://"))
-    for path in sorted(root.glob("variants*.lance")):
-        if not re.fullmatch(r"variants(_\d+)?\.lance", path.name):
+    for name in sorted(_table_names(db)):
+        if not re.fullmatch(r"variants(_\d+)?", name):
             continue
-        variants = db.open_table(path.name.removesuffix(".lance"))
+        variants = db.open_table(name)
         if "severity" not in variants.schema.names:
             variants.add_columns(pa.field("severity", pa.int32()))
+
+
+def _table_names(db) -> list[str]:
+    """Every table of the connection (a local folder or an object-storage prefix alike)."""
+    names, token = [], None
+    while True:
+        page = db.list_tables(page_token=token)
+        names += page.tables
+        token = page.page_token
+        if not token:
+            return names

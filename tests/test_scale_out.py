@@ -1,0 +1,398 @@
+"""Scale-out: the Ray engine on a 2-node local cluster, and stores on an S3-compatible server.
+
+Real components only: a Ray cluster of two nodes on 127.0.0.1 (ray.cluster_utils.Cluster) and
+moto's S3 server on 127.0.0.1, both started here and stopped in teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lance
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import cli
+from clipshift.analysis import stats
+from clipshift.defaults import AUGMENTATION_NAMES
+from clipshift.ingest import ingest
+from clipshift.neighbors import neighbors
+from clipshift.report import report
+from clipshift.store import Store
+
+# Ray resolves 127.0.0.1 in an address to the machine's own address unless it is told this is
+# a single-machine setup: keep every node and driver of the test cluster on the loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = 1 + len(AUGMENTATION_NAMES)
+IMAGES = 12  # distinct images in the corpus fixture
+OBJECT_STORE = 80 * 1024**2  # Ray's minimum is 75 MiB
+
+
+# -- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, photos) -> Path:
+    """The real photos, each also flipped (distinct bytes), a duplicate file, an undecodable
+    file and an empty one: 12 images, 1 duplicate, 2 failures."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for path in sorted(photos.iterdir()):
+        image = Image.open(path).convert("RGB")
+        image.save(folder / path.name)
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / f"{path.stem}_flip.png")
+    (folder / "zz_duplicate.png").write_bytes((folder / "astronaut.png").read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    (folder / "empty.jpg").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """Two Ray nodes on 127.0.0.1 of one CPU each; the workers import clipshift from this
+    checkout. The model actor takes a whole CPU, so it holds one node and the prepare tasks
+    run on the other: every ingest spans both. (Two CPUs each started twice the worker
+    processes, each importing torch, on a machine of two cores.)"""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_ADDRESS")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), saved["PYTHONPATH"]]))
+    node = dict(
+        num_cpus=1,
+        object_store_memory=OBJECT_STORE,
+        node_ip_address="127.0.0.1",
+        include_dashboard=False,
+    )
+    cluster = Cluster(initialize_head=True, head_node_args=node)
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        address = f"127.0.0.1:{cluster.address.rsplit(':', 1)[1]}"
+        os.environ["RAY_ADDRESS"] = address
+        # one driver connection for the in-process ingests: their workers are reused
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        yield address
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """moto's S3 server on a free port of 127.0.0.1, with a bucket; stopped afterwards."""
+    pytest.importorskip("moto")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="clipshift-test")
+    try:
+        yield client
+    finally:
+        server.stop()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def read(db, name: str, **options):
+    return lance.dataset(f"{db}/{name}.lance", **options).to_table()
+
+
+def variants_table(db) -> str:
+    """The store's one `variants_<D>` table (the tiny model's width)."""
+    (name,) = Store.open(db).variants_tables()
+    return name
+
+
+def read_variants(db, **options):
+    return read(db, variants_table(db), **options)
+
+
+def assert_same_store(local, other) -> None:
+    """Same images, variant rows and errors; embeddings and attention within 1e-5; pixel
+    metrics, parameters and pixels identical."""
+    table = variants_table(local)
+    assert variants_table(other) == table
+    for name, keys in (("images", ["image_id"]), (table, ["image_id", "variant"])):
+        a = read(local, name).sort_by([(k, "ascending") for k in keys])
+        b = read(other, name).sort_by([(k, "ascending") for k in keys])
+        assert a.num_rows == b.num_rows
+        for column in a.column_names:
+            if column in ("embedding", "attention", "attention_layers"):
+                x = np.asarray(a[column].to_pylist(), dtype=np.float64)
+                y = np.asarray(b[column].to_pylist(), dtype=np.float64)
+                np.testing.assert_allclose(x, y, atol=1e-5, rtol=0, err_msg=column)
+            else:
+                assert a[column].to_pylist() == b[column].to_pylist(), (name, column)
+    errors = [
+        sorted(
+            tuple(r.values())
+            for r in read(db, "errors").select(["path", "stage", "message"]).to_pylist()
+        )
+        for db in (local, other)
+    ]
+    assert errors[0] == errors[1]
+    assert read(local, "runs")["run_id"].to_pylist() == read(other, "runs")["run_id"].to_pylist()
+
+
+def assert_whole_and_unique(db) -> int:
+    table = read_variants(db).select(["image_id", "variant"])
+    rows = list(zip(table["image_id"].to_pylist(), table["variant"].to_pylist(), strict=True))
+    assert len(rows) == len(set(rows)), "duplicate (image, variant) rows"
+    per_image: dict[str, int] = {}
+    for image_id, _ in rows:
+        per_image[image_id] = per_image.get(image_id, 0) + 1
+    assert set(per_image.values()) <= {VARIANTS}, "a partly stored image"
+    images = read(db, "images")["image_id"].to_pylist()
+    assert len(images) == len(set(images))
+    return len(per_image)
+
+
+# -- Ray ----------------------------------------------------------------------------------
+
+
+def test_ray_engine_equals_local_engine(ray_cluster, tmp_path, tiny_model, corpus):
+    options = dict(batch_size=3, keep_pixels=8, device="cpu")
+    local = ingest([corpus], tmp_path / "local", str(tiny_model), **options)
+    distributed = ingest([corpus], tmp_path / "ray", str(tiny_model), engine="ray", **options)
+    assert (distributed.stored, distributed.duplicates, distributed.failed) == (IMAGES, 1, 2)
+    assert (local.stored, local.duplicates, local.failed) == (IMAGES, 1, 2)
+    assert_same_store(tmp_path / "local", tmp_path / "ray")
+
+
+def test_ray_driver_killed_then_rerun(ray_cluster, tmp_path, tiny_model, corpus):
+    from clipshift.ray_engine import COMMIT_GROUP
+
+    db = tmp_path / "db"
+    command = [sys.executable, str(ROOT / "cli.py"), "ingest", str(corpus), "--db", str(db)]
+    command += ["--model", str(tiny_model), "--device", "cpu", "--engine", "ray", "--quiet"]
+    command += ["--batch-size", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray_cluster}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 150
+    stored = 0
+    while time.monotonic() < deadline and driver.poll() is None:
+        tables = list(db.glob("variants_*.lance"))
+        if tables:
+            stored = read(db, tables[0].stem).num_rows // VARIANTS
+            if stored:
+                break
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert 0 < stored < IMAGES, f"the driver was killed at {stored} of {IMAGES} stored images"
+    kept = assert_whole_and_unique(db)
+    # commits are whole groups of batches: the kill lost at most the group in flight
+    assert kept % COMMIT_GROUP == 0
+    # the batch size is no part of the run's identity: the rerun takes bigger batches
+    summary = ingest(
+        [corpus], db, str(tiny_model), engine="ray", batch_size=4, keep_pixels=8, device="cpu"
+    )
+    assert summary.stored == IMAGES - kept
+    assert assert_whole_and_unique(db) == IMAGES
+
+
+def test_ray_engine_without_ray_is_one_line(monkeypatch, tmp_path, tiny_model, photos):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    result = CliRunner().invoke(
+        cli,
+        ["ingest", str(photos), "--db", str(tmp_path / "db"), "--model", str(tiny_model)]
+        + ["--engine", "ray", "--device", "cpu"],
+    )
+    assert result.exit_code == 1
+    assert 'pip install "clipshift[ray]"' in result.output
+    assert "Traceback" not in result.output
+
+
+# -- object storage -----------------------------------------------------------------------
+
+
+def test_s3_store_gives_the_same_numbers(s3_server, tmp_path, tiny_model, photos):
+    for path in sorted(photos.iterdir()):
+        s3_server.upload_file(str(path), "clipshift-test", f"images/{path.name}")
+    remote = "s3://clipshift-test/stores/one"
+    runner = CliRunner()
+    args = ["--model", str(tiny_model), "--device", "cpu", "--batch-size", "4", "--quiet"]
+    result = runner.invoke(cli, ["ingest", "s3://clipshift-test/images/", "--db", remote, *args])
+    assert result.exit_code == 0, result.output
+    local = tmp_path / "local"
+    assert runner.invoke(cli, ["ingest", str(photos), "--db", str(local), *args]).exit_code == 0
+
+    # the same numbers: stats (every column), neighbors, the report's stats table
+    assert stats(remote).rows == stats(local).rows
+    for command in (["stats", "--format", "csv"], ["clusters"], ["sql", "SELECT count(*) n, "
+                    "sum(cosine) s FROM shifts"], ["retrieval", "--format", "csv"]):  # fmt: skip
+        outputs = [runner.invoke(cli, [*command, "--db", db]) for db in (remote, str(local))]
+        assert outputs[0].exit_code == 0, outputs[0].output
+        assert outputs[0].output == outputs[1].output
+    stored = read(local, "images").sort_by("path")
+    query = stored["image_id"][0].as_py()
+    near = [neighbors(db, query, k=3, exact=True) for db in (remote, local)]
+    assert [(n.image_id, n.variant, n.distance) for n in near[0].rows] == [
+        (n.image_id, n.variant, n.distance) for n in near[1].rows
+    ]
+    pages = [
+        report(db, out=tmp_path / f"report{i}", figures="rank").index.read_text()
+        for i, db in enumerate((remote, local))
+    ]
+    assert pages[0].split('id="stats"')[1] == pages[1].split('id="stats"')[1]
+    # the image paths are the objects' URIs
+    assert (
+        read(remote, "images", storage_options=_options())["path"]
+        .to_pylist()[0]
+        .startswith("s3://clipshift-test/images/")
+    )
+
+    # rerun: resumes (nothing twice); migrate and index accept the URI too
+    again = runner.invoke(cli, ["ingest", "s3://clipshift-test/images/", "--db", remote, *args])
+    assert again.exit_code == 0
+    table = variants_table(remote)
+    assert read(remote, table, storage_options=_options()).num_rows == 6 * VARIANTS
+    migrate = runner.invoke(cli, ["migrate", "--db", remote])
+    assert migrate.exit_code == 0 and "schema version" in migrate.output
+
+
+def test_s3_second_writer_is_refused(s3_server, tmp_path, tiny_model, photos):
+    from clipshift import ClipshiftError
+
+    remote = "s3://clipshift-test/stores/two"
+    ingest([photos], remote, str(tiny_model), batch_size=8, device="cpu", limit=1)
+    first, second = Store.open(remote), Store.open(remote)
+    with first.lock():
+        pass  # holds the lease until close
+    with pytest.raises(ClipshiftError, match="one writer at a time"):
+        with second.lock():
+            pass
+    first.close()
+    with second.lock():
+        pass
+    second.close()
+
+
+def test_s3_migration_0003_moves_variants_to_its_width_table(s3_server):
+    """Object storage has no rename: 0003 copies `variants` to `variants_<D>` and deletes the
+    old objects, and a copy left incomplete by an interrupted migration is redone."""
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+
+    from clipshift.analysis import sql
+    from clipshift.store import latest_schema_version, variants_schema
+
+    remote = "s3://clipshift-test/stores/old"
+    store = Store._connect(remote, create=True)
+    store.migrate(target=2)
+    old_schema = variants_schema(8)
+    old_schema = old_schema.remove(old_schema.get_field_index("severity"))
+    store.db.create_table("variants", schema=old_schema)
+    runs = store.table("runs")
+    run = {
+        "run_id": "old",
+        "model": "m",
+        "embedding_dim": 8,
+        "created_at": datetime.now(timezone.utc),
+    }
+    runs.add(pa.Table.from_pylist([run], schema=runs.schema))
+    rows = [
+        {"run_id": "old", "image_id": f"i{n}", "variant": "original", "embedding": [0.5] * 8}
+        for n in range(3)
+    ]
+    for row in rows:  # three commits: three versions, three data files
+        store.table("variants").add(pa.Table.from_pylist([row], schema=old_schema))
+    store.close()
+    # an interrupted earlier attempt: one data file already copied, no manifest
+    objects = s3_server.list_objects_v2(
+        Bucket="clipshift-test", Prefix="stores/old/variants.lance/data/"
+    )
+    first = objects["Contents"][0]["Key"]
+    s3_server.copy_object(
+        Bucket="clipshift-test",
+        Key=first.replace("variants.lance", "variants_8.lance"),
+        CopySource={"Bucket": "clipshift-test", "Key": first},
+    )
+
+    out = CliRunner().invoke(cli, ["migrate", "--db", remote])
+    assert out.exit_code == 0, out.output
+    assert "applied 0003 model_families" in out.output
+    upgraded = Store.open(remote)
+    assert upgraded.schema_version() == latest_schema_version()
+    assert upgraded.variants_tables() == ["variants_8"] and not upgraded.has_table("variants")
+    left = s3_server.list_objects_v2(Bucket="clipshift-test", Prefix="stores/old/variants.lance/")
+    assert left["KeyCount"] == 0, "the old table's objects are deleted"
+    moved = upgraded.dataset("variants_8")
+    assert sorted(moved.to_table().column("image_id").to_pylist()) == ["i0", "i1", "i2"]
+    assert moved.to_table().column("severity").to_pylist() == [None] * 3  # 0004 found it
+    assert sql(remote, "SELECT count(*), max(len(embedding)) FROM variants").rows == [(3, 8)]
+
+
+def test_bad_object_uris_are_one_line(s3_server, tmp_path, tiny_model):
+    runner = CliRunner()
+    missing = runner.invoke(
+        cli,
+        ["ingest", "s3://clipshift-test/nothing-here/", "--db", str(tmp_path / "db")]
+        + ["--model", str(tiny_model), "--device", "cpu"],
+    )
+    assert missing.exit_code == 1 and "no such file or folder" in missing.output
+    no_store = runner.invoke(cli, ["stats", "--db", "s3://clipshift-test/no-store"])
+    assert no_store.exit_code == 1 and "no clipshift store" in no_store.output
+    scheme = runner.invoke(cli, ["stats", "--db", "ftp://host/store"])
+    assert scheme.exit_code == 1 and "not supported" in scheme.output
+
+
+def _options() -> dict:
+    from clipshift.location import storage_options_from_env
+
+    return storage_options_from_env("s3")
+
+
+def test_location_takes_the_aws_variables(monkeypatch, tmp_path):
+    from clipshift.location import Location
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    remote = Location.parse("s3://bucket/prefix/")
+    assert remote.uri == "s3://bucket/prefix" and not remote.is_local
+    assert remote.storage_options == {
+        "aws_access_key_id": "key",
+        "aws_secret_access_key": "secret",
+        "aws_region": "eu-west-1",
+        "aws_endpoint": "http://127.0.0.1:9000",
+        "allow_http": "true",
+    }
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://s3.example.com")
+    assert "allow_http" not in Location.parse("s3://bucket/p").storage_options
+    local = Location.parse(tmp_path / "store")
+    assert local.is_local and local.uri == str(tmp_path / "store")
+    assert local.storage_options == {}
