@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import ClipshiftError
+from .sources import ObjectFile
 
 # Tasks each worker holds at once: one in work, one queued, so it never waits for the main
 # process between images.
@@ -60,7 +61,7 @@ def default_workers() -> int:
 @dataclass
 class _Task:
     index: int
-    path: str
+    path: str | ObjectFile
     keep_pixels: bool
     attempts: int = 0
     slot: int | None = None
@@ -177,11 +178,14 @@ class PreparePool:
 
     # -- the work --------------------------------------------------------------------------
 
-    def imap(self, paths: Sequence[str | Path], keep_pixels: Sequence[bool]) -> Iterator[Any]:
+    def imap(
+        self, paths: Sequence[str | Path | ObjectFile], keep_pixels: Sequence[bool]
+    ) -> Iterator[Any]:
         """prepare() of every path, in the order given; at most `window` results ahead."""
         window = self.size * TASKS_PER_WORKER * 2
         todo = collections.deque(
-            _Task(i, str(p), bool(k))
+            # an object in object storage travels with its storage options
+            _Task(i, p if isinstance(p, ObjectFile) else str(p), bool(k))
             for i, (p, k) in enumerate(zip(paths, keep_pixels, strict=True))
         )
         retry: collections.deque[_Task] = collections.deque()
