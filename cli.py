@@ -540,8 +540,13 @@ def index(db, run):
     show_default=True,
     help=f"scipy linkage method of the dendrogram and clustermap: {', '.join(D.LINKAGE_METHODS)}.",
 )
+@click.option(
+    "--reference",
+    default=None,
+    help="A run (id or unique prefix) the corruption mean is compared with, as ImageNet-C's mCE.",
+)
 @user_errors
-def report(db, run_id, model, out, figures, samples, fmt, method):
+def report(db, run_id, model, out, figures, samples, fmt, method, reference):
     """Render every figure of the paper for one run into --out, with index.html showing them,
     their captions and the stats table."""
     from clipshift.report import report as run_report
@@ -562,6 +567,7 @@ def report(db, run_id, model, out, figures, samples, fmt, method):
         fmt=fmt,
         on_figure=progress,
         method=method,
+        reference=reference,
     )
     _note_run(result.run)
     drawn = sum(f.path is not None for f in result.figures)

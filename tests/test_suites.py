@@ -289,6 +289,22 @@ def test_report_draws_the_severity_figures(corruption_store, tmp_path):
     assert "Corruption mean" in (tmp_path / "r" / "index.html").read_text()
 
 
+def test_report_compares_the_corruption_mean_with_a_reference_run(corruption_store, tmp_path):
+    db, _, summary, reference = corruption_store
+    out = tmp_path / "r"
+    args = ["report", "--db", str(db), "--run", summary.run_id, "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--figures", "rank", "--reference", reference.run_id])
+    assert result.exit_code == 0, result.output
+    page = (out / "index.html").read_text()
+    assert "<th>relative</th>" in page and reference.run_id in page
+    means = stats(db, run=summary.run_id, reference=reference.run_id).sections["corruption_mean"]
+    mean_row = means.records()[-1]
+    assert f"<td>{mean_row['relative']:.4f}</td>" in page
+
+    unknown = CliRunner().invoke(cli, [*args, "--figures", "rank", "--reference", "nosuchrun"])
+    assert unknown.exit_code == 1 and "Traceback" not in unknown.output
+
+
 def test_a_file_suite_ingests_to_the_built_in_pixels(corruption_store, tmp_path, tiny_model):
     db, folder, summary, _ = corruption_store
     shown = CliRunner().invoke(cli, ["suites", "--show", "corruptions", "--format", "json"])

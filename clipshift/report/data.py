@@ -26,6 +26,7 @@ class ReportData:
     samples: int = 4
     heatmap_images: int = 50
     method: str = "ward"
+    reference: str | None = None  # a run_id: the corruption mean relative to it
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -55,8 +56,9 @@ class ReportData:
         return self._cache[key]
 
     def corruption_mean(self) -> dict[str, np.ndarray] | None:
-        """sql/corruption_mean.sql (no reference run); None when the run has no levels."""
-        means = self.query("corruption_mean", by_variant=False, reference=None)
+        """sql/corruption_mean.sql, relative to the reference run where one is named; None when
+        the run has no levels."""
+        means = self.query("corruption_mean", by_variant=False, reference=self.reference)
         return means if len(means["augmentation"]) else None
 
     def severity_curves(self) -> dict[str, np.ndarray]:

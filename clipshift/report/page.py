@@ -39,6 +39,7 @@ def render_page(
     stats: dict | None,
     widths: dict[str, int] | None = None,
     corruption_mean: dict | None = None,
+    reference: str | None = None,
 ) -> str:
     """The whole page. `figures`: (name, file name or None, caption, note) in display order;
     `widths`: a figure's display width in CSS pixels, where known."""
@@ -88,9 +89,15 @@ def render_page(
             '<h2 id="corruption-mean">Corruption mean</h2>',
             "<p>Per perturbation with severity levels: the mean over its severities of the mean "
             "1 - cosine to the original; the last row is the mean over corruptions and "
-            "severities (<code>corruption_mean</code> query; <code>clipshift stats --reference "
-            "RUN</code> adds the ratio to another run).</p>",
-            _corruption_table(corruption_mean),
+            "severities (<code>corruption_mean</code> query"
+            + (
+                f"; relative: the ratio to run {escape(reference)}, as ImageNet-C's CE and mCE)."
+                if reference
+                else "; <code>clipshift report --reference RUN</code> adds the ratio to another "
+                "run)."
+            )
+            + "</p>",
+            _corruption_table(corruption_mean, with_reference=reference is not None),
         ]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
@@ -127,12 +134,16 @@ def _stats_table(stats: dict) -> str:
     return "\n".join(rows)
 
 
-def _corruption_table(means: dict) -> str:
-    rows = ["<table>", "<tr><th>augmentation</th><th>severities</th><th>shift</th></tr>"]
+def _corruption_table(means: dict, with_reference: bool = False) -> str:
+    columns = ["shift", "reference_shift", "relative"] if with_reference else ["shift"]
+    head = ["augmentation", "severities", *columns]
+    rows = ["<table>", "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for i, name in enumerate(means["augmentation"]):
+        values = (float(means[c][i]) for c in columns)
         rows.append(
             f"<tr><td>{escape(str(name))}</td><td>{int(means['severities'][i])}</td>"
-            f"<td>{float(means['shift'][i]):.4f}</td></tr>"
+            + "".join(f"<td>{v:.4f}</td>" if np.isfinite(v) else "<td>n/a</td>" for v in values)
+            + "</tr>"
         )
     rows.append("</table>")
     return "\n".join(rows)

@@ -58,13 +58,16 @@ def report(
     fmt: str = "png",
     on_figure: Callable[[FigureResult], None] | None = None,
     method: str = DEFAULT_LINKAGE,
+    reference: str | None = None,
 ) -> ReportResult:
     """Render the figures of one run into `out` (one file each) and `out/index.html`; where
     the store holds several runs, the model-comparison figures of all its runs as well.
 
     `figures` picks some (default all, in the page's order); `samples` is the number of
-    images in attention_grid; `method` the scipy linkage of the dendrograms. A figure whose
-    data the store lacks (pixels not kept) is named on the page instead; the rest render.
+    images in attention_grid; `method` the scipy linkage of the dendrograms; `reference` a run
+    (id or unique prefix) the corruption mean is compared with, as `stats --reference`. A
+    figure whose data the store lacks (pixels not kept) is named on the page instead; the rest
+    render.
     Files of an earlier report in `out` are replaced, never mixed with this one.
     """
     if fmt not in FORMATS:
@@ -76,8 +79,14 @@ def report(
     con = connect(db)
     try:
         chosen = resolve_run(con, run, model)
+        reference_id = resolve_run(con, reference)["run_id"] if reference is not None else None
         data = ReportData(
-            con, chosen, samples=samples, heatmap_images=HEATMAP_IMAGES, method=method
+            con,
+            chosen,
+            samples=samples,
+            heatmap_images=HEATMAP_IMAGES,
+            method=method,
+            reference=reference_id,
         )
         names = _figure_names(figures, several_runs=_run_count(con) > 1)
         images = data.images()
@@ -99,6 +108,7 @@ def report(
             ],
             data.summary(),
             corruption_mean=data.corruption_mean(),
+            reference=reference_id,
             widths={r.name: _display_width(r.path) for r in results if r.path},
         )
     finally:
