@@ -330,17 +330,9 @@ def _ingest(
         if last and in_flight:
             write(*in_flight)
             in_flight = None
-        if failures:
-            store.record_errors(
-                [
-                    {"path": f.path, "stage": f.stage, "message": f.message, "run_id": run_id}
-                    for f in failures
-                ]
-            )
-            summary.failures.extend(failures)
+        record_failures(store, summary, failures)
         batch, failures = [], []
 
-    keep = [keep_pixels < 0 or index < keep_pixels for index in range(len(files))]
     if pool is not None:
         pool.set_skip(already)
         items = pool.imap(files, keep)
@@ -411,14 +403,19 @@ class IngestJob:
     on_progress: ProgressCallback | None
 
     def record_failures(self, failures: list[Failure]) -> None:
-        if failures:
-            self.store.record_errors(
-                [
-                    {"path": f.path, "stage": f.stage, "message": f.message, "run_id": self.run_id}
-                    for f in failures
-                ]
-            )
-            self.summary.failures.extend(failures)
+        record_failures(self.store, self.summary, failures)
+
+
+def record_failures(store: Store, summary: IngestSummary, failures: list[Failure]) -> None:
+    """Record failures in `errors` and in the summary: every engine the same way."""
+    if failures:
+        store.record_errors(
+            [
+                {"path": f.path, "stage": f.stage, "message": f.message, "run_id": summary.run_id}
+                for f in failures
+            ]
+        )
+        summary.failures.extend(failures)
 
 
 def _ray_engine(job: IngestJob, actors: int | None) -> None:
