@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from clipshift.defaults import IMAGE_STAGES  # noqa: E402
 from clipshift.ingest import ingest  # noqa: E402
 from clipshift.ray_engine import COMMIT_GROUP  # noqa: E402
-from clipshift.stages import IMAGE_STAGES  # noqa: E402
 
 VARIANTS = 10  # the original and nine augmentations
 PAPER_IMAGES = 13_312

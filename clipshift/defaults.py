@@ -52,6 +52,12 @@ CORRUPTION_NAMES = (
 # file suffixes a folder is searched for, lower case
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# The timed stages of an ingest, in pipeline order. Per image on a CPU worker: read (and hash),
+# decode, augment, metrics, png; in the process that holds the model, per batch: transfer
+# (receiving prepared images from the workers), encode and write.
+IMAGE_STAGES = ("read", "decode", "augment", "metrics", "png")
+BATCH_STAGES = ("transfer", "encode", "write")
+STAGES = IMAGE_STAGES + BATCH_STAGES
 # --precision: the model's compute dtype; fp32 is the default and keeps pre-existing run_ids
 PRECISIONS = ("fp32", "bf16", "fp16")
 PRECISION = "fp32"

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from . import ClipshiftError, __version__
-from .augment import augmentation_config, config_hash
 from .defaults import (
     BATCH_SIZE,
     DEFAULT_DB,
@@ -31,29 +30,21 @@ from .defaults import (
     KEEP_PIXELS,
     PRECISION,
     PRECISIONS,
+    STAGES,
 )
 from .filters import matches
 from .hub import require_model
 from .sources import discover
-from .stages import (
-    STAGES,
-    EncodeError,
-    Failure,
-    Prepared,
-    PrepareSettings,
-    Skipped,
-    finish_batch,
-    image_rows,
-    prepare_image,
-    start_batch,
-    variant_rows,
-)
 from .store import Store
-from .suites import Perturbation, resolve, spec_items
 from .workers import PreparePool, default_workers
 
+# The stages and the suites import albumentations, and with it torch (about 5 s here): they are
+# imported once the cheap checks have passed, so that a wrong path, --db or an unreachable model
+# fails at once (issue 13: offline, within about 2 s).
 if TYPE_CHECKING:
     from .encoder import Pending
+    from .stages import Failure, Prepared, PrepareSettings
+    from .suites import Perturbation
 
 T = TypeVar("T")
 
@@ -137,8 +128,6 @@ def ingest(
     else one); `workers` applies to the local engine only.
     """
     started = time.perf_counter()
-    perturbations = resolve(augmentations)
-    names = [p.label for p in perturbations]
     workers = default_workers() if workers is None else workers
     _check_options(image_size, batch_size, limit, keep_pixels, workers, precision)
     if engine not in ENGINES:
@@ -159,6 +148,11 @@ def ingest(
     # offline, a model neither local nor cached fails here at once (no hub retries), before
     # transformers is imported and before any worker starts
     require_model(model)
+    from .stages import PrepareSettings
+    from .suites import resolve, spec_items
+
+    perturbations = resolve(augmentations)
+    names = [p.label for p in perturbations]
     # the spec, not the labels: a worker resolves it to the same perturbations (a user suite
     # file included, by its absolute path)
     settings = PrepareSettings(image_size, spec_items(augmentations), seed)
@@ -209,9 +203,21 @@ def _ingest(
     on_start: Callable[[int], None] | None,
     on_progress: ProgressCallback | None,
 ) -> IngestSummary:
+    from .augment import augmentation_config, config_hash
+    from .encoder import Encoder
+    from .stages import (
+        EncodeError,
+        Failure,
+        Skipped,
+        finish_batch,
+        image_rows,
+        prepare_image,
+        start_batch,
+        variant_rows,
+    )
+
     names = [p.label for p in perturbations]
     image_size, seed = settings.image_size, settings.seed
-    from .encoder import Encoder
 
     # under another engine the model runs elsewhere: here it only names the run
     encoder = Encoder(

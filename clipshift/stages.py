@@ -47,13 +47,6 @@ from .sources import DecodeError, ObjectFile, Source, decode, read_source
 if TYPE_CHECKING:
     from .encoder import Encoded, Encoder, Pending
 
-# The timed stages, in pipeline order. Per image on a CPU worker: read (and hash), decode,
-# augment, metrics, png; in the process that holds the model, per batch: transfer (receiving
-# prepared images from the workers), encode and write.
-IMAGE_STAGES = ("read", "decode", "augment", "metrics", "png")
-BATCH_STAGES = ("transfer", "encode", "write")
-STAGES = IMAGE_STAGES + BATCH_STAGES
-
 
 @dataclass(frozen=True)
 class PrepareSettings:

@@ -187,13 +187,16 @@ BAD_SUITES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_SUITES))
-def test_bad_suite_file_is_a_one_line_error_naming_entry_and_problem(tmp_path, case):
+def test_bad_suite_file_is_a_one_line_error_naming_entry_and_problem(tmp_path, case, tiny_model):
     text, fragments = BAD_SUITES[case]
     path = tmp_path / "bad.yaml"
     path.write_text(text)
+    photos = write_photos(tmp_path / "photos", ["astronaut"])[0].parent
     db = tmp_path / "db"
     result = CliRunner().invoke(
-        cli, ["ingest", str(tmp_path), "--db", str(db), "--augmentations", str(path)]
+        cli,
+        ["ingest", str(photos), "--db", str(db), "--model", str(tiny_model)]
+        + ["--augmentations", str(path)],
     )
     assert result.exit_code != 0 and "Traceback" not in result.output
     lines = result.output.strip().splitlines()
