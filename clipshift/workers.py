@@ -49,6 +49,11 @@ TASKS_PER_WORKER = 2
 # start here at all (a broken install); fail rather than respawn forever.
 MAX_FRUITLESS_STARTS = 3
 ATTEMPTS = 2  # the first try and one retry
+# The pool is the parallelism: each worker runs its libraries on one thread. Left to
+# themselves, OpenBLAS (the pixel metrics' grey conversion) and OpenCV (the augmentations)
+# start a thread per core in every worker, and N workers beside the model's threads contend
+# for the cores.
+SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def default_workers() -> int:
@@ -124,7 +129,11 @@ class PreparePool:
                 [sys.executable, "-m", "clipshift.workers", str(child.fileno())],
                 pass_fds=[child.fileno()],
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": os.pathsep.join(p or "." for p in sys.path)},
+                env={
+                    **os.environ,
+                    **SINGLE_THREADED,
+                    "PYTHONPATH": os.pathsep.join(p or "." for p in sys.path),
+                },
             )
         finally:
             child.close()
@@ -299,6 +308,9 @@ def _serve(fd: int) -> None:
     """A worker's loop: tasks in, results out, until the main process closes the socket."""
     # Ctrl-C reaches the whole process group; the main process decides, and closes the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import cv2
+
+    cv2.setNumThreads(1)  # see SINGLE_THREADED
     conn = Connection(fd)
     shm_name, shape, _ = pickle.loads(conn.recv_bytes())
     # The main process owns the segment and unlinks it; without this the worker's own resource
