@@ -22,6 +22,8 @@ from .hub import load_error, load_pretrained, require_model
 
 # --precision: the dtype of the weights and activations. Outputs are float32 whatever it is;
 # docs/metrics.md gives the measured embedding difference of each against fp32.
+# texts per text-encoder forward
+TEXT_BATCH = 256
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -174,11 +176,24 @@ class Encoder:
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """Texts -> (N, D) float32 text embeddings (un-normalised), in the same space as
         `encode`'s image embeddings."""
+        texts = list(texts)
+        if not texts:
+            return np.empty((0, self.embedding_dim), np.float32)
         tokenizer = self._tokenizer()
         max_length = self.model.config.text_config.max_position_embeddings
-        tokens = self.family.tokenize(tokenizer, list(texts), max_length)
-        tokens = {name: value.to(self.device) for name, value in tokens.items()}
-        return self.family.encode_text(self.model, tokens).float().cpu().numpy()
+        # batches of texts with about as many tokens, so that a batch pads little: for the
+        # 1,000 ImageNet prompts, sorted by characters they were padded to 11 tokens on average,
+        # by tokens to 9 (8.7 unpadded)
+        tokenized = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        counts = [len(ids) for ids in tokenized]
+        order = sorted(range(len(texts)), key=counts.__getitem__)
+        out = np.empty((len(texts), self.embedding_dim), np.float32)
+        for start in range(0, len(order), TEXT_BATCH):
+            batch = order[start : start + TEXT_BATCH]
+            tokens = self.family.tokenize(tokenizer, [texts[i] for i in batch], max_length)
+            tokens = {name: value.to(self.device) for name, value in tokens.items()}
+            out[batch] = self.family.encode_text(self.model, tokens).float().cpu().numpy()
+        return out
 
     @property
     def logit_scale(self) -> float:

@@ -33,8 +33,6 @@ BUILTIN_LABEL_SETS = ("imagenet", "cifar100")
 TOP_K = 5
 # images classified per matrix product: 8,192 rows x 1,000 labels is a 33 MB logit block
 CHUNK_ROWS = 8192
-# prompts per text-encoder forward; sorted by length first, so each batch pads little
-TEXT_BATCH = 256
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
@@ -133,16 +131,8 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def encode_prompts(encoder, prompts: list[str]) -> np.ndarray:
-    """(len(prompts), D) unit text embeddings, encoded in batches of similar length."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = np.empty((len(prompts), 0), np.float32)
-    for start in range(0, len(order), TEXT_BATCH):
-        batch = order[start : start + TEXT_BATCH]
-        vectors = unit(encoder.encode_text([prompts[i] for i in batch]))
-        if not out.shape[1]:
-            out = np.empty((len(prompts), vectors.shape[1]), np.float32)
-        out[batch] = vectors
-    return out
+    """(len(prompts), D) unit text embeddings."""
+    return unit(encoder.encode_text(prompts))
 
 
 def classify(

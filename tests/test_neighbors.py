@@ -169,6 +169,32 @@ def test_different_prompts_embed_differently(tiny_text_model):
     )
 
 
+def test_prompts_sharing_a_prefix_encode_as_transformers_does(tiny_text_model):
+    """CLIP's causal text tower computes the tokens all prompts start with once: the result
+    is transformers' own, for prompts of different lengths (padded) in several batches."""
+    from clipshift import encoder as encoder_module
+    from clipshift.encoder import Encoder
+    from clipshift.families import eos_positions, shared_prefix
+
+    labels = ["cat", "tabby cat", "great white shark", "cat", "rocket", "a", "coffee mug"]
+    texts = [f"a photo of a {label}." for label in labels]
+    encoder = Encoder(str(tiny_text_model), device="cpu")
+    tokens = encoder.family.tokenize(encoder._tokenizer(), texts, 77)
+    ids = tokens["input_ids"]
+    shared = shared_prefix(ids, tokens["attention_mask"], eos_positions(encoder.model, ids))
+    assert shared >= 4  # the prefix path is the one tested
+    expected = direct_text_embeddings(tiny_text_model, texts)
+    for batch in (256, 3):  # one batch, and batches of different shared lengths
+        encoder_module.TEXT_BATCH = batch
+        try:
+            vectors = encoder.encode_text(texts)
+        finally:
+            encoder_module.TEXT_BATCH = 256
+        np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(vectors[0], vectors[3], rtol=1e-5, atol=1e-6)
+    assert encoder.encode_text([]).shape == (0, encoder.embedding_dim)
+
+
 def test_text_query(tiny_text_model, photos, tmp_path):
     from clipshift.ingest import ingest
 
