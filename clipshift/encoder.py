@@ -7,6 +7,7 @@ every attention map (docs/metrics.md defines them per family): no second pass fo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -119,11 +120,17 @@ class Encoder:
         std_255 = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255.0
         mean_255 = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255.0
         self._scale, self._shift = 1.0 / std_255, -mean_255 / std_255
-        self.revision = _revision(model, self.local_dir)
         # CUDA: uint8 batches go up from pinned host memory, two buffers used in turn, so the
         # copy of the next batch overlaps the forward pass of this one (see `start`).
         self._pinned: list[torch.Tensor] = []
         self._turn = 0
+
+    @functools.cached_property
+    def revision(self) -> str:
+        """The weights' identity: the hub commit, or a hash of a local folder's weight files
+        (read on first use: hashing ViT-B/32's 600 MB takes half a second, and only ingest,
+        which names a run by it, needs it)."""
+        return _revision(self.model, self.local_dir)
 
     def preprocessing_json(self) -> str:
         """What `runs.preprocessing` records for this model at this image size."""

@@ -549,20 +549,21 @@ class Store:
         run_id, label_set, template = (
             predictions[name][0].as_py() for name in ("run_id", "label_set", "template")
         )
+        # through pylance, not LanceDB: `zeroshot` need not import lancedb (a second here)
+        options = {"storage_options": self.location.storage_options}
         with self.lock():
-            names = self.table("zeroshot_labels")
-            known = names.to_lance().count_rows(filter=matches(label_set=label_set))
-            if not known:
-                names.add(labels)
-            zeroshot = self.table("zeroshot")
+            names = self.dataset("zeroshot_labels")
+            if not names.count_rows(filter=matches(label_set=label_set)):
+                names.insert(labels, **options)
+            zeroshot = self.dataset("zeroshot")
             key = matches(run_id=run_id, label_set=label_set, template=template)
-            stored = zeroshot.to_lance().to_table(columns=["image_id"], filter=key)["image_id"]
+            stored = zeroshot.to_table(columns=["image_id"], filter=key)["image_id"]
             if len(stored):
                 predictions = predictions.filter(
                     pc.invert(pc.is_in(predictions["image_id"], pc.unique(stored)))
                 )
             if predictions.num_rows:
-                zeroshot.add(predictions)
+                zeroshot.insert(predictions, **options)
             return predictions.num_rows
 
     def record_errors(self, rows: list[dict]) -> None:

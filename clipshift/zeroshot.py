@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import ClipshiftError
 from .analysis import Rows, connect, named_arrow, named_query, resolve_run
@@ -268,16 +269,19 @@ def _predictions(
     schema: pa.Schema,
 ) -> pa.Table:
     """The `zeroshot` rows of the pending variant rows (sql/zeroshot_pending.sql)."""
-    image_ids = pending["image_id"].to_numpy(zero_copy_only=False)
-    variants = pending["variant"].to_numpy(zero_copy_only=False)
     # the variants view gives FLOAT[] lists (one view over every width): all one width here
     flat = pending["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
     vectors = flat.reshape(pending.num_rows, -1)
-    _, image_index = np.unique(image_ids, return_inverse=True)
-    is_original = variants == "original"
-    missing = set(image_ids[~is_original]) - set(image_ids[is_original])
+    # images numbered by Arrow's hash-based dictionary encoding (numpy's sort of 133,120
+    # strings took 0.3 s)
+    images = pending["image_id"].combine_chunks().dictionary_encode()
+    image_index = images.indices.to_numpy(zero_copy_only=False)
+    is_original = pc.equal(pending["variant"], "original").combine_chunks()
+    is_original = is_original.fill_null(False).to_numpy(zero_copy_only=False)
+    originals = np.bincount(image_index[is_original], minlength=len(images.dictionary))
+    missing = int((originals == 0).sum())
     if missing:  # an ingest stores an image's variants with its original, in one commit
-        raise ClipshiftError(f"{len(missing)} images have variants but no original row")
+        raise ClipshiftError(f"{missing} images have variants but no original row")
     top_labels, top_probs, of_original = classify(
         vectors, image_index, is_original, texts, scale, bias
     )
