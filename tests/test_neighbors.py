@@ -169,7 +169,7 @@ def test_different_prompts_embed_differently(tiny_text_model):
     )
 
 
-def test_prompts_sharing_a_prefix_encode_as_transformers_does(tiny_text_model):
+def test_prompts_sharing_a_prefix_encode_as_transformers_does(tiny_text_model, monkeypatch):
     """CLIP's causal text tower computes the tokens all prompts start with once: the result
     is transformers' own, for prompts of different lengths (padded) in several batches."""
     from clipshift import encoder as encoder_module
@@ -185,11 +185,8 @@ def test_prompts_sharing_a_prefix_encode_as_transformers_does(tiny_text_model):
     assert shared >= 4  # the prefix path is the one tested
     expected = direct_text_embeddings(tiny_text_model, texts)
     for batch in (256, 3):  # one batch, and batches of different shared lengths
-        encoder_module.TEXT_BATCH = batch
-        try:
-            vectors = encoder.encode_text(texts)
-        finally:
-            encoder_module.TEXT_BATCH = 256
+        monkeypatch.setattr(encoder_module, "TEXT_BATCH", batch)
+        vectors = encoder.encode_text(texts)
         np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(vectors[0], vectors[3], rtol=1e-5, atol=1e-6)
     assert encoder.encode_text([]).shape == (0, encoder.embedding_dim)
