@@ -14,7 +14,9 @@ How, and why (figures in docs/ingest.md, from benchmarks/ingest.py):
   here, through a shared-memory slot 0.35 ms. Everything else (metrics, parameters, PNGs)
   is pickled over a socket pair, one per worker.
 - A worker that dies (segfault, OOM kill, kill -9) is replaced; the images it held are retried
-  once, alone on a worker, then recorded as failed at stage "worker". Ctrl-C and errors in
+  once, alone on a worker, then recorded as failed at stage "worker". A worker that hangs
+  (returns nothing for HANG_SECONDS while the main process waits on it) is killed and
+  handled the same way. Ctrl-C and errors in
   the main process close the pool: workers ignore SIGINT (the main process decides), are
   terminated by `close`, and exit by themselves on EOF of their socket if the main process
   dies without closing it (kill -9).
@@ -49,6 +51,11 @@ TASKS_PER_WORKER = 2
 # start here at all (a broken install); fail rather than respawn forever.
 MAX_FRUITLESS_STARTS = 3
 ATTEMPTS = 2  # the first try and one retry
+# A worker that holds tasks and returns nothing for this long, while the main process waits
+# on it, is taken to hang (a decoder in an endless loop) and is killed, like one that died.
+# 300 s is a hundred times the slowest image tried here: a 100-megapixel PNG through the 84
+# variants of the paper and corruptions suites took 3.2 s (as a JPEG, 0.6 s).
+HANG_SECONDS = 300.0
 # The pool is the parallelism: each worker runs its libraries on one thread. Left to
 # themselves, OpenBLAS (the pixel metrics' grey conversion) and OpenCV (the augmentations)
 # start a thread per core in every worker, and N workers beside the model's threads contend
@@ -80,6 +87,8 @@ class _Worker:
     exclusive: bool = False  # holds a retried task: nothing else goes to it meanwhile
     returned: bool = False  # has returned at least one result
     dead: bool = False  # a send failed: its EOF is yet to be handled
+    silent: float = 0.0  # seconds the main process has waited on it in vain, holding tasks
+    hung: bool = False  # killed for hanging
 
 
 class PreparePool:
@@ -97,10 +106,12 @@ class PreparePool:
         settings: Any,
         pixel_shape: tuple[int, ...],
         prepare: Callable | None = None,
+        hang_seconds: float = HANG_SECONDS,
     ):
         if prepare is None:
             from .stages import prepare_image as prepare
         self.size = workers
+        self.hang_seconds = hang_seconds
         self.retried = 0  # images retried after their worker died
         self.worker_deaths = 0
         self._payload = pickle.dumps((prepare, settings), protocol=5)
@@ -208,7 +219,9 @@ class PreparePool:
                 break
             self._dispatch(todo, retry, limit=next_out + window)
             # a timeout, so that a closed pool ends this loop even while a worker is busy
+            waited = time.perf_counter()
             ready = wait([w.conn for w in self._workers], timeout=0.5)
+            self._watch(ready, time.perf_counter() - waited)
             for worker in [w for w in self._workers if w.conn in ready]:
                 clock = time.perf_counter()
                 try:
@@ -225,6 +238,19 @@ class PreparePool:
                 worker.returned, worker.exclusive = True, False
                 self._fruitless = 0
                 done[index] = result
+
+    def _watch(self, ready: list, waited: float) -> None:
+        """Count the time each busy worker let the main process wait; kill the hung ones (their
+        EOF then comes through `_replace`, as for a worker that died). Only time spent waiting
+        counts: a worker blocked on a full socket while the model ran is not hung."""
+        for worker in self._workers:
+            if worker.conn in ready or not worker.tasks:
+                worker.silent = 0.0
+                continue
+            worker.silent += waited
+            if worker.silent > self.hang_seconds and not worker.hung:
+                worker.hung = True
+                worker.process.kill()
 
     def _dispatch(self, todo: collections.deque, retry: collections.deque, limit: int) -> None:
         # a retried task runs alone on an idle worker, so that an image which kills its worker
@@ -272,6 +298,13 @@ class PreparePool:
             if task.attempts < ATTEMPTS:
                 self.retried += 1
                 retry.append(task)
+            elif worker.hung:
+                done[task.index] = Failure(
+                    task.path,
+                    "worker",
+                    f"the worker process preparing this image stopped answering for "
+                    f"{self.hang_seconds:g} s and was killed, on the last of {ATTEMPTS} attempts",
+                )
             else:
                 done[task.index] = Failure(
                     task.path,

@@ -13,7 +13,7 @@ import duckdb
 import numpy as np
 import pytest
 from conftest import write_photos
-from worker_faults import die_on_poison
+from worker_faults import die_on_poison, hang_on_poison
 
 from clipshift.ingest import ingest
 from clipshift.stages import Failure, Prepared, PrepareSettings, prepare_image
@@ -129,6 +129,17 @@ def test_an_image_that_kills_its_worker_twice_is_recorded_and_the_rest_go_on(tmp
     assert [type(r) for r in got] == [Prepared, Prepared, Failure, Prepared, Prepared]
     assert got[2].stage == "worker" and got[2].path == str(poison)
     assert "died 2 times" in got[2].message and "SIGKILL" in got[2].message
+
+
+def test_an_image_that_hangs_its_worker_is_recorded_and_the_rest_go_on(tmp_path):
+    paths = many_photos(tmp_path / "photos", 5)
+    poison = paths[1].rename(paths[1].with_name("poison.png"))
+    paths[1] = poison
+    with PreparePool(2, SETTINGS, SHAPE, prepare=hang_on_poison, hang_seconds=2) as pool:
+        got = list(pool.imap(paths, [False] * len(paths)))
+        assert pool.worker_deaths == 2
+    assert [type(r) for r in got] == [Prepared, Failure, Prepared, Prepared, Prepared]
+    assert got[1].stage == "worker" and "stopped answering for 2 s" in got[1].message
 
 
 def test_ingest_goes_on_when_a_worker_is_killed_mid_run(tmp_path, tiny_model):

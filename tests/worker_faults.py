@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from clipshift.stages import prepare_image
 
@@ -15,4 +16,12 @@ def die_on_poison(path, settings, keep_pixels, skip):
     """prepare_image, except that an image named poison* kills its process (a segfault)."""
     if "poison" in os.path.basename(str(path)):
         os.kill(os.getpid(), signal.SIGKILL)
+    return prepare_image(path, settings, keep_pixels, skip)
+
+
+def hang_on_poison(path, settings, keep_pixels, skip):
+    """prepare_image, except that an image named poison* never returns (an endless loop)."""
+    if "poison" in os.path.basename(str(path)):
+        while True:
+            time.sleep(1)
     return prepare_image(path, settings, keep_pixels, skip)
