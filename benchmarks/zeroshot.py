@@ -5,9 +5,9 @@ names a full-size ViT-B/32 CLIP with random weights (the architecture, and so th
 openai/clip-vit-base-patch32; the hub is out of reach here). Its tokenizer is the tests'
 byte-level one with every word of the ImageNet prompts merged into one token, so prompts
 have about the token counts CLIP's own BPE gives them. Then times, in one run:
-- the first call end to end (`clipshift.zeroshot.zeroshot`: load the model, encode the 1,000
-  prompts, classify the 133,120 variant rows, store the predictions, the metrics query),
-  and each of its stages on its own;
+- the first call end to end (`clipshift.zeroshot.zeroshot`: load the model and encode the
+  1,000 prompts while the embeddings are fetched, classify the 133,120 variant rows, store
+  the predictions, the metrics query), and each of its stages on its own, one after another;
 - the second call, which reads the stored predictions back;
 - the `clipshift zeroshot` command as a subprocess (Python start and imports included), on
   the stored predictions and then classifying from scratch.
@@ -42,6 +42,7 @@ from clipshift.synthetic import (  # noqa: E402
 )
 from clipshift.zeroshot import (  # noqa: E402
     DEFAULT_TEMPLATE,
+    PendingRows,
     _predictions,
     encode_prompts,
     load_labels,
@@ -108,9 +109,11 @@ def main() -> None:
     mean_tokens = sum(map(len, tokens)) / len(tokens)
     texts, encode_s = timed(lambda: encode_prompts(encoder, prompts))
     pending, fetch_s = timed(lambda: named_arrow(con, "zeroshot_pending", **key))
+    rows, arrays_s = timed(lambda: PendingRows.of(pending))
     schema = store.dataset("zeroshot").schema
+    scale, bias = encoder.logit_scale, encoder.logit_bias
     predictions, classify_s = timed(
-        lambda: _predictions(pending, texts, encoder.logit_scale, encoder.logit_bias, key, schema)
+        lambda: _predictions(pending, rows, texts, scale, bias, key, schema)
     )
     _, write_s = timed(lambda: store.write_zeroshot(predictions, labels.arrow()))
     con = connect(store)
@@ -138,6 +141,7 @@ def main() -> None:
         ("load the model (text tower)", load_s),
         ("encode the 1,000 prompts", encode_s),
         ("fetch the embeddings (sql/zeroshot_pending.sql)", fetch_s),
+        ("  and view them as arrays", arrays_s),
         ("classify every row (top-5, probabilities)", classify_s),
         ("store the predictions", write_s),
         ("metrics (sql/zeroshot.sql)", query_s),

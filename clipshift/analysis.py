@@ -88,6 +88,12 @@ def named_arrow(con: duckdb.DuckDBPyConnection, name: str, **params) -> pa.Table
     return con.sql(_query_text(name), params=params).to_arrow_table()
 
 
+def named_count(con: duckdb.DuckDBPyConnection, name: str, **params) -> int:
+    """How many rows `sql/NAME.sql` would return (DuckDB reads none of the unused columns)."""
+    query = _query_text(name).strip().rstrip(";")
+    return con.execute(f"SELECT count(*) FROM ({query})", params).fetchall()[0][0]
+
+
 def _query_text(name: str) -> str:
     path = resource_dir("sql") / f"{name}.sql"
     if not path.is_file():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import ClipshiftError
-from .analysis import Rows, connect, named_arrow, named_query, resolve_run
+from .analysis import Rows, connect, named_arrow, named_count, named_query, resolve_run
 from .store import Store
 
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -232,26 +233,29 @@ def zeroshot(
     file), store the predictions, and return the per-augmentation metrics of
     sql/zeroshot.sql. Images already classified with these labels and template are read
     back, not classified again."""
-    from .encoder import text_encoder
-
     label_set = load_labels(labels)
     template = check_template(template)
     store = Store.open(db)
     con = connect(store)
     chosen = resolve_run(con, run)
     key = {"run_id": chosen["run_id"], "label_set": label_set.key, "template": template}
-    pending = named_arrow(con, "zeroshot_pending", **key)
     classified = 0
     probability = None
-    if pending.num_rows:
-        encoder = text_encoder(chosen, device)
-        texts = encode_prompts(encoder, label_set.prompts(template))
-        scale, bias = encoder.logit_scale, encoder.logit_bias
+    if named_count(con, "zeroshot_pending", **key):
+        prompts = label_set.prompts(template)
+        # The text tower loads (torch and transformers imports included) and encodes the
+        # prompts in a thread while this one fetches the embeddings, which DuckDB and Arrow
+        # do without the GIL: together a second of a first call's ten here.
+        with ThreadPoolExecutor(1) as pool:
+            text_job = pool.submit(_encode_labels, chosen, device, prompts)
+            pending = named_arrow(con, "zeroshot_pending", **key)
+            rows = PendingRows.of(pending)
+            texts, scale, bias = text_job.result()
         probability = "softmax" if bias is None else "sigmoid"
         schema = store.dataset("zeroshot").schema
-        predictions = _predictions(pending, texts, scale, bias, key, schema)
+        predictions = _predictions(pending, rows, texts, scale, bias, key, schema)
         store.write_zeroshot(predictions, label_set.arrow())
-        classified = len(set(pending["image_id"].to_pylist()))
+        classified = rows.images
         con = connect(store)  # a fresh snapshot that sees the rows just written
     result = named_query(con, "zeroshot", **key)
     rows = Rows([d[0] for d in result.description], result.fetchall(), chosen)
@@ -260,8 +264,48 @@ def zeroshot(
     return ZeroshotResult(rows, label_set, template, classified, probability)
 
 
+def _encode_labels(
+    run: dict, device: str, prompts: list[str]
+) -> tuple[np.ndarray, float, float | None]:
+    """The run's model's unit text embeddings of `prompts`, its logit scale and bias."""
+    from .encoder import text_encoder
+
+    encoder = text_encoder(run, device)
+    return encode_prompts(encoder, prompts), encoder.logit_scale, encoder.logit_bias
+
+
+@dataclass
+class PendingRows:
+    """The rows of sql/zeroshot_pending.sql as arrays: embeddings, each row's image number
+    (0..images-1) and whether it is the image's original."""
+
+    vectors: np.ndarray
+    image_index: np.ndarray
+    is_original: np.ndarray
+    images: int
+
+    @classmethod
+    def of(cls, pending: pa.Table) -> PendingRows:
+        # the variants view gives FLOAT[] lists (one view over every width): all one width here;
+        # Arrow joins the chunks (without the GIL) and numpy views the result
+        values = pa.concat_arrays([chunk.flatten() for chunk in pending["embedding"].chunks])
+        vectors = values.to_numpy(zero_copy_only=False).reshape(pending.num_rows, -1)
+        # images numbered by Arrow's hash-based dictionary encoding (numpy's sort of 133,120
+        # strings took 0.3 s)
+        ids = pending["image_id"].combine_chunks().dictionary_encode()
+        image_index = ids.indices.to_numpy(zero_copy_only=False)
+        is_original = pc.equal(pending["variant"], "original").combine_chunks()
+        is_original = is_original.fill_null(False).to_numpy(zero_copy_only=False)
+        originals = np.bincount(image_index[is_original], minlength=len(ids.dictionary))
+        missing = int((originals == 0).sum())
+        if missing:  # an ingest stores an image's variants with its original, in one commit
+            raise ClipshiftError(f"{missing} images have variants but no original row")
+        return cls(vectors, image_index, is_original, len(ids.dictionary))
+
+
 def _predictions(
     pending: pa.Table,
+    rows: PendingRows,
     texts: np.ndarray,
     scale: float,
     bias: float | None,
@@ -269,29 +313,16 @@ def _predictions(
     schema: pa.Schema,
 ) -> pa.Table:
     """The `zeroshot` rows of the pending variant rows (sql/zeroshot_pending.sql)."""
-    # the variants view gives FLOAT[] lists (one view over every width): all one width here
-    flat = pending["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    vectors = flat.reshape(pending.num_rows, -1)
-    # images numbered by Arrow's hash-based dictionary encoding (numpy's sort of 133,120
-    # strings took 0.3 s)
-    images = pending["image_id"].combine_chunks().dictionary_encode()
-    image_index = images.indices.to_numpy(zero_copy_only=False)
-    is_original = pc.equal(pending["variant"], "original").combine_chunks()
-    is_original = is_original.fill_null(False).to_numpy(zero_copy_only=False)
-    originals = np.bincount(image_index[is_original], minlength=len(images.dictionary))
-    missing = int((originals == 0).sum())
-    if missing:  # an ingest stores an image's variants with its original, in one commit
-        raise ClipshiftError(f"{missing} images have variants but no original row")
     top_labels, top_probs, of_original = classify(
-        vectors, image_index, is_original, texts, scale, bias
+        rows.vectors, rows.image_index, rows.is_original, texts, scale, bias
     )
     n, k = top_labels.shape
     offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
     return pa.table(
         {
-            "run_id": [key["run_id"]] * n,
-            "label_set": [key["label_set"]] * n,
-            "template": [key["template"]] * n,
+            "run_id": pa.repeat(key["run_id"], n),
+            "label_set": pa.repeat(key["label_set"], n),
+            "template": pa.repeat(key["template"], n),
             "image_id": pending["image_id"],
             "variant": pending["variant"],
             "severity": pending["severity"].cast(pa.int32()),
