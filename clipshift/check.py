@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -233,6 +234,15 @@ def _disk_bytes(folder: Path) -> int:
 
 def _repair_table(store: Store, table: TableReport, how: str) -> str:
     uri = str(store.path / f"{table.name}.lance")
+    if table.version is None and not _ever_committed(Path(uri)):
+        # a process died while creating the table (its first ingest, or a migration): no
+        # version ever held data, and the next ingest creates the table again
+        shutil.rmtree(uri)
+        unreferenced = f", {table.bytes_on_disk / 1e6:.1f} MB of files no version referenced"
+        return (
+            f"table {table.name}: removed: it was being created when a process stopped and "
+            f"never had a committed version{unreferenced if table.bytes_on_disk else ''}"
+        )
     if table.version is None:
         raise ClipshiftError(
             f"table {table.name}: its manifest cannot be read, so it cannot be repaired here: "
@@ -268,6 +278,12 @@ def _repair_table(store: Store, table: TableReport, how: str) -> str:
     raise ClipshiftError(
         f"table {table.name}: no earlier version reads in full; use --repair drop instead"
     )
+
+
+def _ever_committed(table_dir: Path) -> bool:
+    """Whether the table has (or had: a damage may have removed it) a committed version."""
+    versions = table_dir / "_versions"
+    return versions.is_dir() and any(versions.iterdir())
 
 
 def _drop_incomplete(store: Store, result: CheckResult) -> list[str]:

@@ -45,6 +45,8 @@ ERRORS = pa.schema(
 
 
 def upgrade(db) -> None:
-    db.create_table("runs", schema=RUNS)
-    db.create_table("images", schema=IMAGES)
-    db.create_table("errors", schema=ERRORS)
+    # exist_ok: an ingest killed after creating some of these tables, before the migration was
+    # recorded, runs this again on its next start
+    db.create_table("runs", schema=RUNS, exist_ok=True)
+    db.create_table("images", schema=IMAGES, exist_ok=True)
+    db.create_table("errors", schema=ERRORS, exist_ok=True)

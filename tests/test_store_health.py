@@ -154,6 +154,42 @@ def test_disk_stays_near_live_data_after_interrupted_ingests(tmp_path, photos, t
     )
 
 
+def test_ingest_resumes_a_store_whose_first_migration_was_cut_short(tmp_path, photos, tiny_model):
+    """kill -9 in the middle of the first migration: some of its tables exist, and the
+    migration is not recorded, so the next ingest runs it again over them."""
+    import importlib.util
+
+    import lancedb
+
+    from clipshift.store import available_migrations
+
+    first = available_migrations()[0]
+    spec = importlib.util.spec_from_file_location("first_migration", first.path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    db = tmp_path / "db"
+    db.mkdir()
+    lancedb.connect(db).create_table("runs", schema=module.RUNS)  # and then the kill
+    summary = ingest([photos], db, str(tiny_model), limit=1, keep_pixels=0, device="cpu")
+    assert summary.stored == 1
+    assert Store.open(db).schema_version() == available_migrations()[-1].version
+
+
+def test_a_table_cut_short_while_created_is_removed_by_repair(tmp_path, photos, tiny_model):
+    """kill -9 while the first ingest created a table: its folder holds no committed version.
+    Ingest says the store is damaged; `check --repair` removes the folder, losing nothing, and
+    the next ingest creates the table again."""
+    db = tmp_path / "db"
+    (db / "runs.lance" / "_versions").mkdir(parents=True)
+    (db / "runs.lance" / "data").mkdir()
+    failed = CliRunner().invoke(cli, ["ingest", str(photos), "--db", str(db)])
+    assert failed.exit_code == 1 and "clipshift check" in failed.output
+    repaired = check(db, repair="drop")
+    assert repaired.ok and "never had a committed version" in repaired.repaired[0]
+    summary = ingest([photos], db, str(tiny_model), limit=1, keep_pixels=0, device="cpu")
+    assert summary.stored == 1 and check(db).ok
+
+
 def test_db_on_a_folder_of_other_files_is_refused(tmp_path, photos, tiny_model):
     folder = tmp_path / "documents"
     folder.mkdir()
