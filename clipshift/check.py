@@ -33,6 +33,7 @@ from .store import (
     MIGRATIONS_TABLE,
     Store,
     _now,
+    ever_committed,
     first_line,
     latest_schema_version,
     table_damage,
@@ -234,7 +235,7 @@ def _disk_bytes(folder: Path) -> int:
 
 def _repair_table(store: Store, table: TableReport, how: str) -> str:
     uri = str(store.path / f"{table.name}.lance")
-    if table.version is None and not _ever_committed(Path(uri)):
+    if table.version is None and not ever_committed(Path(uri)):
         # a process died while creating the table (its first ingest, or a migration): no
         # version ever held data, and the next ingest creates the table again
         shutil.rmtree(uri)
@@ -278,12 +279,6 @@ def _repair_table(store: Store, table: TableReport, how: str) -> str:
     raise ClipshiftError(
         f"table {table.name}: no earlier version reads in full; use --repair drop instead"
     )
-
-
-def _ever_committed(table_dir: Path) -> bool:
-    """Whether the table has (or had: a damage may have removed it) a committed version."""
-    versions = table_dir / "_versions"
-    return versions.is_dir() and any(versions.iterdir())
 
 
 def _drop_incomplete(store: Store, result: CheckResult) -> list[str]:

@@ -22,6 +22,7 @@ import functools
 import importlib.util
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
@@ -181,6 +182,13 @@ def table_damage(table_dir: Path) -> str | None:
     return None
 
 
+def ever_committed(table_dir: Path) -> bool:
+    """Whether the Lance table at `table_dir` has (or had: a damage may have removed it) a
+    committed version: a manifest in _versions."""
+    versions = table_dir / "_versions"
+    return versions.is_dir() and any(versions.iterdir())
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -212,11 +220,27 @@ class Store:
         by a newer clipshift is refused, since this version cannot know its layout.
         """
         store = cls._connect(Location.parse(path), create=create)
+        if create and store.location.is_local:
+            store.remove_uncommitted_tables()
         store.raise_if_damaged()
         if store.schema_version() == 0 and create:
             store.migrate()
         store.check_version()
         return store
+
+    def remove_uncommitted_tables(self) -> list[str]:
+        """Delete the folders of tables that never had a committed version, and return their
+        names. Every table is created under the store lock, so such a folder, seen under the
+        lock, is left by a process killed while creating it: it holds nothing, and the writer
+        creates the table again."""
+        removed = []
+        with self.lock():
+            for name in self.table_names():
+                folder = self.path / f"{name}.lance"
+                if not ever_committed(folder):
+                    shutil.rmtree(folder)
+                    removed.append(name)
+        return removed
 
     def raise_if_damaged(self, ignore: Sequence[str] = ()) -> None:
         """StoreDamaged, naming the table and the problem, if a table's latest version cannot
@@ -300,8 +324,13 @@ class Store:
                     "store: give a new or empty folder, or an existing store"
                 )
             store = Store(path)
-            store.raise_if_damaged()
-            if store.schema_version():
+            # a table that never committed is no damage to a writer: opening the store for
+            # writing removes it (remove_uncommitted_tables)
+            uncommitted = [
+                n for n in store.table_names() if not ever_committed(path / f"{n}.lance")
+            ]
+            store.raise_if_damaged(ignore=uncommitted)
+            if MIGRATIONS_TABLE not in uncommitted and store.schema_version():
                 store.check_version()
 
     @classmethod

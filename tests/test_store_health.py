@@ -175,19 +175,28 @@ def test_ingest_resumes_a_store_whose_first_migration_was_cut_short(tmp_path, ph
     assert Store.open(db).schema_version() == available_migrations()[-1].version
 
 
-def test_a_table_cut_short_while_created_is_removed_by_repair(tmp_path, photos, tiny_model):
+def test_a_table_cut_short_while_created_is_removed(tmp_path, photos, tiny_model):
     """kill -9 while the first ingest created a table: its folder holds no committed version.
-    Ingest says the store is damaged; `check --repair` removes the folder, losing nothing, and
-    the next ingest creates the table again."""
-    db = tmp_path / "db"
-    (db / "runs.lance" / "_versions").mkdir(parents=True)
-    (db / "runs.lance" / "data").mkdir()
-    failed = CliRunner().invoke(cli, ["ingest", str(photos), "--db", str(db)])
-    assert failed.exit_code == 1 and "clipshift check" in failed.output
-    repaired = check(db, repair="drop")
-    assert repaired.ok and "never had a committed version" in repaired.repaired[0]
+    The next ingest removes it (nothing is lost) and creates the table again; a reading command
+    calls it damage, and `check --repair` removes it too."""
+
+    def cut_short(db: Path) -> Path:
+        (db / "runs.lance" / "_versions").mkdir(parents=True)
+        (db / "runs.lance" / "data").mkdir()
+        return db
+
+    db = cut_short(tmp_path / "written")
     summary = ingest([photos], db, str(tiny_model), limit=1, keep_pixels=0, device="cpu")
     assert summary.stored == 1 and check(db).ok
+
+    db = cut_short(tmp_path / "read")
+    (db / "schema_migrations.lance" / "_versions").mkdir(parents=True)
+    failed = CliRunner().invoke(cli, ["stats", "--db", str(db)])
+    assert failed.exit_code == 1 and "clipshift check" in failed.output
+    assert len(failed.output.strip().splitlines()) == 1
+    repaired = check(db, repair="drop")
+    assert "never had a committed version" in repaired.repaired[0]
+    assert not (db / "runs.lance").exists()
 
 
 def test_db_on_a_folder_of_other_files_is_refused(tmp_path, photos, tiny_model):
