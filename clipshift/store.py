@@ -223,10 +223,20 @@ class Store:
         if create and store.location.is_local:
             store.remove_uncommitted_tables()
         store.raise_if_damaged()
-        if store.schema_version() == 0 and create:
+        if create and store.migrates_on_write():
             store.migrate()
         store.check_version()
         return store
+
+    def migrates_on_write(self) -> bool:
+        """Whether a writer brings this store to the latest schema itself: a new store, or one
+        whose creation a killed process left part-way through its migrations (no run or image
+        stored yet). An older store holding data waits for `clipshift migrate`."""
+        if self.schema_version() == 0:
+            return True
+        return not any(
+            self.has_table(name) and self.dataset(name).count_rows() for name in ("runs", "images")
+        )
 
     def remove_uncommitted_tables(self) -> list[str]:
         """Delete the folders of tables that never had a committed version, and return their
@@ -330,7 +340,9 @@ class Store:
                 n for n in store.table_names() if not ever_committed(path / f"{n}.lance")
             ]
             store.raise_if_damaged(ignore=uncommitted)
-            if MIGRATIONS_TABLE not in uncommitted and store.schema_version():
+            if not {MIGRATIONS_TABLE, "runs", "images"} & set(uncommitted) and not (
+                store.migrates_on_write()
+            ):
                 store.check_version()
 
     @classmethod

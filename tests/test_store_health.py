@@ -17,7 +17,7 @@ from test_reliability import VARIANTS, assert_whole_images_no_duplicates, ingest
 from cli import cli
 from clipshift.check import check
 from clipshift.ingest import ingest
-from clipshift.store import Store
+from clipshift.store import Store, available_migrations
 
 
 def data_files(db: Path, table: str = "variants_16") -> list[Path]:
@@ -161,8 +161,6 @@ def test_ingest_resumes_a_store_whose_first_migration_was_cut_short(tmp_path, ph
 
     import lancedb
 
-    from clipshift.store import available_migrations
-
     first = available_migrations()[0]
     spec = importlib.util.spec_from_file_location("first_migration", first.path)
     module = importlib.util.module_from_spec(spec)
@@ -170,6 +168,17 @@ def test_ingest_resumes_a_store_whose_first_migration_was_cut_short(tmp_path, ph
     db = tmp_path / "db"
     db.mkdir()
     lancedb.connect(db).create_table("runs", schema=module.RUNS)  # and then the kill
+    summary = ingest([photos], db, str(tiny_model), limit=1, keep_pixels=0, device="cpu")
+    assert summary.stored == 1
+    assert Store.open(db).schema_version() == available_migrations()[-1].version
+
+
+def test_ingest_finishes_the_migrations_a_killed_ingest_left_part_way(tmp_path, photos, tiny_model):
+    """kill -9 between two migrations of a new store: it is at an old schema version, with no
+    run yet, and the next ingest migrates it the rest of the way (a store holding runs waits
+    for `clipshift migrate`)."""
+    db = tmp_path / "db"
+    Store._connect(db, create=True).migrate(target=2)  # and then the kill
     summary = ingest([photos], db, str(tiny_model), limit=1, keep_pixels=0, device="cpu")
     assert summary.stored == 1
     assert Store.open(db).schema_version() == available_migrations()[-1].version
