@@ -239,11 +239,11 @@ def _repair_table(store: Store, table: TableReport, how: str) -> str:
         # a process died while creating the table (its first ingest, or a migration): no
         # version ever held data, and the next ingest creates the table again
         shutil.rmtree(uri)
-        unreferenced = f", {table.bytes_on_disk / 1e6:.1f} MB of files no version referenced"
-        return (
-            f"table {table.name}: removed: it was being created when a process stopped and "
-            f"never had a committed version{unreferenced if table.bytes_on_disk else ''}"
-        )
+        removed = f"table {table.name}: removed: it was being created when a process stopped "
+        removed += "and never had a committed version"
+        if table.bytes_on_disk:
+            removed += f", {table.bytes_on_disk / 1e6:.1f} MB of files no version referenced"
+        return removed
     if table.version is None:
         raise ClipshiftError(
             f"table {table.name}: its manifest cannot be read, so it cannot be repaired here: "

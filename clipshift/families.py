@@ -142,10 +142,11 @@ class CLIPFamily(Family):
         # are computed once. For the 1,000 ImageNet prompts that is 5 of 8.7 tokens
         # (benchmarks/zeroshot.py); the result matches get_text_features to float rounding.
         ids = tokens["input_ids"]
-        shared = shared_prefix(ids, tokens["attention_mask"], eos_positions(model, ids))
+        eos = eos_positions(model, ids)
+        shared = shared_prefix(ids, tokens["attention_mask"], eos)
         if shared < 2:
             return model.get_text_features(**tokens).pooler_output
-        return encode_text_after_prefix(model, ids, shared)
+        return encode_text_after_prefix(model, ids, eos, shared)
 
     def encode_images(self, model, pixel_values, interpolate):
         outputs = model.vision_model(
@@ -174,10 +175,13 @@ def shared_prefix(ids: torch.Tensor, mask: torch.Tensor, eos: torch.Tensor) -> i
     return min(common, int(eos.min()))
 
 
-def encode_text_after_prefix(model, ids: torch.Tensor, shared: int) -> torch.Tensor:
+def encode_text_after_prefix(
+    model, ids: torch.Tensor, eos: torch.Tensor, shared: int
+) -> torch.Tensor:
     """CLIPModel.get_text_features(ids) where the first `shared` tokens of every row are the
     same: they go through the layers once, and the rest of each row attends to their keys
-    and values. Each layer is CLIPEncoderLayer's computation, with eager attention."""
+    and values. Each layer is CLIPEncoderLayer's computation, with eager attention; each row
+    is pooled at its `eos` position (`eos_positions`)."""
     text = model.text_model
     embeddings = text.embeddings
     positions = embeddings.position_ids[:, : ids.shape[1]]
@@ -207,8 +211,7 @@ def encode_text_after_prefix(model, ids: torch.Tensor, shared: int) -> torch.Ten
         query = _heads(attention.q_proj(normed), attention)
         hidden = _attend(layer, query, keys, values, suffix_mask, hidden)
         prefix = next_prefix
-    pooled_at = eos_positions(model, ids) - shared
-    pooled = text.final_layer_norm(hidden[torch.arange(rows), pooled_at])
+    pooled = text.final_layer_norm(hidden[torch.arange(rows), eos - shared])
     return model.text_projection(pooled)
 
 

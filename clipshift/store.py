@@ -243,14 +243,15 @@ class Store:
         names. Every table is created under the store lock, so such a folder, seen under the
         lock, is left by a process killed while creating it: it holds nothing, and the writer
         creates the table again."""
-        removed = []
         with self.lock():
-            for name in self.table_names():
-                folder = self.path / f"{name}.lance"
-                if not ever_committed(folder):
-                    shutil.rmtree(folder)
-                    removed.append(name)
+            removed = self.uncommitted_tables()
+            for name in removed:
+                shutil.rmtree(self.path / f"{name}.lance")
         return removed
+
+    def uncommitted_tables(self) -> list[str]:
+        """The (local) tables that never had a committed version."""
+        return [n for n in self.table_names() if not ever_committed(self.path / f"{n}.lance")]
 
     def raise_if_damaged(self, ignore: Sequence[str] = ()) -> None:
         """StoreDamaged, naming the table and the problem, if a table's latest version cannot
@@ -336,9 +337,7 @@ class Store:
             store = Store(path)
             # a table that never committed is no damage to a writer: opening the store for
             # writing removes it (remove_uncommitted_tables)
-            uncommitted = [
-                n for n in store.table_names() if not ever_committed(path / f"{n}.lance")
-            ]
+            uncommitted = store.uncommitted_tables()
             store.raise_if_damaged(ignore=uncommitted)
             if not {MIGRATIONS_TABLE, "runs", "images"} & set(uncommitted) and not (
                 store.migrates_on_write()

@@ -293,24 +293,20 @@ class PreparePool:
         worker.conn.close()
         self.worker_deaths += 1
         self._fruitless = 0 if worker.returned else self._fruitless + 1
+        ending = (
+            f"stopped answering for {self.hang_seconds:g} s and was killed, on the last of "
+            f"{ATTEMPTS} attempts"
+            if worker.hung
+            else f"died {ATTEMPTS} times (last exit status {_describe_exit(code)})"
+        )
         for task in sorted(worker.tasks.values(), key=lambda t: t.index):
             self._free_slots.append(task.slot)
             if task.attempts < ATTEMPTS:
                 self.retried += 1
                 retry.append(task)
-            elif worker.hung:
-                done[task.index] = Failure(
-                    task.path,
-                    "worker",
-                    f"the worker process preparing this image stopped answering for "
-                    f"{self.hang_seconds:g} s and was killed, on the last of {ATTEMPTS} attempts",
-                )
             else:
                 done[task.index] = Failure(
-                    task.path,
-                    "worker",
-                    f"the worker process preparing this image died {ATTEMPTS} times "
-                    f"(last exit status {_describe_exit(code)})",
+                    task.path, "worker", f"the worker process preparing this image {ending}"
                 )
         self._workers.remove(worker)
         if self._fruitless >= MAX_FRUITLESS_STARTS:
