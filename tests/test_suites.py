@@ -206,6 +206,31 @@ def test_bad_suite_file_is_a_one_line_error_naming_entry_and_problem(tmp_path, c
     assert not db.exists()  # nothing written before the error
 
 
+BAD_LABELS = {
+    "fog@9": "fog@9: severity must be one of 1-5",
+    "paper,fog@0": "fog@0: severity must be one of 1-5",
+    "pixelate@x": "pixelate@x: severity must be one of 1-5",
+    "noise@2": "noise@2: noise has no severities",
+}
+
+
+@pytest.mark.parametrize("spec", list(BAD_LABELS))
+def test_a_severity_out_of_range_is_a_one_line_error_naming_the_valid_ones(
+    tmp_path, spec, tiny_model
+):
+    photos = write_photos(tmp_path / "photos", ["astronaut"])[0].parent
+    db = tmp_path / "db"
+    result = CliRunner().invoke(
+        cli,
+        ["ingest", str(photos), "--db", str(db), "--model", str(tiny_model)]
+        + ["--augmentations", spec],
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {BAD_LABELS[spec]}"), result.output
+    assert not db.exists()  # nothing written before the error
+
+
 # -- severities in the store and the analysis ---------------------------------------------------
 
 

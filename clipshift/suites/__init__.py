@@ -261,6 +261,15 @@ def _resolve_item(item: str) -> list[Perturbation]:
             if item in (perturbation.name, perturbation.label):
                 found = [p for p in suite.perturbations() if item in (p.name, p.label)]
                 return found
+    name, at, level = item.partition("@")
+    entry = next((e for s in suites.values() for e in s.entries if e.name == name), None)
+    if at and entry is not None:
+        if entry.severities is None:
+            raise ClipshiftError(f"{item}: {name} has no severities: name it without @")
+        raise ClipshiftError(
+            f"{item}: severity must be one of 1-{len(entry.severities)} ({name}@1 ... "
+            f"{name}@{len(entry.severities)}, or {name} for all)"
+        )
     names = [e.name for s in suites.values() for e in s.entries]
     raise ClipshiftError(
         f"unknown augmentation {item}: give a suite ({', '.join(suites)}), a suite file "
