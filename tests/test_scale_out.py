@@ -424,6 +424,16 @@ def test_s3_lease_being_written_is_refused_with_a_true_message(s3_server, tiny_m
     assert "another clipshift process is taking the writer lease" in lines[0]
     assert "pid 0" not in lines[0] and " on ," not in lines[0] and "s ago" not in lines[0]
     assert read(remote, "images", storage_options=_options()).num_rows == 1  # nothing lost
+    # the row the fault trial read back: the free one, which a process was taking
+    from clipshift.location import Location
+    from clipshift.store import WriterLease
+
+    free = {"holder": "", "host": "", "pid": 0, "heartbeat": 0.0}
+    message = WriterLease(Location.parse(remote)).refusal(free, time.time())
+    assert "is taking the writer lease" in message and "pid 0" not in message
+    held = {"holder": "x", "host": "node-3", "pid": 4242, "heartbeat": time.time() - 12}
+    message = WriterLease(Location.parse(remote)).refusal(held, time.time())
+    assert "(pid 4242 on node-3, last seen 12 s ago)" in message
 
 
 def test_s3_check_and_repair_where_the_store_is(s3_server, tiny_model, photos):
