@@ -392,6 +392,41 @@ def check(db, repair):
     sys.exit(1)
 
 
+@cli.command()
+@db_option
+@click.option(
+    "--keep-versions",
+    "keep",
+    default=None,
+    metavar="DURATION",
+    help="Delete the table versions older than this (10m, 1h, 0s...); default: the retention "
+    "an ingest uses (10m, or $CLIPSHIFT_KEEP_VERSIONS_SECONDS). 0s frees the most, but also "
+    "what a command reading the store at this moment may still need.",
+)
+@user_errors
+def compact(db, keep):
+    """Compact every table now and delete old versions and the files only they use: the space
+    `check` calls reclaimable. Takes the writer lock (lease) as an ingest does."""
+    from clipshift.store import compact as run_compact
+    from clipshift.store import parse_duration
+
+    done = run_compact(db, None if keep is None else parse_duration(keep))
+    click.echo(
+        f"compacted {done.db}: {_megabytes(done.bytes_before)} -> "
+        f"{_megabytes(done.bytes_after)} on disk, {_megabytes(done.reclaimed)} reclaimed; "
+        f"{done.versions_removed} old versions removed (kept: each table's newest"
+        + (f" and those under {_duration(done.kept)} old)" if done.kept else ")")
+    )
+
+
+def _duration(span) -> str:
+    seconds = span.total_seconds()
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def _megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 

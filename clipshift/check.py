@@ -2,7 +2,9 @@
 
 The check reads each table's manifest and every fragment of its latest version in full, then
 checks that every stored image holds all its run's variants, that each has its `images` row,
-and the schema version; it also measures the space old versions hold (reclaimable).
+and the schema version; it also measures the space old versions hold (reclaimable). A store on
+object storage is checked (and repaired) where it is: its files are listed, with their sizes,
+and read through the store's Location with its storage options.
 
 A repair makes the store whole again, losing as little as the user chooses:
 - "rollback": the table goes back to its newest version whose every fragment reads (what
@@ -17,10 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import lance
 import pyarrow as pa
@@ -28,16 +28,8 @@ import pyarrow.compute as pc
 
 from . import ClipshiftError
 from .filters import where
-from .location import is_object_uri
-from .store import (
-    MIGRATIONS_TABLE,
-    Store,
-    _now,
-    ever_committed,
-    first_line,
-    latest_schema_version,
-    table_damage,
-)
+from .location import Location
+from .store import MIGRATIONS_TABLE, Store, _now, first_line, latest_schema_version
 
 REPAIRS = ("rollback", "drop")
 
@@ -52,6 +44,8 @@ class TableReport:
     reclaimable: int | None = None
     problems: list[str] = field(default_factory=list)
     bad_fragments: list[int] = field(default_factory=list)
+    # a manifest in _versions: the table has (or had: a damage may have removed it) a version
+    committed: bool = True
 
     @property
     def ok(self) -> bool:
@@ -60,7 +54,7 @@ class TableReport:
 
 @dataclass
 class CheckResult:
-    db: Path
+    db: str  # the local folder or the object-storage URI
     tables: list[TableReport]
     schema_version: int | None
     latest_schema_version: int
@@ -106,26 +100,23 @@ def check(db: str | os.PathLike, repair: str | None = None) -> CheckResult:
     the damaged tables that way and the incomplete images, then check again."""
     if repair is not None and repair not in REPAIRS:
         raise ClipshiftError(f"--repair {repair}: choose {' or '.join(REPAIRS)}")
-    if is_object_uri(db):
-        # the check compares data files with their manifests on disk, file by file
-        raise ClipshiftError(
-            f"clipshift check works on local stores only, not {db}: copy the store to a local "
-            "folder to check it"
-        )
-    store = Store._connect(Path(db), create=False)
+    store = Store._connect(Location.parse(db), create=False)
     if not store.table_names():
         raise ClipshiftError(f"no clipshift store at {db}: nothing to check")
     result = _check(store)
     if repair is None or result.ok:
         return result
     repaired: list[str] = []
-    with store.lock():
-        for table in result.tables:
-            if not table.ok:
-                repaired.append(_repair_table(store, table, repair))
-        after = _check(store)
-        repaired += _drop_incomplete(store, after)
-        _record(store, repaired)
+    try:
+        with store.lock():  # on object storage: the writer lease, given back below
+            for table in result.tables:
+                if not table.ok:
+                    repaired.append(_repair_table(store, table, repair))
+            after = _check(store)
+            repaired += _drop_incomplete(store, after)
+            _record(store, repaired)
+    finally:
+        store.close()
     result = _check(store)
     result.repaired = repaired
     return result
@@ -135,12 +126,12 @@ def check(db: str | os.PathLike, repair: str | None = None) -> CheckResult:
 
 
 def _check(store: Store) -> CheckResult:
-    tables = [_check_table(store.path / f"{name}.lance", name) for name in store.table_names()]
+    tables = [_check_table(store.location, name) for name in store.table_names()]
     by_name = {t.name: t for t in tables}
     version = None
     if by_name.get(MIGRATIONS_TABLE) and by_name[MIGRATIONS_TABLE].ok:
         version = store.schema_version()
-    result = CheckResult(store.path, tables, version, latest_schema_version())
+    result = CheckResult(str(store.path), tables, version, latest_schema_version())
     if version is None:
         result.notes.append("no schema_migrations table that reads: schema version unknown")
     needed = ["runs", "images", *store.variants_tables()]
@@ -149,17 +140,20 @@ def _check(store: Store) -> CheckResult:
     return result
 
 
-def _check_table(table_dir: Path, name: str) -> TableReport:
-    report = TableReport(name, bytes_on_disk=_disk_bytes(table_dir))
-    problem = table_damage(table_dir)
+def _check_table(location: Location, name: str) -> TableReport:
+    # every file of the table with its size: one listing, local or on object storage
+    sizes = location.file_sizes(f"{name}.lance")
+    report = TableReport(name, bytes_on_disk=sum(sizes.values()))
+    report.committed = any(path.startswith("_versions/") for path in sizes)
     try:
-        ds = lance.dataset(str(table_dir))
-    except Exception:  # noqa: BLE001 - table_damage said why
-        report.problems.append(problem or "its manifest cannot be read")
+        ds = _dataset(location, name)
+        fragments = ds.get_fragments()
+    except Exception as exc:  # noqa: BLE001 - any failure to open is the damage reported
+        report.problems.append(f"its manifest cannot be read ({first_line(exc)})")
         return report
     report.version, report.versions = ds.version, len(ds.versions())
-    report.rows = sum(f.metadata.num_rows for f in ds.get_fragments())
-    report.bad_fragments = _unreadable_fragments(ds, table_dir, report.problems)
+    report.rows = sum(f.metadata.num_rows for f in fragments)
+    report.bad_fragments = _unreadable_fragments(ds, sizes, report.problems)
     try:
         explained = ds.explain_cleanup_old_versions(
             older_than=timedelta(0), delete_unverified=True, error_if_tagged_old_versions=False
@@ -170,18 +164,25 @@ def _check_table(table_dir: Path, name: str) -> TableReport:
     return report
 
 
-def _unreadable_fragments(ds, table_dir: Path, problems: list[str]) -> list[int]:
+def _dataset(location: Location, name: str, version: int | None = None):
+    return lance.dataset(
+        location.child(f"{name}.lance"), version=version, storage_options=location.storage_options
+    )
+
+
+def _unreadable_fragments(ds, sizes: dict[str, int], problems: list[str]) -> list[int]:
+    """The fragments of `ds` that cannot be read in full; `sizes`: its table's files."""
     bad = []
     for fragment in ds.get_fragments():
         files = fragment.metadata.files
         problem = None
         for data_file in files:
-            path = table_dir / "data" / data_file.path
-            if not path.is_file():
+            size = sizes.get(f"data/{data_file.path}")
+            if size is None:
                 problem = f"data file data/{data_file.path} is missing"
-            elif data_file.file_size_bytes and path.stat().st_size != data_file.file_size_bytes:
+            elif data_file.file_size_bytes and size != data_file.file_size_bytes:
                 problem = (
-                    f"data file data/{data_file.path} is {path.stat().st_size:,} bytes, "
+                    f"data file data/{data_file.path} is {size:,} bytes, "
                     f"not {data_file.file_size_bytes:,} (truncated?)"
                 )
         if problem is None:
@@ -226,19 +227,16 @@ def _check_images(store: Store, result: CheckResult) -> None:
         )
 
 
-def _disk_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
 # -- repairing --------------------------------------------------------------------------------
 
 
 def _repair_table(store: Store, table: TableReport, how: str) -> str:
-    uri = str(store.path / f"{table.name}.lance")
-    if table.version is None and not ever_committed(Path(uri)):
+    location = store.location
+    uri = location.child(f"{table.name}.lance")
+    if table.version is None and not table.committed:
         # a process died while creating the table (its first ingest, or a migration): no
         # version ever held data, and the next ingest creates the table again
-        shutil.rmtree(uri)
+        location.remove(f"{table.name}.lance")
         removed = f"table {table.name}: removed: it was being created when a process stopped "
         removed += "and never had a committed version"
         if table.bytes_on_disk:
@@ -249,26 +247,29 @@ def _repair_table(store: Store, table: TableReport, how: str) -> str:
             f"table {table.name}: its manifest cannot be read, so it cannot be repaired here: "
             f"restore {uri} from a backup"
         )
-    ds = lance.dataset(uri)
+    ds = _dataset(location, table.name)
     if how == "drop":
         lost = sum(
             f.metadata.num_rows for f in ds.get_fragments() if f.fragment_id in table.bad_fragments
         )
         operation = lance.LanceOperation.Delete([], table.bad_fragments, "")
-        lance.LanceDataset.commit(uri, operation, read_version=ds.version)
+        lance.LanceDataset.commit(
+            uri, operation, read_version=ds.version, storage_options=location.storage_options
+        )
         return (
             f"table {table.name}: dropped {len(table.bad_fragments)} unreadable fragment(s), "
             f"{lost} rows"
         )
+    sizes = location.file_sizes(f"{table.name}.lance")
     for entry in sorted(ds.versions(), key=lambda v: v["version"], reverse=True):
         version = entry["version"]
         if version == ds.version:
             continue
         try:
-            old = lance.dataset(uri, version=version)
+            old = _dataset(location, table.name, version)
         except Exception:  # noqa: BLE001 - a version whose manifest is gone: go older
             continue
-        if _unreadable_fragments(old, Path(uri), []):
+        if _unreadable_fragments(old, sizes, []):
             continue
         rows = sum(f.metadata.num_rows for f in old.get_fragments())
         old.restore()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +126,38 @@ class Location:
         except (OSError, ValueError) as exc:
             raise ClipshiftError(f"cannot list {self.uri}: {_first_line(exc)}") from None
         return sorted(f.base_name for f in found if f.type == pafs.FileType.Directory)
+
+    def file_sizes(self, name: str = "") -> dict[str, int]:
+        """Every file under this location, or under its folder `name`: its path relative to
+        that folder (with /) and its size in bytes."""
+        if self.is_local:
+            root = self.path / name if name else self.path
+            sizes = {}
+            for path in root.rglob("*"):
+                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                    if path.is_file():
+                        sizes[path.relative_to(root).as_posix()] = path.stat().st_size
+            return sizes
+        from pyarrow import fs as pafs
+
+        filesystem, root = self.filesystem()
+        root = f"{root}/{name}" if name else root
+        try:
+            found = filesystem.get_file_info(
+                pafs.FileSelector(root, recursive=True, allow_not_found=True)
+            )
+        except (OSError, ValueError) as exc:
+            raise ClipshiftError(f"cannot list {self.uri}: {_first_line(exc)}") from None
+        return {f.path[len(root) + 1 :]: f.size for f in found if f.type == pafs.FileType.File}
+
+    def remove(self, name: str) -> None:
+        """Delete the folder `name` under this location and everything in it."""
+        if self.is_local:
+            shutil.rmtree(self.path / name)
+            return
+        filesystem, root = self.filesystem()
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_dir(f"{root}/{name}")
 
     def rename(self, old: str, new: str) -> None:
         """Rename the folder `old` under this location to `new` (a Lance dataset: its files

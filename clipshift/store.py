@@ -26,6 +26,7 @@ import shutil
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -382,6 +383,10 @@ class Store:
         names = (f[: -len(".lance")] for f in folders if f.endswith(".lance"))
         return sorted(n for n in names if not n.startswith("_"))
 
+    def latest_versions(self) -> dict[str, int]:
+        """Each table's latest version."""
+        return {name: self.dataset(name).version for name in self.table_names()}
+
     def has_table(self, name: str) -> bool:
         return name in self.table_names()
 
@@ -629,22 +634,85 @@ class Store:
         with self.lock():
             self.table("errors").delete(where(run_id=run_id, path=list(paths)))
 
-    def compact(self, *, force: bool = False) -> None:
-        """Merge the small fragments that many batch commits leave, then delete the versions
-        older than `keep_versions()` and every file no remaining version uses.
+    def compact(self, *, force: bool = False, keep: timedelta | None = None) -> None:
+        """Merge the small fragments that many batch commits leave (with `force`, whatever
+        their number), then delete the versions older than `keep` (default `keep_versions()`)
+        and every file no remaining version uses.
 
         That includes files no version ever used (a write killed before its commit): Lance
         keeps such "unverified" files for a week in case a writer is still committing them,
         but every clipshift write holds the store lock, which this holds too."""
-        keep = keep_versions()
+        keep = keep_versions() if keep is None else keep
         with self.lock():
             for name in self.table_names():
                 table = self.table(name)
                 if force or len(table.to_lance().get_fragments()) > COMPACT_FRAGMENTS:
-                    table.optimize(cleanup_older_than=keep)
+                    with warnings.catch_warnings():
+                        # LanceDB warns that a zero retention may fail a concurrent reader:
+                        # the user asked for it (`compact --keep-versions 0s`), docs say so
+                        warnings.filterwarnings("ignore", "optimize.cleanup_older_than=0")
+                        table.optimize(cleanup_older_than=keep)
                 table.to_lance().cleanup_old_versions(
                     older_than=keep, delete_unverified=True, error_if_tagged_old_versions=False
                 )
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What `compact` did to a store: its size before and after, and the versions deleted."""
+
+    db: str
+    bytes_before: int
+    bytes_after: int
+    versions_removed: int
+    kept: timedelta  # versions younger than this were kept (and the newest always)
+
+    @property
+    def reclaimed(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """A duration written as a number and a unit: 0s, 90s, 10m, 1.5h, 7d."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text or "")
+    if not match:
+        raise ClipshiftError(
+            f"--keep-versions {text!r}: give a duration as a number and a unit "
+            f"({', '.join(DURATION_UNITS)}), e.g. 10m, 1h or 0s"
+        )
+    return timedelta(seconds=float(match.group(1)) * DURATION_UNITS[match.group(2)])
+
+
+def compact(db: str | os.PathLike, keep: timedelta | None = None) -> Compaction:
+    """Compact every table of the store at `db` now and delete the versions older than `keep`
+    (default `keep_versions()`), with every file no remaining version uses.
+
+    An ingest that compacts rewrites its tables' data, and the old data stays, as part of the
+    versions a reader may still hold, until the retention passes: the store is about twice its
+    live data meanwhile (docs/schema.md#disk-space). This takes the writer lock (the lease on
+    object storage) as an ingest does, so it never runs beside a writer; `keep` 0 s also
+    deletes what a reader that is running may still need."""
+    store = Store._connect(Location.parse(db), create=False)
+    if not store.has_table(MIGRATIONS_TABLE):
+        raise ClipshiftError(f"no clipshift store at {db}: nothing to compact")
+    store.raise_if_damaged()
+    keep = keep_versions() if keep is None else keep
+    try:
+        with store.lock():
+            before, latest = store.location.file_sizes(), store.latest_versions()
+            counts = sum(len(store.dataset(name).versions()) for name in latest)
+            store.compact(force=True, keep=keep)
+            after = store.location.file_sizes()
+            added = sum(v - latest[n] for n, v in store.latest_versions().items())
+            left = sum(len(store.dataset(name).versions()) for name in latest)
+    finally:
+        store.close()
+    return Compaction(
+        str(store.path), sum(before.values()), sum(after.values()), counts + added - left, keep
+    )
 
 
 def _object_damage(dataset, name: str, *, read: bool) -> str | None:
@@ -738,14 +806,17 @@ class WriterLease:
         now = time.time()
         if now - self.renewed < LEASE_RENEW:
             return
-        dataset = self._dataset()
-        current = dataset.to_table().to_pylist()[0]
+        try:
+            dataset = self._dataset()
+        except (ValueError, OSError):  # its first version is being written
+            raise ClipshiftError(self.refusal(None, now)) from None
+        current = self._holder(dataset)
         me = f"holder = {sql_literal(self.token)}"
         if self.renewed:
             condition = me  # renewing: only while still ours
         else:
             condition = f"holder = '' OR {me} OR heartbeat < {now - LEASE_SECONDS!r}"
-            if current["host"] == socket.gethostname() and not _alive(current["pid"]):
+            if current and current["host"] == socket.gethostname() and not _alive(current["pid"]):
                 condition += f" OR holder = {sql_literal(current['holder'])}"
         try:
             dataset.update(
@@ -759,19 +830,48 @@ class WriterLease:
             )
         except (OSError, ValueError, RuntimeError):
             pass  # a commit conflict: another process took it first; the read below says who
-        holder = lance.dataset(self.uri, storage_options=self.location.storage_options)
-        row = holder.to_table().to_pylist()[0]
-        if row["holder"] != self.token:
-            age = max(0, now - row["heartbeat"])
-            raise ClipshiftError(
-                f"another clipshift process (pid {row['pid']} on {row['host']}, last seen "
-                f"{age:.0f} s ago) is writing to {self.location}: an object-storage store takes "
-                f"one writer at a time; wait for it to finish (a dead writer's lease expires "
-                f"after {LEASE_SECONDS:.0f} s)"
+        try:
+            row = self._holder(
+                lance.dataset(self.uri, storage_options=self.location.storage_options)
             )
+        except (ValueError, OSError):
+            row = None
+        if row is None or row["holder"] != self.token:
+            raise ClipshiftError(self.refusal(row, now))
         if not self.renewed:
             atexit.register(self.release)
         self.renewed = now
+
+    @staticmethod
+    def _holder(dataset) -> dict | None:
+        """The lease's row; None while it has none that reads (being written)."""
+        try:
+            rows = dataset.to_table().to_pylist()
+        except (ValueError, OSError):
+            return None
+        return rows[0] if rows else None
+
+    def refusal(self, row: dict | None, now: float) -> str:
+        """Why this process may not write: who holds the lease, or, when the lease read back
+        names no process (its row is the free one, or none reads: another process is creating
+        or updating it at this moment), that the lease is being taken. Seen in 1 of 14
+        simultaneous S3 ingests, which otherwise reported pid 0 on no host, last seen 56
+        years ago."""
+        tail = (
+            f"an object-storage store takes one writer at a time; wait for it to finish (a dead "
+            f"writer's lease expires after {LEASE_SECONDS:.0f} s)"
+        )
+        named = row and row["holder"] and row["pid"] > 0 and row["host"] and row["heartbeat"] > 0
+        if not named:
+            return (
+                f"another clipshift process is taking the writer lease of {self.location} right "
+                f"now: {tail}; if this persists while no clipshift writes, remove {self.uri}"
+            )
+        age = max(0.0, now - row["heartbeat"])
+        return (
+            f"another clipshift process (pid {row['pid']} on {row['host']}, last seen "
+            f"{age:.0f} s ago) is writing to {self.location}: {tail}"
+        )
 
     def release(self) -> None:
         if not self.renewed:
