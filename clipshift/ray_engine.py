@@ -23,6 +23,8 @@ Ray is imported only here, and this module only when `--engine ray` is asked for
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import warnings
 from collections import deque
@@ -57,9 +59,39 @@ ACTOR_QUEUE = 2
 LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2
 # Passed to every worker: the driver's environment for the stages, not the cluster's defaults.
 WORKER_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "NO_ALBUMENTATIONS_UPDATE", "TOKENIZERS_PARALLELISM")
+# The environment of the processes of a local cluster started here (they inherit the driver's).
+LOCAL_CLUSTER_ENV = {
+    # Every process takes 127.0.0.1 as its node's address. On Linux Ray otherwise replaces
+    # 127.0.0.1 by the machine's network address, and binds there: a cluster of this machine
+    # alone has no use for the network. Read by Ray when imported, hence set before that.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+# The node agents Ray starts whatever include_dashboard says. A driver killed with kill -9 takes
+# its GCS and raylet with it (Ray's kernel fate-sharing), but these two notice the dead raylet,
+# then try for 60 s (a fixed timeout of Ray's) to report it to the dead GCS before they exit:
+# they outlived the driver by 61 s here. A watchdog process kills them when the driver dies.
+NODE_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+# The watchdog: reads its stdin, a pipe from the driver, until EOF (the driver is gone, however
+# it ended), then kills the processes given as pid:start-time, those still the same process.
+_WATCHDOG = """
+import os, signal, sys
+sys.stdin.buffer.read()
+for arg in sys.argv[1:]:
+    pid, started = arg.split(":")
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[19] == started:
+                os.kill(int(pid), signal.SIGKILL)
+    except (OSError, IndexError):
+        pass
+"""
+_watchdog: subprocess.Popen | None = None
 
 
 def _import_ray():
+    if not os.environ.get("RAY_ADDRESS"):
+        for name, value in LOCAL_CLUSTER_ENV.items():
+            os.environ.setdefault(name, value)
     try:
         import ray
     except ImportError:
@@ -85,7 +117,12 @@ def connect(ray) -> bool:
     if not address:
         # "local": a new cluster of this machine, never another one found running on it
         address = "local"
-        kwargs = {"object_store_memory": LOCAL_OBJECT_STORE_BYTES, "include_dashboard": False}
+        kwargs = {
+            "object_store_memory": LOCAL_OBJECT_STORE_BYTES,
+            # no web dashboard, nor its port: Ray starts only the head process that it needs
+            "include_dashboard": False,
+            "_node_ip_address": "127.0.0.1",  # see LOCAL_CLUSTER_ENV
+        }
     try:
         with warnings.catch_warnings():
             # Ray starts its processes by fork+exec: the child runs no Lance code
@@ -100,7 +137,60 @@ def connect(ray) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClipshiftError(f"cannot reach the Ray cluster at {address}: {first}") from None
+    if address == "local":
+        _watch_agents()
     return True
+
+
+def _watch_agents() -> None:
+    """Start the watchdog (see NODE_AGENTS) over the agents of the local cluster just started;
+    it replaces the one of a previous local cluster of this process (gone with its shutdown)."""
+    global _watchdog
+    if _watchdog is not None:
+        _watchdog.stdin.close()
+        _watchdog.wait()
+        _watchdog = None
+    agents = [
+        f"{pid}:{_proc_field(pid, 19)}"
+        for pid in _descendants(os.getpid())
+        if _proc_cmdline(pid).startswith(NODE_AGENTS)
+    ]
+    if agents:
+        _watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, *agents],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # out of reach of the terminal's Ctrl-C: it waits for EOF
+        )
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes under `pid`, from Linux's /proc (none elsewhere)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *_descendants(child)]
+    return found
+
+
+def _proc_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _proc_field(pid: int, index: int) -> str:
+    """Field `index` after the command name of /proc/pid/stat (19: the start time)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[index]
+    except (OSError, IndexError):
+        return ""
 
 
 @dataclass

@@ -13,28 +13,35 @@ How, and why (figures in docs/ingest.md, from benchmarks/ingest.py):
   slot per task in flight: pickled through a pipe they cost the main process 8-13 ms per image
   here, through a shared-memory slot 0.35 ms. Everything else (metrics, parameters, PNGs)
   is pickled over a socket pair, one per worker.
+- The shared memory is a nameless file (memfd; an unlinked temporary file elsewhere) whose
+  descriptor the workers inherit, not a named `multiprocessing.shared_memory` segment: a named
+  segment outlives a main process killed with kill -9 until Python's resource tracker unlinks
+  it (printing "leaked shared_memory" on every such kill), and a worker still starting up then
+  fails to attach it (a FileNotFoundError traceback). The kernel frees a nameless file with
+  its last descriptor, whoever dies first.
 - A worker that dies (segfault, OOM kill, kill -9) is replaced; the images it held are retried
   once, alone on a worker, then recorded as failed at stage "worker". A worker that hangs
   (returns nothing for HANG_SECONDS while the main process waits on it) is killed and
   handled the same way. Ctrl-C and errors in
   the main process close the pool: workers ignore SIGINT (the main process decides), are
-  terminated by `close`, and exit by themselves on EOF of their socket if the main process
-  dies without closing it (kill -9).
+  terminated by `close`, and exit by themselves, quietly, on EOF of their socket if the main
+  process dies without closing it (kill -9), be it while they start up or mid-run.
 """
 
 from __future__ import annotations
 
 import collections
+import mmap
 import os
 import pickle
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -119,7 +126,7 @@ class PreparePool:
         self._shape = tuple(pixel_shape)
         self._slot_bytes = int(np.prod(self._shape))
         slots = workers * TASKS_PER_WORKER
-        self._shm = shared_memory.SharedMemory(create=True, size=max(1, slots * self._slot_bytes))
+        self._shm_fd, self._shm = _shared_file(max(1, slots * self._slot_bytes))
         self._free_slots = collections.deque(range(slots))
         self._workers: list[_Worker] = []
         self._fruitless = 0
@@ -138,7 +145,7 @@ class PreparePool:
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "clipshift.workers", str(child.fileno())],
-                pass_fds=[child.fileno()],
+                pass_fds=[child.fileno(), self._shm_fd],
                 stdin=subprocess.DEVNULL,
                 env={
                     **os.environ,
@@ -149,7 +156,7 @@ class PreparePool:
         finally:
             child.close()
         conn = Connection(parent.detach())
-        conn.send_bytes(pickle.dumps((self._shm.name, self._shape, TASKS_PER_WORKER)))
+        conn.send_bytes(pickle.dumps((self._shm_fd, self._shape, TASKS_PER_WORKER)))
         conn.send_bytes(self._payload)
         conn.send_bytes(self._skip)
         return _Worker(process, conn)
@@ -188,7 +195,7 @@ class PreparePool:
                 worker.process.wait()
         self._workers = []
         self._shm.close()
-        self._shm.unlink()
+        os.close(self._shm_fd)
 
     def __enter__(self) -> PreparePool:
         return self
@@ -318,7 +325,19 @@ class PreparePool:
 
     def _slot(self, slot: int) -> np.ndarray:
         start = slot * self._slot_bytes
-        return np.ndarray(self._shape, np.uint8, self._shm.buf, offset=start)
+        return np.ndarray(self._shape, np.uint8, self._shm, offset=start)
+
+
+def _shared_file(size: int) -> tuple[int, mmap.mmap]:
+    """A nameless file of `size` bytes, mapped shared: its descriptor (for the workers to
+    inherit) and the mapping."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("clipshift-pixels")
+    else:
+        with tempfile.TemporaryFile() as file:  # unlinked at once where memfd is missing
+            fd = os.dup(file.fileno())
+    os.ftruncate(fd, size)
+    return fd, mmap.mmap(fd, size)
 
 
 def _describe_exit(code: int) -> str:
@@ -334,22 +353,21 @@ def _describe_exit(code: int) -> str:
 
 
 def _serve(fd: int) -> None:
-    """A worker's loop: tasks in, results out, until the main process closes the socket."""
+    """A worker's loop: tasks in, results out, until the main process closes the socket (or
+    dies: the kernel closes its end, and this worker reads EOF)."""
     # Ctrl-C reaches the whole process group; the main process decides, and closes the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import cv2
 
     cv2.setNumThreads(1)  # see SINGLE_THREADED
     conn = Connection(fd)
-    shm_name, shape, _ = pickle.loads(conn.recv_bytes())
-    # The main process owns the segment and unlinks it; without this the worker's own resource
-    # tracker would unlink it when the worker exits.
-    from multiprocessing import resource_tracker
-
-    resource_tracker.register = lambda *args, **kwargs: None
-    shm = shared_memory.SharedMemory(name=shm_name)
-    slot_bytes = int(np.prod(shape))
-    prepare, settings = pickle.loads(conn.recv_bytes())
+    try:
+        shm_fd, shape, _ = pickle.loads(conn.recv_bytes())
+        slot_bytes = int(np.prod(shape))
+        shm = mmap.mmap(shm_fd, os.fstat(shm_fd).st_size)
+        prepare, settings = pickle.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return  # the main process went away while this worker started
     skip: frozenset[str] = frozenset()
     while True:
         try:
@@ -363,7 +381,7 @@ def _serve(fd: int) -> None:
         result = prepare(path, settings, keep, skip)
         pixels = getattr(result, "pixels", None)
         if isinstance(pixels, np.ndarray) and pixels.shape == tuple(shape):
-            target = np.ndarray(shape, np.uint8, shm.buf, offset=slot * slot_bytes)
+            target = np.ndarray(shape, np.uint8, shm, offset=slot * slot_bytes)
             np.copyto(target, pixels)
             result.pixels = np.empty((0,), np.uint8)
             del target

@@ -234,6 +234,59 @@ def test_ray_engine_without_ray_is_one_line(monkeypatch, tmp_path, tiny_model, p
     assert "Traceback" not in result.output
 
 
+# A driver that starts a local cluster as clipshift does, and reports what it started.
+LOCAL_DRIVER = """
+import json, time
+from clipshift.ray_engine import _descendants, _import_ray, _proc_cmdline, connect
+ray = _import_ray()
+connect(ray)
+processes = {pid: _proc_cmdline(pid) for pid in _descendants(os.getpid())}
+print(json.dumps({"address": ray.nodes()[0]["NodeManagerAddress"], "processes": processes}))
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_local_cluster_is_on_the_loopback_and_dies_with_its_driver():
+    """The cluster clipshift starts (no RAY_ADDRESS): no web dashboard, its node on 127.0.0.1,
+    and nothing of it left a few seconds after its driver is killed with kill -9 (Ray's node
+    agents alone outlived it by a minute)."""
+    pytest.importorskip("ray")
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):  # clipshift sets its own
+        env.pop(name, None)
+    script = "import os\n" + LOCAL_DRIVER
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        started = json.loads(driver.stdout.readline())
+    finally:
+        driver.kill()
+        driver.wait()
+    assert started["address"] == "127.0.0.1"
+    commands = list(started["processes"].values())
+    assert any(c.startswith("ray::DashboardAgent") for c in commands)  # Ray starts it always
+    # the head's dashboard process serves no web UI, and no process listens beyond the loopback
+    assert all("--disable-frontend" in c for c in commands if "dashboard/dashboard.py" in c)
+    assert not any("--node-ip-address" in c and "127.0.0.1" not in c for c in commands)
+    pids = [int(p) for p in started["processes"]]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and [p for p in pids if _alive(p)]:
+        time.sleep(0.1)
+    assert {p: started["processes"][str(p)] for p in pids if _alive(p)} == {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 # -- object storage -----------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -196,9 +197,9 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_ctrl_c_leaves_no_processes(tmp_path, tiny_model):
-    many_photos(tmp_path / "photos", 40)
+def start_ingest(tmp_path: Path, tiny_model: Path, photos: int) -> subprocess.Popen:
+    """`clipshift ingest --workers 2` in a process of its own, its output piped."""
+    many_photos(tmp_path / "photos", photos)
     command = [
         sys.executable,
         str(ROOT / "cli.py"),
@@ -216,20 +217,50 @@ def test_ctrl_c_leaves_no_processes(tmp_path, tiny_model):
         "cpu",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    main = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_workers(main: subprocess.Popen, ready: Callable[[], bool]) -> list[int]:
+    """The processes under `main` once it runs its two workers and `ready()` holds."""
     deadline = time.monotonic() + 240  # generous: the suite may run on a loaded machine
     while time.monotonic() < deadline:
         children = descendants(main.pid)
-        if sum(is_worker(p) for p in children) == 2 and (tmp_path / "db").exists():
-            break
-        time.sleep(0.05)
-    else:
-        main.kill()
-        pytest.fail("the ingest never started its two workers")
-    children = descendants(main.pid)
+        if sum(is_worker(p) for p in children) == 2 and ready():
+            return children
+        time.sleep(0.02)
+    main.kill()
+    pytest.fail("the ingest never started its two workers")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_ctrl_c_leaves_no_processes(tmp_path, tiny_model):
+    main = start_ingest(tmp_path, tiny_model, 40)
+    children = wait_for_workers(main, (tmp_path / "db").exists)
     main.send_signal(signal.SIGINT)
     _, stderr = main.communicate(timeout=60)
     assert main.returncode == 130, stderr
     assert b"interrupted" in stderr and b"Traceback" not in stderr
     time.sleep(0.2)
+    assert [p for p in children if alive(p)] == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("moment", ["start-up", "mid-run"])
+def test_workers_exit_quietly_when_the_main_process_is_killed(tmp_path, tiny_model, moment):
+    """kill -9 of the main process, while its workers still import or while they work: they
+    exit by themselves, and print nothing (no traceback, no "leaked shared_memory")."""
+    main = start_ingest(tmp_path, tiny_model, 40)
+    if moment == "start-up":
+        children = wait_for_workers(main, lambda: True)
+    else:
+        children = wait_for_workers(main, (tmp_path / "db").exists)
+    workers = [p for p in children if is_worker(p)]
+    main.kill()
+    # the workers share the main process's stderr: it ends when the last of them has exited
+    _, stderr = main.communicate(timeout=60)
+    assert main.returncode == -signal.SIGKILL
+    assert stderr == b"", stderr.decode(errors="replace")
+    deadline = time.monotonic() + 10
+    while [p for p in workers if alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert [p for p in children if alive(p)] == []
