@@ -361,6 +361,7 @@ def check(db, repair):
     with all its variants, the schema version, and the space old versions hold. Exits 1 while
     a problem remains."""
     from clipshift.check import check as run_check
+    from clipshift.store import repair_hint
 
     result = run_check(db, repair=repair)
     for line in result.repaired:
@@ -387,7 +388,7 @@ def check(db, repair):
     for problem in result.problems:
         if not problem.startswith("table "):
             click.echo(f"problem: {problem}")
-    hint = "" if repair else f": `clipshift check --db {db} --repair rollback|drop`"
+    hint = "" if repair else f"; {repair_hint(db)}"
     click.echo(f"store {db} has {len(result.problems)} problem(s){hint}", err=True)
     sys.exit(1)
 
