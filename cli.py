@@ -742,8 +742,8 @@ def compare(run_a, run_b, db, fmt):
 def sql(query, query_file, db, fmt, output, max_rows):
     """Run QUERY (or --file F) over the views runs, images, variants, errors, zeroshot,
     zeroshot_labels, shifts, summary, pairwise, layer_shifts and zeroshot_summary (and
-    variants_<D>, one per embedding width, with FLOAT[D] embeddings). Read-only: nothing a
-    query says can change the store."""
+    variants_<D>, one per embedding width, with FLOAT[D] embeddings). Read-only: a statement
+    that is not a read (CREATE, DROP, INSERT, COPY, SET, ...) is refused."""
     from clipshift import ClipshiftError
     from clipshift.analysis import sql as run_sql
     from clipshift.analysis import sql_arrow
