@@ -361,6 +361,7 @@ def check(db, repair):
     with all its variants, the schema version, and the space old versions hold. Exits 1 while
     a problem remains."""
     from clipshift.check import check as run_check
+    from clipshift.store import repair_hint
 
     result = run_check(db, repair=repair)
     for line in result.repaired:
@@ -387,7 +388,7 @@ def check(db, repair):
     for problem in result.problems:
         if not problem.startswith("table "):
             click.echo(f"problem: {problem}")
-    hint = "" if repair else f": `clipshift check --db {db} --repair rollback|drop`"
+    hint = "" if repair else f"; {repair_hint(db)}"
     click.echo(f"store {db} has {len(result.problems)} problem(s){hint}", err=True)
     sys.exit(1)
 
@@ -776,8 +777,8 @@ def compare(run_a, run_b, db, fmt):
 def sql(query, query_file, db, fmt, output, max_rows):
     """Run QUERY (or --file F) over the views runs, images, variants, errors, zeroshot,
     zeroshot_labels, shifts, summary, pairwise, layer_shifts and zeroshot_summary (and
-    variants_<D>, one per embedding width, with FLOAT[D] embeddings). Read-only: nothing a
-    query says can change the store."""
+    variants_<D>, one per embedding width, with FLOAT[D] embeddings). Read-only: a statement
+    that is not a read (CREATE, DROP, INSERT, COPY, SET, ...) is refused."""
     from clipshift import ClipshiftError
     from clipshift.analysis import sql as run_sql
     from clipshift.analysis import sql_arrow

@@ -447,7 +447,37 @@ def _run_user_query(con: duckdb.DuckDBPyConnection, query: str) -> duckdb.DuckDB
             f"{len(statements)} SQL statements given: give one per call (a SELECT, or WITH ... "
             "SELECT); run the others separately"
         )
+    for statement in statements:
+        _refuse_changes(statement)
     return _guarded(con.sql, query)
+
+
+# The statement types `sql` runs: each only reads. SHOW, DESCRIBE, SUMMARIZE, VALUES and FROM
+# are SELECTs to DuckDB; PRAGMA (version, table_info, ...) reads or, where it would set an
+# option, is a SET or meets the locked configuration; CALL runs a table function; MULTI is
+# DuckDB's form of a PIVOT. Everything else would change the scratch connection (CREATE, DROP,
+# ALTER, SET), try to write (INSERT, UPDATE, DELETE, COPY, EXPORT, ATTACH) or reach outside
+# (INSTALL, LOAD): each is refused by its type before it runs, not left to whatever DuckDB
+# says, since a CREATE TABLE or DROP VIEW would otherwise report success and persist nothing.
+READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "PRAGMA", "CALL", "MULTI"})
+
+
+def _refuse_changes(statement) -> None:
+    """A one-line ClipshiftError for a statement that is not a read (`READ_STATEMENTS`)."""
+    try:
+        kind = statement.type.name
+    except ValueError:  # a type newer than the Python enum (e.g. UPDATE EXTENSIONS)
+        kind = "UNKNOWN"
+    if kind in READ_STATEMENTS:
+        return
+    words = statement.query.split()
+    keyword = words[0].upper() if words else kind
+    if keyword == "WITH" or not keyword.isalpha():
+        keyword = kind.replace("_", " ")
+    raise ClipshiftError(
+        f"{keyword} is refused: `clipshift sql` only reads (a change would not reach the "
+        "store); give a SELECT, WITH, DESCRIBE, SHOW, EXPLAIN or SUMMARIZE"
+    )
 
 
 def _guarded(call, *args):

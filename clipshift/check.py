@@ -278,7 +278,8 @@ def _repair_table(store: Store, table: TableReport, how: str) -> str:
             f"{(table.rows or 0) - rows} rows fewer"
         )
     raise ClipshiftError(
-        f"table {table.name}: no earlier version reads in full; use --repair drop instead"
+        f"table {table.name}: no earlier version reads in full; use `clipshift check --db "
+        f"{store.path} --repair drop` instead (it drops only the unreadable files)"
     )
 
 

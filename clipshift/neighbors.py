@@ -296,6 +296,13 @@ def neighbors(
     names = [ORIGINAL] + [a["name"] for a in json.loads(chosen["augmentations"])]
     if variant not in names:
         raise ClipshiftError(f"--variant {variant}: run {run_id} has {', '.join(names)}")
+    candidates = _run_filter(run_id, among)
+    if not store.table(chosen["variants_table"]).count_rows(where(**candidates)):
+        # another run of the same width made the table: this one stored no image in it
+        raise ClipshiftError(
+            f"run {run_id} holds no images yet: its ingest stored nothing "
+            '(see `clipshift sql "SELECT * FROM errors"`)'
+        )
     if text is not None:
         if variant != ORIGINAL:
             raise ClipshiftError("--variant applies to image queries, not to --text")
@@ -304,7 +311,6 @@ def neighbors(
     else:
         vector, own_id, described = _image_query(store, chosen, query, variant, device)
 
-    candidates = _run_filter(run_id, among)
     notes = [chosen["selection_note"]] if chosen["selection_note"] else []
     use_index = not exact and _ensure_index(store, chosen, notes)
     table = chosen["variants_table"]
@@ -314,7 +320,9 @@ def neighbors(
     variants = found.column("variant").to_pylist()
     # exact cosine distances of the rows found, whichever search found them
     vectors = found.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
-    distances = 1.0 - normalise(vectors.reshape(found.num_rows, -1)) @ normalise(vector[None, :])[0]
+    distances = _distance(
+        1.0 - normalise(vectors.reshape(found.num_rows, -1)) @ normalise(vector[None, :])[0]
+    )
     paths = _paths(store, ids + ([own_id] if own_id else []))
     rows = [
         Neighbor(
@@ -340,7 +348,14 @@ def _own_rank(
     distances = 1.0 - unit @ normalise(vector[None, :], np.float64)[0]
     own = np.flatnonzero((candidates.image_ids == own_id) & (candidates.variants == ORIGINAL))
     own_distance = float(distances[own[0]])
-    return int(np.sum(distances < own_distance)) + 1, own_distance
+    return int(np.sum(distances < own_distance)) + 1, float(_distance(own_distance))
+
+
+def _distance(distances):
+    """Cosine distances as shown: an image's distance to itself comes out of 1 - cos as a
+    float error either side of 0 (-1e-7 printed as -0.0000): negatives become 0, and the
+    + 0.0 turns a -0.0 into 0.0."""
+    return np.maximum(distances, 0.0) + 0.0
 
 
 def _encoder(chosen: dict, device: str):
@@ -444,6 +459,21 @@ def parse_ks(spec: str | Sequence[int]) -> list[int]:
     return sorted(set(ks))
 
 
+def _cap_ks(ks: list[int], originals: int) -> tuple[list[int], str | None]:
+    """The ks a run of this many originals can answer, and a note when any was cut. A query
+    has originals - 1 neighbours besides its own original: at any k beyond that, recall is
+    1 and k-NN overlap 1 by construction, which would read as a perfect score."""
+    cap = max(1, originals - 1)
+    if max(ks) <= cap:
+        return ks, None
+    asked = ",".join(str(k) for k in ks if k > cap)
+    note = (
+        f"-k {asked} capped at {cap}: the run has {originals} originals, so a query has "
+        f"{cap} neighbours besides its own"
+    )
+    return sorted({min(k, cap) for k in ks}), note
+
+
 def retrieval(
     db: str | os.PathLike,
     ks: str | Sequence[int] = DEFAULT_KS,
@@ -468,6 +498,9 @@ def retrieval(
     if exact is None:
         exact = len(originals.vectors) < RETRIEVAL_INDEX_MIN_ORIGINALS
     notes = [chosen["selection_note"]] if chosen["selection_note"] else []
+    ks, capped = _cap_ks(ks, len(originals.vectors))
+    if capped:
+        notes.append(capped)
     use_index = not exact and _ensure_index(store, chosen, notes)
     augmented = load_embeddings(store, table, _augmented(run_id))
     position = {image_id: i for i, image_id in enumerate(originals.image_ids)}

@@ -154,7 +154,17 @@ class StoreDamaged(ClipshiftError):
 def damage_error(path: Path, table: str, problem: str) -> StoreDamaged:
     return StoreDamaged(
         f"the store at {path} is damaged: table {table}: {problem}; run `clipshift check "
-        f"--db {path}` to see what is affected and `clipshift check --db {path} --repair` to fix it"
+        f"--db {path}` to see what is affected and {repair_hint(path)}"
+    )
+
+
+def repair_hint(path: str | os.PathLike) -> str:
+    """The command that repairs a damaged store, ready to paste, and what each repair loses
+    (`--repair` alone is refused: it needs one of the two)."""
+    return (
+        f"`clipshift check --db {path} --repair rollback` to fix it (each damaged table back to "
+        "its last version that reads in full; `--repair drop` instead drops only the unreadable "
+        "files)"
     )
 
 

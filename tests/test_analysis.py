@@ -23,6 +23,7 @@ from clipshift.analysis import (
     query_names,
     resolve_run,
     sql,
+    sql_arrow,
     stats,
 )
 from clipshift.formatting import format_rows
@@ -473,10 +474,60 @@ def test_sql_cannot_change_the_store(ingested_store, tmp_path):
     ]
     for query in hostile:
         result = invoke("sql", "--db", ingested_store, query)
+        assert result.exit_code == 1, (query, result.output)
+        assert len(result.output.strip().splitlines()) == 1, (query, result.output)
         assert "Traceback" not in result.output, query
     assert snapshot() == before
     assert counts() == rows_before
     assert not list(tmp_path.glob("out*"))
+
+
+def test_sql_refuses_ddl_and_settings_before_running_them(ingested_store):
+    """A CREATE or DROP used to report Count / Success though nothing persists: every statement
+    that is not a read is refused by its type, and every read form still runs."""
+    refused = {
+        "CREATE TABLE t AS SELECT 1": "CREATE",
+        "create view v as select 1": "CREATE",
+        "CREATE MACRO m(x) AS x": "CREATE",
+        "DROP VIEW shifts": "DROP",
+        "ALTER VIEW shifts RENAME TO s": "ALTER",
+        "DELETE FROM runs": "DELETE",
+        "WITH r AS (SELECT 1) INSERT INTO runs SELECT * FROM runs": "INSERT",
+        "COPY runs TO 'runs.csv'": "COPY",
+        "EXPORT DATABASE 'out'": "EXPORT",
+        "ATTACH 'other.duckdb'": "ATTACH",
+        "INSTALL httpfs": "INSTALL",
+        "LOAD httpfs": "LOAD",
+        "SET threads = 1": "SET",
+        "USE memory": "USE",
+        "BEGIN": "BEGIN",
+        "/* a comment first */ DROP VIEW runs": "DROP",
+        "UPDATE EXTENSIONS": "UPDATE",  # a statement type newer than duckdb's Python enum
+    }
+    for query, keyword in refused.items():
+        result = invoke("sql", "--db", ingested_store, query)
+        assert result.exit_code == 1, (query, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.output, (query, result.output)
+        assert f"{keyword} is refused" in lines[0] and "only reads" in lines[0], lines[0]
+        with pytest.raises(ClipshiftError, match="is refused"):
+            sql_arrow(ingested_store, query)
+    reads = [
+        "SELECT count(*) FROM runs",
+        "WITH r AS (SELECT * FROM runs) SELECT count(*) FROM r",
+        "FROM runs",
+        "DESCRIBE runs",
+        "SHOW TABLES",
+        "SUMMARIZE runs",
+        "EXPLAIN SELECT * FROM shifts",
+        "PRAGMA version",
+        "CALL pragma_version()",
+        "PIVOT (SELECT augmentation, variant, l2 FROM shifts) ON variant USING avg(l2)",
+    ]
+    for query in reads:
+        result = invoke("sql", "--db", ingested_store, query)
+        assert result.exit_code == 0 and "Error" not in result.output, (query, result.output)
+    assert sql(ingested_store, "SELECT count(*) FROM shifts").rows == [(54,)]
 
 
 def test_format_rows():

@@ -81,7 +81,7 @@ def test_exact_retrieval_matches_numpy(ingested_store):
 
 def test_retrieval_cli_json_keys(ingested_store):
     out = CliRunner().invoke(
-        cli, ["retrieval", "--db", str(ingested_store), "-k", "1,5,10", "--format", "json"]
+        cli, ["retrieval", "--db", str(ingested_store), "-k", "1,3,5", "--format", "json"]
     )
     assert out.exit_code == 0, out.output
     rows = json.loads(out.stdout)
@@ -90,15 +90,38 @@ def test_retrieval_cli_json_keys(ingested_store):
         "augmentation",
         "n",
         "recall_at_1",
+        "recall_at_3",
         "recall_at_5",
-        "recall_at_10",
         "mrr",
         "overlap_at_1",
+        "overlap_at_3",
         "overlap_at_5",
-        "overlap_at_10",
     ]
     # six images: the five others are every original's 5-NN, augmented or not
-    assert all(row["overlap_at_5"] == 1.0 and row["recall_at_10"] == 1.0 for row in rows)
+    assert all(row["overlap_at_5"] == 1.0 for row in rows)
+    assert "capped" not in out.stderr
+
+
+def test_retrieval_caps_k_at_the_other_originals_and_says_so(ingested_store):
+    """Six originals: at k 10 or 100 the own original is always found (recall 1 by
+    construction), so k is cut to the five others, on stderr, and the columns show k 5."""
+    before = nb.retrieval(ingested_store, [1, 5], exact=True)
+    out = CliRunner().invoke(
+        cli, ["retrieval", "--db", str(ingested_store), "-k", "1,10,100", "--format", "json"]
+    )
+    assert out.exit_code == 0 and "Traceback" not in out.output, out.output
+    notes = [line for line in out.stderr.splitlines() if "capped" in line]
+    assert notes == [
+        "note: -k 10,100 capped at 5: the run has 6 originals, so a query has 5 neighbours "
+        "besides its own"
+    ]
+    rows = json.loads(out.stdout)
+    assert [k for k in rows[0] if k.startswith("recall_at_")] == ["recall_at_1", "recall_at_5"]
+    assert rows == before.rows  # the figures of -k 1,5, nothing else
+    assert any(row["recall_at_5"] < 1 for row in rows)
+    table = CliRunner().invoke(cli, ["retrieval", "--db", str(ingested_store), "-k", "100"])
+    assert table.exit_code == 0 and "recall_at_5 " in table.stdout
+    assert "recall_at_100" not in table.output
 
 
 def test_neighbors_of_a_stored_variant_rank_own_original_exactly(ingested_store):
@@ -113,6 +136,48 @@ def test_neighbors_of_a_stored_variant_rank_own_original_exactly(ingested_store)
     assert result.own_rank == order.index(image_id) + 1
     assert result.own_distance == pytest.approx(distances[image_id], rel=1e-4, abs=1e-7)
     assert [n.own for n in result.rows] == [j == image_id for j in order[:3]]
+
+
+def test_a_run_without_images_is_a_one_line_error(ingested_store, photos, tmp_path):
+    """A run whose table another run of the same width made, but which stored nothing, used
+    to end in a reshape ValueError for a text or a new-file query."""
+    import shutil
+
+    from clipshift.store import Store
+
+    db = tmp_path / "db"
+    shutil.copytree(ingested_store, db)
+    Store.open(db).table("variants_16").delete("true")
+    new_file = tmp_path / "new.png"
+    new_file.write_bytes((photos / "coffee.png").read_bytes()[:-1] + b"\0")
+
+    def snapshot():
+        return sorted((p.relative_to(db).as_posix(), p.stat().st_size) for p in db.rglob("*"))
+
+    before = snapshot()
+    for query in (["--text", "cat"], [str(new_file)], [str(photos / "coffee.png")]):
+        out = CliRunner().invoke(cli, ["neighbors", *query, "--db", str(db)])
+        assert out.exit_code == 1, (query, out.output)
+        lines = out.output.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in out.output, (query, out.output)
+        assert "holds no images yet" in lines[0], lines[0]
+    assert snapshot() == before
+
+
+def test_distances_are_never_negative_zero(ingested_store):
+    """1 - cos of an image with itself comes out as a float error either side of 0."""
+    shown = nb._distance(np.array([-3e-8, -0.0, 0.0, 0.25], np.float32))
+    assert not np.signbit(shown).any() and shown.tolist() == [0.0, 0.0, 0.0, 0.25]
+    for image_id in sorted(nb.Store.open(ingested_store).stored_images(_run_id(ingested_store))):
+        result = nb.neighbors(ingested_store, image_id, k=6)
+        distances = [n.distance for n in result.rows] + [result.own_distance]
+        assert not any(np.signbit(d) for d in distances), distances
+        out = CliRunner().invoke(cli, ["neighbors", image_id, "--db", str(ingested_store)])
+        assert out.exit_code == 0 and "-0" not in out.output, out.output
+
+
+def _run_id(db) -> str:
+    return resolve_run(connect(db))["run_id"]
 
 
 def test_neighbors_cli_by_path_and_among_all(ingested_store, photos):

@@ -90,6 +90,28 @@ def test_a_damaged_store_gives_one_line_errors_and_check_finds_it(
     assert "variants_16        DAMAGED" in result.output and "--repair" in result.output
 
 
+def test_the_repair_a_damage_error_suggests_works_as_given(store_copy):
+    """The suggested command is pasted as it stands (`--repair` alone is refused by click)."""
+
+    def stored() -> set[str]:
+        store = Store.open(store_copy)
+        return store.stored_images(store.dataset("runs").to_table()["run_id"][0].as_py())
+
+    images = stored()
+    damage(store_copy, "truncated")
+    for command in (["stats"], ["check"]):
+        result = CliRunner().invoke(cli, [*command, "--db", str(store_copy)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        line = result.output.strip().splitlines()[-1]
+        suggested = next(part for part in line.split("`")[1::2] if "--repair" in part)
+        assert suggested == f"clipshift check --db {store_copy} --repair rollback", line
+        assert "rollback" in line and "drop" in line.split(suggested)[1]
+    repaired = CliRunner().invoke(cli, suggested.split()[1:])
+    assert repaired.exit_code == 0 and "is whole" in repaired.output, repaired.output
+    # only the rows of the damaged commit are lost; what an earlier commit stored remains
+    assert stored() and stored() < images
+
+
 @pytest.mark.parametrize("how", ["rollback", "drop"])
 def test_repair_then_ingest_resumes_what_was_lost(store_copy, photos, tiny_model, how):
     total = len(list(photos.iterdir()))
