@@ -77,10 +77,17 @@ format_option = click.option(
 )
 
 
-def _note_run(run: dict | None) -> None:
-    """Say on stderr which run is shown when the choice was not obvious."""
-    if run and run.get("selection_note"):
-        click.echo(run["selection_note"], err=True)
+def _pick_run(db: str, run_id: str | None, model: str | None = None) -> str:
+    """The full id of the run a command works on. Where the store has several to choose from,
+    the one note saying which (analysis.resolve_run's selection_note) goes to stderr first,
+    before the command's slow work: a model load that fails on the picked run's model (a
+    SigLIP run ingested since) then shows which run it was."""
+    from clipshift.analysis import pick_run
+
+    chosen = pick_run(db, run_id, model)
+    if chosen["selection_note"]:
+        click.echo(chosen["selection_note"], err=True)
+    return chosen["run_id"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -465,7 +472,7 @@ def neighbors(query, db, text, variant, k, among, run_id, exact, device, fmt):
         variant=variant,
         k=k,
         among=among,
-        run=run_id,
+        run=_pick_run(db, run_id),
         exact=exact,
         device=device,
     )
@@ -513,7 +520,7 @@ def retrieval(db, ks, exact, run_id, fmt):
     from clipshift.formatting import format_rows
     from clipshift.neighbors import retrieval as evaluate
 
-    result = evaluate(db, ks, exact=exact, run=run_id)
+    result = evaluate(db, ks, exact=exact, run=_pick_run(db, run_id))
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     rows = [[row[c] for c in result.columns] for row in result.rows]
@@ -534,7 +541,7 @@ def index(db, run):
     """(Re)build the vector index on the stored embeddings and report its recall@10."""
     from clipshift.neighbors import build_index
 
-    info = build_index(db, run=run)
+    info = build_index(db, run=_pick_run(db, run))
     click.echo(f"built {info.index_type} over {info.rows} rows in {info.seconds:.1f} s")
     if info.ann_recall_at_10 is not None:
         click.echo(
@@ -593,6 +600,7 @@ def report(db, run_id, model, out, figures, samples, fmt, method, reference):
         else:
             click.echo(f"{figure.name:<20} {figure.seconds:6.1f} s  {figure.path}", err=True)
 
+    _pick_run(db, run_id, model)  # the page carries the same note: the run is resolved again
     result = run_report(
         db,
         run=run_id,
@@ -605,7 +613,6 @@ def report(db, run_id, model, out, figures, samples, fmt, method, reference):
         method=method,
         reference=reference,
     )
-    _note_run(result.run)
     drawn = sum(f.path is not None for f in result.figures)
     click.echo(
         f"{drawn} of {len(result.figures)} figures for run {result.run['run_id']}: {result.index}"
@@ -638,24 +645,41 @@ def report(db, run_id, model, out, figures, samples, fmt, method, reference):
     type=click.Choice(["summary", "severity", "corruption_mean"]),
     help="What csv and json carry (the table shows every part the run has).",
 )
+@click.option(
+    "--columns",
+    default=None,
+    help="Comma list of the columns to show (in the table, csv and json), e.g. "
+    "augmentation,n,cosine_mean,rank.",
+)
+@click.option("--all-columns", is_flag=True, help="Every column in the table, not the compact set.")
 @format_option
 @user_errors
-def stats(db, run_ids, all_runs, model, reference, part, fmt):
-    """Per-(augmentation, severity) summary of a run, sorted by rank (1 = least shift): n, mean
-    and std of cosine and l2, the mean of every other score, overall score. csv and json add the
-    median, p5 and p95 of every metric. A run with severity levels adds its severity curves
-    (mean and 95% interval per severity) and its corruption mean (mean 1 - cosine). With
-    several --run or --all-runs: one row per (augmentation, severity, run), with the run's
-    model and model_rank (1 = the model whose embedding moves least there, by mean cosine)."""
+def stats(db, run_ids, all_runs, model, reference, part, columns, all_columns, fmt):
+    """Per-(augmentation, severity) summary of a run, sorted by rank (1 = least shift). The table
+    shows n, mean and std of cosine, mean l2, the overall score and rank (--all-columns: the
+    mean and std of every metric; --columns: those named); csv and json carry every column
+    (the median, p5 and p95 of every metric too). A run with severity levels adds its severity
+    curves (mean and 95% interval per severity) and its corruption mean (mean 1 - cosine).
+    With several --run or --all-runs: one row per (augmentation, severity, run), with the
+    run's model and model_rank (1 = the model whose embedding moves least there, by mean
+    cosine)."""
     from clipshift import ClipshiftError
-    from clipshift.analysis import STATS_TABLE_COLUMNS
+    from clipshift.analysis import STATS_RUNS_TABLE_COLUMNS, STATS_TABLE_COLUMNS
     from clipshift.analysis import stats as run_stats
-    from clipshift.formatting import format_rows
+    from clipshift.formatting import format_rows, pick_columns
 
+    wanted = None
+    if columns is not None:
+        wanted = [name.strip() for name in columns.split(",") if name.strip()]
+        if not wanted or all_columns:
+            raise ClipshiftError(
+                "--columns: give a comma list of column names (and not --all-columns too)"
+            )
+    if not all_runs and len(run_ids) < 2:
+        run_ids = [_pick_run(db, run_ids[0] if run_ids else None, model)]
     result = run_stats(
         db, run=list(run_ids) or None, model=model, reference=reference, all_runs=all_runs
     )
-    _note_run(result.run)
     if fmt != "table":
         chosen = result if part == "summary" else result.sections.get(part)
         if chosen is None and result.run is None:
@@ -665,21 +689,22 @@ def stats(db, run_ids, all_runs, model, reference, part, fmt):
                 f"--part {part}: run {result.run['run_id']} has no perturbations with severity "
                 "levels"
             )
-        click.echo(format_rows(chosen.columns, chosen.rows, fmt, max_rows=None))
-        return
-    columns, rows = result.columns, result.rows
-    if result.run is None:  # several runs: the model before its figures, rank by model
-        names = ["augmentation", "severity", "model", "run_id", "model_rank"]
-        names += list(STATS_TABLE_COLUMNS[2:-1])
-        if all(r[columns.index("severity")] is None for r in rows):
-            names.remove("severity")
-        keep = [columns.index(name) for name in names]
-        rows = [tuple(r[i] for i in keep) for r in rows]
+        names, rows = chosen.columns, chosen.rows
+        if wanted:
+            names, rows = pick_columns(names, rows, wanted)
         click.echo(format_rows(names, rows, fmt, max_rows=None))
         return
-    names = [c for c in STATS_TABLE_COLUMNS if c != "severity" or result.sections]
-    keep = [columns.index(name) for name in names]
-    click.echo(format_rows(names, [tuple(r[i] for i in keep) for r in rows], fmt, max_rows=None))
+    columns, rows = result.columns, result.rows
+    if wanted:
+        names = wanted
+    else:
+        names = list(columns) if all_columns else None
+        if names is None:
+            names = list(STATS_TABLE_COLUMNS if result.run else STATS_RUNS_TABLE_COLUMNS)
+        # severity is shown where some row has one
+        if all(r[columns.index("severity")] is None for r in rows):
+            names.remove("severity")
+    click.echo(format_rows(*pick_columns(columns, rows, names), fmt, max_rows=None))
     curves = result.sections.get("severity")
     if curves is not None:
         shown = [
@@ -841,8 +866,8 @@ def clusters(db, run_id, model, method, threshold):
     dendrogram): each cluster's members, then every merge and its height."""
     from clipshift.analysis import clusters as find_clusters
 
+    run_id = _pick_run(db, run_id, model)
     found = find_clusters(db, run=run_id, model=model, method=method, threshold=threshold)
-    _note_run(found.run)
     how = "given" if threshold is not None else "0.7 x the largest merge height"
     click.echo(
         f"run {found.run['run_id']} ({found.run['model']}): {method} linkage, "
@@ -890,8 +915,8 @@ def zeroshot(db, labels, template, run_id, device, fmt):
     from clipshift.formatting import format_rows
     from clipshift.zeroshot import zeroshot as run_zeroshot
 
+    run_id = _pick_run(db, run_id)
     result = run_zeroshot(db, labels=labels, template=template, run=run_id, device=device)
-    _note_run(result.rows.run)
     columns, rows = _drop_empty_severity(result.rows.columns, result.rows.rows)
     if fmt == "table":
         run = result.rows.run
@@ -931,8 +956,8 @@ def directions(db, prompts, run_id, matrix, device, fmt):
     from clipshift.directions import directions as run_directions
     from clipshift.formatting import format_rows
 
+    run_id = _pick_run(db, run_id)
     result = run_directions(db, prompts=prompts, run=run_id, device=device)
-    _note_run(result.run)
     shown = result.matrix if matrix else result.summary
     columns, rows = _drop_empty_severity(shown.columns, shown.rows)
     click.echo(format_rows(columns, rows, fmt, max_rows=None))

@@ -172,6 +172,19 @@ def resolve_run(
     return chosen
 
 
+def pick_run(
+    db: str | os.PathLike | Store, run: str | None = None, model: str | None = None
+) -> dict:
+    """`resolve_run` over the store's runs table alone: the run a command will work on, known
+    before its slow work (a model load that fails on that run's model, say), so the command
+    line can say which run it picked first. Opens no variants table."""
+    store = db if isinstance(db, Store) else Store.open(db)
+    con = duckdb.connect(":memory:")
+    if store.has_table("runs"):
+        con.register("runs", store.dataset("runs"))
+    return resolve_run(con, run, model)
+
+
 def _when(row: dict) -> str:
     created = row.get("created_at")
     return created.strftime("%Y-%m-%d %H:%M") if created is not None else "unknown time"
@@ -209,7 +222,9 @@ def _fetch(result: duckdb.DuckDBPyConnection, run: dict | None = None) -> Rows:
 
 # -- stats -----------------------------------------------------------------------------------
 
-# what `clipshift stats` shows in a table; CSV and JSON carry every column of sql/summary.sql
+# what `clipshift stats` shows in a table by default: the every-score table was about 250
+# characters wide; these fit 100 with the longest augmentation name. --columns picks others,
+# --all-columns shows all; CSV and JSON carry every column of sql/summary.sql
 STATS_TABLE_COLUMNS = (
     "augmentation",
     "severity",
@@ -217,13 +232,18 @@ STATS_TABLE_COLUMNS = (
     "cosine_mean",
     "cosine_std",
     "l2_mean",
-    "l2_std",
-    "attention_similarity_mean",
-    "patch_similarity_mean",
-    "edge_preservation_mean",
-    "detail_preservation_mean",
     "overall",
     "rank",
+)
+# the same with several runs (sql/summary_runs.sql): the run before its figures
+STATS_RUNS_TABLE_COLUMNS = (
+    "augmentation",
+    "severity",
+    "run_id",
+    "model",
+    "model_rank",
+    "cosine_mean",
+    "overall",
 )
 
 

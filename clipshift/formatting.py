@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from . import ClipshiftError
 from .defaults import DEFAULT_MAX_ROWS, FORMATS
 
 # a cell wider than this is cut (an embedding would otherwise fill the screen)
@@ -44,6 +45,20 @@ def format_rows(
         ]
         return json.dumps(records, indent=2, allow_nan=False)
     raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+
+
+def pick_columns(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], wanted: Sequence[str]
+) -> tuple[list[str], list[tuple]]:
+    """Only the `wanted` columns of `rows`, in that order; a name that is not one of `columns`
+    is a one-line ClipshiftError naming the valid ones."""
+    unknown = [name for name in wanted if name not in columns]
+    if unknown:
+        raise ClipshiftError(
+            f"--columns: no column {unknown[0]!r}; choose from {', '.join(columns)}"
+        )
+    keep = [list(columns).index(name) for name in wanted]
+    return list(wanted), [tuple(row[i] for i in keep) for row in rows]
 
 
 def _plain(value: Any) -> Any:

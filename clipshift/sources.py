@@ -85,11 +85,19 @@ def _listed(list_file: Path) -> Iterator[Path]:
             f"{list_file} is neither an image ({', '.join(IMAGE_SUFFIXES)}) "
             "nor a text file listing image paths"
         ) from None
-    for line in lines:
+    for _, entry in list_entries(lines):
+        listed = Path(entry).expanduser()
+        yield listed if listed.is_absolute() else (list_file.parent / listed).absolute()
+
+
+def list_entries(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
+    """The entries of a file of one entry a line (image paths, labels, prompts), each with its
+    line number from 1: surrounding spaces dropped, blank lines and lines starting with #
+    skipped, so a list may end in a blank line and carry comments."""
+    for number, line in enumerate(lines, 1):
         entry = line.strip()
         if entry and not entry.startswith("#"):
-            listed = Path(entry).expanduser()
-            yield listed if listed.is_absolute() else (list_file.parent / listed).absolute()
+            yield number, entry
 
 
 @dataclass

@@ -301,6 +301,13 @@ class Store:
     def check_version(self) -> None:
         version, latest = self.schema_version(), latest_schema_version()
         if version == 0:
+            others = _other_files(self.path) if self.location.is_local else ""
+            if others:
+                # ingest refuses such a folder (check_location): the hint names one it takes
+                raise ClipshiftError(
+                    f"no clipshift store at {self.path}: it is a folder holding other files "
+                    f"({others}); give --db a store, or ingest into a new or empty folder"
+                )
             raise ClipshiftError(
                 f"no clipshift store at {self.path}: "
                 f"run `clipshift ingest IMAGES --db {self.path}` first"
@@ -334,13 +341,8 @@ class Store:
                 f"cannot create a store at {path}: {existing} is not a writable folder"
             )
         if existing == path:
-            others = sorted(
-                p.name
-                for p in path.iterdir()
-                if not p.name.endswith(".lance") and p.name not in (LOCK_FILE, ".DS_Store")
-            )
-            if others:
-                shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            shown = _other_files(path)
+            if shown:
                 raise ClipshiftError(
                     f"--db {path} is a folder holding other files ({shown}), not a clipshift "
                     "store: give a new or empty folder, or an existing store"
@@ -901,3 +903,16 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OverflowError, ValueError):
         return True
     return pid > 0
+
+
+def _other_files(path: Path) -> str:
+    """The first few names in a local folder that are no part of a store, for a message ("" when
+    it holds none: a store, or an empty folder)."""
+    if not path.is_dir():
+        return ""
+    others = sorted(
+        p.name
+        for p in path.iterdir()
+        if not p.name.endswith(".lance") and p.name not in (LOCK_FILE, ".DS_Store")
+    )
+    return ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from . import ClipshiftError
 from .analysis import Rows, connect, named_arrow, named_count, named_query, resolve_run
+from .sources import list_entries
 from .store import Store
 
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -66,8 +67,9 @@ class LabelSet:
 def load_labels(spec: str) -> LabelSet:
     """A built-in set (imagenet, cifar100) or a file of one label per line (UTF-8).
 
-    A file with an empty line, a repeated label, a byte that is not UTF-8 or fewer than two
-    labels is refused with a one-line ClipshiftError naming the line.
+    Blank lines and # comments are skipped, as in a list of image paths; a file with a repeated
+    label, a byte that is not UTF-8 or fewer than two labels is refused with a one-line
+    ClipshiftError naming the line.
     """
     if spec in BUILTIN_LABEL_SETS:
         text = (DATA_DIR / f"{spec}.txt").read_text(encoding="utf-8")
@@ -78,8 +80,9 @@ def load_labels(spec: str) -> LabelSet:
 
 
 def read_lines(path: str | os.PathLike, what: str) -> list[str]:
-    """The lines of a UTF-8 text file of one `what` per line, checked: no empty line, no
-    repeat, no byte that is not UTF-8, at least two lines. Surrounding spaces are dropped."""
+    """The entries of a UTF-8 text file of one `what` per line, read as path lists are
+    (sources.list_entries: blank lines and # comments skipped, surrounding spaces dropped),
+    checked: no repeat, no byte that is not UTF-8, at least two entries."""
     path = Path(path).expanduser()
     builtin = f" (or one of: {', '.join(BUILTIN_LABEL_SETS)})" if what == "label" else ""
     if not path.is_file():
@@ -88,21 +91,18 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
         data = path.read_bytes()
     except OSError as exc:
         raise ClipshiftError(f"cannot read {path}: {exc.strerror or exc}") from None
-    lines: list[str] = []
-    first_seen: dict[str, int] = {}
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":  # the newline that ends the last line
-        raw_lines.pop()
-    for number, raw in enumerate(raw_lines, 1):
+    decoded: list[str] = []
+    for number, raw in enumerate(data.split(b"\n"), 1):
         try:
-            line = raw.decode("utf-8").strip()
+            decoded.append(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise ClipshiftError(
                 f"{path}: line {number} is not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
                 f"{exc.start + 1}): save the file as UTF-8"
             ) from None
-        if not line:
-            raise ClipshiftError(f"{path}: line {number} is empty: give one {what} per line")
+    lines: list[str] = []
+    first_seen: dict[str, int] = {}
+    for number, line in list_entries(decoded):
         if line in first_seen:
             raise ClipshiftError(
                 f"{path}: line {number} repeats {line!r} (first on line {first_seen[line]}): "
@@ -111,7 +111,10 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
         first_seen[line] = number
         lines.append(line)
     if len(lines) < 2:
-        raise ClipshiftError(f"{path}: {len(lines)} {what}s: give at least two, one per line")
+        raise ClipshiftError(
+            f"{path}: {len(lines)} {what}s: give at least two, one per line (blank lines and "
+            "# comments are skipped)"
+        )
     return lines
 
 

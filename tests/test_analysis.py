@@ -17,6 +17,7 @@ from scipy.spatial.distance import squareform
 from cli import cli
 from clipshift import ClipshiftError
 from clipshift.analysis import (
+    STATS_TABLE_COLUMNS,
     clusters,
     connect,
     named_query,
@@ -361,12 +362,32 @@ def test_stats_command_formats(ingested_store):
     table = invoke("stats", "--db", ingested_store)
     assert table.exit_code == 0
     header = table.stdout.splitlines()[0].split()
-    assert header == sorted(STATS_JSON_KEYS, key=header.index) and set(header) == STATS_JSON_KEYS
+    assert header == [c for c in STATS_TABLE_COLUMNS if c != "severity"]
     assert len(table.stdout.splitlines()) == 2 + 9
+    assert max(map(len, table.stdout.splitlines())) <= 100  # was about 250 with every score
 
     as_csv = invoke("stats", "--db", ingested_store, "--format", "csv")
     assert as_csv.stdout.splitlines()[0].startswith("augmentation,severity,n,cosine_mean")
+    assert as_csv.stdout.splitlines()[0].split(",") == stats(ingested_store).columns
     assert len(as_csv.stdout.splitlines()) == 10
+
+
+def test_stats_columns(ingested_store):
+    every = invoke("stats", "--db", ingested_store, "--all-columns")
+    assert every.exit_code == 0, every.output
+    header = every.stdout.splitlines()[0].split()
+    assert header == [c for c in stats(ingested_store).columns if c != "severity"]
+    chosen = invoke("stats", "--db", ingested_store, "--columns", "rank, augmentation,l2_p95")
+    assert chosen.stdout.splitlines()[0].split() == ["rank", "augmentation", "l2_p95"]
+    as_json = invoke(
+        "stats", "--db", ingested_store, "--columns", "augmentation,n", "--format", "json"
+    )
+    assert set(json.loads(as_json.stdout)[0]) == {"augmentation", "n"}
+
+    unknown = invoke("stats", "--db", ingested_store, "--columns", "n,cosine_maen")
+    assert unknown.exit_code == 1 and "Traceback" not in unknown.output
+    lines = unknown.output.strip().splitlines()
+    assert len(lines) == 1 and "'cosine_maen'" in lines[0] and "cosine_mean, cosine_std" in lines[0]
 
 
 def test_stats_and_clusters_say_which_run_of_several(two_runs):
@@ -385,6 +406,22 @@ def test_stats_and_clusters_say_which_run_of_several(two_runs):
     assert json.loads(by_run.stdout) != json.loads(latest.stdout)
     unknown = invoke("stats", "--db", two_runs, "--run", "zzz")
     assert unknown.exit_code != 0 and "no run 'zzz'" in unknown.output
+
+
+def test_every_command_that_picks_a_run_says_so_first(two_runs):
+    """The same one line on stderr, before the command's own work: zeroshot and directions
+    fail here on the picked run's model (no text tower), and the note says which run it was."""
+    note = resolve_run(connect(two_runs))["selection_note"]
+    commands = [["stats"], ["clusters"], ["retrieval"], ["neighbors", "--text", "a cat"]]
+    commands += [["zeroshot", "--labels", "cifar100"], ["directions"], ["index"]]
+    for command in commands:
+        result = invoke(*command, "--db", two_runs)
+        assert "Traceback" not in result.output, result.output
+        assert result.stderr.splitlines()[0] == note, command
+        assert result.stderr.count("showing run") == 1
+        if command[0] in ("zeroshot", "directions"):
+            assert result.exit_code == 1 and "synthetic001" in result.stderr.splitlines()[1]
+            assert len(result.stderr.strip().splitlines()) == 2  # the note, the error
 
 
 def test_clusters_command_prints_members_and_heights(ingested_store):

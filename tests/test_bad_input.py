@@ -225,6 +225,21 @@ def test_reading_commands_on_a_missing_store(tmp_path):
     assert_one_line_error(result, "no clipshift store")
 
 
+def test_reading_a_folder_of_other_files_gives_a_hint_ingest_takes(tmp_path, photos, tiny_model):
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("keep me")
+    result = run(["stats", "--db", str(folder)])
+    assert_one_line_error(result, "no clipshift store", "thesis.tex", "new or empty folder")
+    # ingest refuses this folder in the same words, and takes the new folder the hint names
+    refused = run(["ingest", str(photos), "--db", str(folder), "--model", str(tiny_model)])
+    assert_one_line_error(refused, "holding other files (thesis.tex)", "new or empty folder")
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.tex"]
+    assert (folder / "thesis.tex").read_text() == "keep me"
+    empty = run(["stats", "--db", str(tmp_path / "new")])
+    assert_one_line_error(empty, f"ingest IMAGES --db {tmp_path / 'new'}")
+
+
 def test_model_not_cached_and_hub_unreachable_fails_without_retries(tmp_path, photos):
     """Not offline by setting, but the hub does not answer (a closed local port stands in for
     it): one line at once, without transformers' retry messages."""

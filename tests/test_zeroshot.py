@@ -154,10 +154,28 @@ def test_builtin_label_sets_ship_with_the_package():
     assert (DATA_DIR / "README.md").is_file()
 
 
+def test_label_file_skips_blank_lines_and_comments_as_path_lists_do(text_store, tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_bytes(b"# two animals\ncat\n\n  dog  \r\n\n")
+    assert load_labels(str(path)).labels == ("cat", "dog")
+    out = CliRunner().invoke(
+        cli, ["zeroshot", "--db", str(text_store), "--device", "cpu", "--labels", str(path)]
+    )
+    assert out.exit_code == 0, out.output
+    assert "2 labels" in out.stdout.splitlines()[0] and "Traceback" not in out.output
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# what blur looks like\nblur: a blurry photo\na dark photo\n\n")
+    directions = CliRunner().invoke(
+        cli, ["directions", "--db", str(text_store), "--device", "cpu", "--prompts", str(prompts)]
+    )
+    assert directions.exit_code == 0, directions.output
+    assert "# what blur" not in directions.output
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"cat\n\ndog\n", "line 2 is empty"),
+        (b"# animals\ncat\n\n# more to come\n", "1 labels: give at least two"),
         (b"cat\ndog\ncat\n", "line 3 repeats 'cat' (first on line 1)"),
         (b"cat\nd\xffg\n", "line 2 is not UTF-8"),
         (b"cat\n", "give at least two"),
@@ -275,7 +293,7 @@ def test_directions_prompt_file(text_store, tiny_text_model, tmp_path):
         assert row["picked"] == (None if picked is None else pytest.approx(picked))
     path.write_text("blur: a smeared photo\n\n")
     out = CliRunner().invoke(cli, ["directions", "--db", str(text_store), "--prompts", str(path)])
-    assert out.exit_code == 1 and "line 2 is empty" in out.output
+    assert out.exit_code == 1 and "1 prompts: give at least two" in out.output
 
 
 def test_severities_are_grouped(tmp_path, tiny_text_model, photos):
