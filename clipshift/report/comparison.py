@@ -142,7 +142,8 @@ def model_rank_agreement(data: ReportData) -> Figure:
 MODEL_FIGURES: dict[str, FigureSpec] = {
     "model_bars": FigureSpec(
         model_bars,
-        "Beyond the paper: every model of the store side by side, per augmentation: mean "
+        "Beyond the paper: every run of the store with this run's augmented variants side by "
+        "side, per augmentation: mean "
         "cosine and attention similarity to the original with Student-t 95% confidence "
         "intervals over the images.",
     ),

@@ -775,8 +775,10 @@ FIGURES: dict[str, FigureSpec] = {
     ),
     "attention_grid": FigureSpec(
         attention_grid,
-        "Last-layer CLS attention over the image, original and each augmentation; the title "
-        "gives the cosine similarity of the augmented embedding to the original (paper Fig. 1).",
+        "The run's attention map over the image (its family's, named on the colour bar: the "
+        "last-layer CLS row for CLIP, the pooling head's probe for SigLIP), original and each "
+        "augmentation; the title gives the cosine similarity of the augmented embedding to "
+        "the original (paper Fig. 1).",
     ),
     "l2_kde": FigureSpec(
         l2_kde,
