@@ -613,6 +613,10 @@ def report(db, run_id, model, out, figures, samples, fmt, method, reference):
         method=method,
         reference=reference,
     )
+    for run in result.left_out:
+        click.echo(
+            f"model comparison leaves out run {run.run_id} ({run.model}): {run.reason}", err=True
+        )
     drawn = sum(f.path is not None for f in result.figures)
     click.echo(
         f"{drawn} of {len(result.figures)} figures for run {result.run['run_id']}: {result.index}"

@@ -73,6 +73,8 @@ class Family:
     default_mean: tuple[float, ...]
     default_std: tuple[float, ...]
     attention_maps: str  # recorded in runs.attention_maps; defined in docs/metrics.md
+    # what the run's `attention` (the last stored map) is, in a few words: figure labels
+    attention_label: str
 
     def load(self, source: str):
         import transformers
@@ -132,6 +134,7 @@ class CLIPFamily(Family):
     model_class = "CLIPModel"
     default_mean, default_std = CLIP_MEAN, CLIP_STD
     attention_maps = "cls_row: per layer, the CLS row over the patches, mean over heads"
+    attention_label = "last-layer CLS attention"
 
     def embedding_dim(self, model) -> int:
         return model.config.projection_dim
@@ -240,6 +243,7 @@ class SiglipFamily(Family):
         "received+probe: per layer, the attention each patch receives, mean over heads and "
         "query tokens; last map: the pooling head's probe over the patches, mean over heads"
     )
+    attention_label = "pooling-head probe attention"
 
     def embedding_dim(self, model) -> int:
         return self.vision_config(model).hidden_size

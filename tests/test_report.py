@@ -208,3 +208,157 @@ def test_two_runs_need_a_choice(ingested_store, tmp_path, tiny_model, photos):
     seeded = next(run_id for run_id, seed in runs if seed == 1)
     result = report(db, run=seeded, out=tmp_path / "out", figures="rank,radar")
     assert result.run["seed"] == 1 and all(f.path for f in result.figures)
+
+
+# -- runs that cannot be compared, many variants, failures ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_store(ingested_store, tiny_model, photos, tmp_path_factory):
+    """The paper run of the tiny CLIP (six photos), a paper run of a tiny SigLIP and a
+    corruptions run (75 variants) of the tiny CLIP, two photos each."""
+    from conftest import make_tiny_siglip
+
+    from clipshift.ingest import ingest
+
+    db = tmp_path_factory.mktemp("mixed") / "db"
+    shutil.copytree(ingested_store, db)
+    siglip = make_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"))
+    siglip_run = ingest([photos], db, str(siglip), limit=2, keep_pixels=-1, device="cpu")
+    corruptions = ingest(
+        [photos],
+        db,
+        str(tiny_model),
+        limit=2,
+        image_size=64,
+        augmentations="corruptions",
+        keep_pixels=-1,
+        device="cpu",
+    )
+    return db, siglip_run.run_id, corruptions.run_id
+
+
+def test_model_comparison_leaves_out_runs_of_other_augmentations(mixed_store, tmp_path):
+    db, siglip_run, corruptions_run = mixed_store
+    out = tmp_path / "out"
+    args = ["report", "--db", str(db), "--run", siglip_run, "--out", str(out), "--samples", "1"]
+    result = CliRunner().invoke(cli, [*args, "--figures", "attention_grid,model_bars"])
+    assert result.exit_code == 0, result.output
+    # the paper runs are compared, the corruptions run is named with the reason
+    assert (out / "model_bars.png").is_file()
+    lines = [line for line in result.output.splitlines() if "leaves out" in line]
+    assert len(lines) == 1 and corruptions_run in lines[0], result.output
+    assert "75 augmented variants are not run" in lines[0] and "(0 in common)" in lines[0]
+    page = (out / "index.html").read_text()
+    left = page[page.index('id="left-out"') :]
+    assert corruptions_run in left and "0 in common" in left
+    with Image.open(out / "model_bars.png") as image:
+        assert image.width <= 4000, image.size
+    con = connect(db)
+    try:
+        compared = ReportData(con, resolve_run(con, siglip_run)).comparable_runs()[0]
+        assert set(compared["run_id"]) == {siglip_run, *_clip_paper_run(con)}
+    finally:
+        con.close()
+
+
+def test_siglip_attention_is_labelled_as_its_family_defines_it(mixed_store):
+    db, siglip_run, _ = mixed_store
+    con = connect(db)
+    try:
+        siglip = ReportData(con, resolve_run(con, siglip_run), samples=1)
+        labels = [ax.get_xlabel() for ax in drawn.attention_grid(siglip).axes]
+        clip = ReportData(con, resolve_run(con, _clip_paper_run(con)[0]), samples=1)
+        clip_labels = [ax.get_xlabel() for ax in drawn.attention_grid(clip).axes]
+    finally:
+        con.close()
+    assert any(text.startswith("pooling-head probe attention") for text in labels), labels
+    assert not any("CLS" in text for text in labels)
+    assert any(text.startswith("last-layer CLS attention") for text in clip_labels), clip_labels
+
+
+def _clip_paper_run(con) -> list[str]:
+    return [
+        run_id
+        for run_id, family, size in con.execute(
+            "SELECT run_id, family, image_size FROM runs"
+        ).fetchall()
+        if family == "clip" and size == 224
+    ]
+
+
+def test_every_figure_stays_bounded_with_75_variants(mixed_store, tmp_path):
+    db, _, corruptions_run = mixed_store
+    out = tmp_path / "out"
+    result = report(db, run=corruptions_run, out=out, samples=2)
+    assert len(result.left_out) == 2  # neither paper run stored the corruptions
+    drawn_figures = {f.name: f for f in result.figures if f.path}
+    # every figure that draws per variant, and that this store has the data for
+    assert set(drawn_figures) >= {
+        *PIXEL_FIGURES, "l2_kde", "cosine_distribution", "dendrogram", "radar",
+        "metrics_heatmap", "rank", "l2_bar", "clustermap", "metric_averages",
+        "cosine_heatmap", "layer_drift", "severity", "severity_heatmap",
+    }  # fmt: skip
+    notes = {f.name: f.note for f in result.figures if not f.path}
+    assert "no other run stored the augmentations" in notes["model_bars"]
+    for figure in drawn_figures.values():
+        with Image.open(figure.path) as image:
+            assert image.width <= 4000 and image.height <= 4000, (figure.name, image.size)
+            assert np.asarray(image.convert("L")).std() > 10, figure.name
+
+
+def test_capped_figures_say_how_many_they_show(mixed_store):
+    db, _, corruptions_run = mixed_store
+    con = connect(db)
+    try:
+        data = ReportData(con, resolve_run(con, corruptions_run), samples=1)
+        fig = drawn.augmentations(data)
+    finally:
+        con.close()
+    texts = [t.get_text() for t in fig.texts]
+    assert "showing 12 of 76 variants, evenly spread over the suite" in texts
+    assert len(fig.axes) == 12
+
+
+def test_an_interrupted_report_leaves_the_previous_one_whole(ingested_store, tmp_path):
+    out = tmp_path / "out"
+    report(ingested_store, out=out, figures="rank,l2_bar")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupt(figure):  # Ctrl-C after the first new figure is drawn
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        report(ingested_store, out=out, figures="dendrogram,rank", fmt="svg", on_figure=interrupt)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the staging folder is gone
+
+
+def test_a_killed_report_leaves_the_previous_one_whole(ingested_store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "out"
+    report(ingested_store, out=out, figures="rank,l2_bar")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    process = subprocess.Popen(
+        [sys.executable, str(root / "cli.py"), "report", "--db", str(ingested_store)]
+        + ["--out", str(out), "--figures", "rank,dendrogram,radar,clustermap,cosine_heatmap"],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = process.stderr.readline()  # the first figure is drawn: kill it midway
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert first.startswith("rank"), first + process.stderr.read()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the next report removes what the killed one left beside `out`, and replaces the old one
+    assert len(list(tmp_path.glob(".out.*.partial"))) == 1
+    report(ingested_store, out=out, figures="dendrogram")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == ["dendrogram.png", "index.html"]

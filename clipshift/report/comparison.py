@@ -15,18 +15,24 @@ from scipy.stats import kendalltau
 from scipy.stats import t as student_t
 
 from .data import FigureUnavailable, ReportData
-from .figures import FigureSpec, _annotate
-from .style import SEQUENTIAL_CMAP, colour, label, paper_order
+from .figures import FigureSpec, _annotate, _spans
+from .style import PER_ROW, SEQUENTIAL_CMAP, colour, label, paper_order
 
 # the model metrics: pixel metrics do not depend on the model, l2 is on each model's own scale
 MODEL_METRICS = ("cosine", "attention_similarity")
 
 
 def _runs(data: ReportData) -> tuple[list[str], dict[str, str], dict[tuple[str, str], dict]]:
-    """Run ids (the report's run first), their labels, and summary rows by (run, augmentation)."""
-    rows = data.runs_summary()
+    """Run ids (the report's run first), their labels, and summary rows by (run, augmentation):
+    only runs with this run's augmented variants (the rest are named on the page)."""
+    rows, left_out = data.comparable_runs()
     run_ids = list(dict.fromkeys(rows["run_id"]))
     if len(run_ids) < 2:
+        if left_out:
+            raise FigureUnavailable(
+                f"no other run stored the augmentations of run {data.run_id[:12]}: "
+                f"{len(left_out)} left out (listed under the figures)"
+            )
         raise FigureUnavailable(
             "the store holds one run with augmented rows: ingest another model into it "
             "to compare models"
@@ -60,35 +66,45 @@ def model_bars(data: ReportData) -> Figure:
     """Per augmentation, one bar per model: mean cosine and attention similarity, 95% CI."""
     run_ids, labels, rows = _runs(data)
     names = paper_order({augmentation for _, augmentation in rows})
-    fig = Figure(figsize=(max(8.0, 1.1 * len(names) + 2), 7.2), layout="constrained")
-    axes = fig.subplots(len(MODEL_METRICS), 1, sharex=True)
-    x = np.arange(len(names))
+    # at most PER_ROW groups to a row, each row a pair of panels (one per metric)
+    spans = _spans(len(names), PER_ROW)
+    groups = max(stop - start for start, stop in spans)
+    height = 7.2 if len(spans) == 1 else 2.3 * len(MODEL_METRICS)
+    fig = Figure(figsize=(max(8.0, 1.1 * groups + 2), height * len(spans)), layout="constrained")
+    axes = fig.subplots(len(spans) * len(MODEL_METRICS), 1, squeeze=False)[:, 0]
     width = 0.8 / len(run_ids)
     palette = ["#264653", "#e76f51", "#2a9d8f", "#e9c46a", "#8ab17d", "#6d597a", "#b56576"]
-    for ax, metric in zip(axes, MODEL_METRICS, strict=True):
-        lows = []
-        for i, run_id in enumerate(run_ids):
-            found = [rows.get((run_id, n)) for n in names]
-            means = np.array([r[f"{metric}_mean"] if r else np.nan for r in found], float)
-            errors = np.array(
-                [_ci95(r[f"{metric}_std"], r["n"]) if r else np.nan for r in found], float
-            )
-            ax.bar(
-                x + (i - (len(run_ids) - 1) / 2) * width,
-                means,
-                width=width,
-                yerr=errors,
-                capsize=2,
-                color=palette[i % len(palette)],
-                label=labels[run_id],
-            )
-            lows.append(np.nanmin(means - np.nan_to_num(errors)))
-        ax.set_ylabel(f"mean {label(metric)}\n(95% CI)")
-        ax.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
-    axes[-1].set_xticks(x, [label(n, 13) for n in names], fontsize=8.5)
-    for tick, name in zip(axes[-1].get_xticklabels(), names, strict=True):
-        tick.set_color(colour(name))
-        tick.set_fontweight("bold")
+    for row, (start, stop) in enumerate(spans):
+        part = names[start:stop]
+        x = np.arange(len(part))
+        pair = axes[row * len(MODEL_METRICS) : (row + 1) * len(MODEL_METRICS)]
+        for ax, metric in zip(pair, MODEL_METRICS, strict=True):
+            lows = []
+            for i, run_id in enumerate(run_ids):
+                found = [rows.get((run_id, n)) for n in part]
+                means = np.array([r[f"{metric}_mean"] if r else np.nan for r in found], float)
+                errors = np.array(
+                    [_ci95(r[f"{metric}_std"], r["n"]) if r else np.nan for r in found], float
+                )
+                ax.bar(
+                    x + (i - (len(run_ids) - 1) / 2) * width,
+                    means,
+                    width=width,
+                    yerr=errors,
+                    capsize=2,
+                    color=palette[i % len(palette)],
+                    label=labels[run_id],
+                )
+                lows.append(np.nanmin(means - np.nan_to_num(errors)))
+            ax.set_ylabel(f"mean {label(metric)}\n(95% CI)")
+            ax.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
+            ax.set_xlim(-0.6, groups - 0.4)
+            ax.set_xticks(x)
+            ax.tick_params(labelbottom=ax is pair[-1])
+        pair[-1].set_xticks(x, [label(n, 13) for n in part], fontsize=8.5)
+        for tick, name in zip(pair[-1].get_xticklabels(), part, strict=True):
+            tick.set_color(colour(name))
+            tick.set_fontweight("bold")
     axes[0].set_title("Which model moves less? Mean similarity to the original per augmentation")
     fig.legend(
         *axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, frameon=False
@@ -126,7 +142,8 @@ def model_rank_agreement(data: ReportData) -> Figure:
 MODEL_FIGURES: dict[str, FigureSpec] = {
     "model_bars": FigureSpec(
         model_bars,
-        "Beyond the paper: every model of the store side by side, per augmentation: mean "
+        "Beyond the paper: every run of the store with this run's augmented variants side by "
+        "side, per augmentation: mean "
         "cosine and attention similarity to the original with Student-t 95% confidence "
         "intervals over the images.",
     ),

@@ -17,6 +17,22 @@ class FigureUnavailable(Exception):
     """The store lacks what a figure needs (pixels, per-layer attention): said on the page."""
 
 
+@dataclass(frozen=True)
+class LeftOutRun:
+    """A run of the store the model comparison leaves out, and why."""
+
+    run_id: str
+    model: str
+    reason: str
+
+
+def variant_label(augmentation, severity) -> str:
+    """A stored (augmentation, severity) as the figures name it: NAME, or NAME@SEVERITY."""
+    if severity is None or severity != severity:
+        return str(augmentation)
+    return f"{augmentation}@{int(severity)}"
+
+
 @dataclass
 class ReportData:
     """One run's named-query results, fetched on first use and cached for the other figures."""
@@ -47,7 +63,7 @@ class ReportData:
             if by_variant and "severity" in columns and "augmentation" in columns:
                 columns["augmentation"] = np.array(
                     [
-                        str(a) if s is None or s != s else f"{a}@{int(s)}"
+                        variant_label(a, s)
                         for a, s in zip(columns["augmentation"], columns["severity"], strict=True)
                     ],
                     dtype=object,
@@ -90,6 +106,44 @@ class ReportData:
             result = named_query(self.con, "summary_runs", run_ids=run_ids).fetchnumpy()
             self._cache["runs_summary"] = {c: _unmask(v) for c, v in result.items()}
         return self._cache["runs_summary"]
+
+    def comparable_runs(self) -> tuple[dict[str, np.ndarray], list[LeftOutRun]]:
+        """The rows of runs_summary for the runs that stored exactly this run's augmented
+        variants (the model comparison's runs), and every other run with the reason it is
+        left out: a paper-suite run beside a corruptions run has no variant in common, and
+        drawn together they made 84 bar groups of one bar each (a 14177 px wide figure)."""
+        if "comparable_runs" not in self._cache:
+            rows = self.runs_summary()
+            variants: dict[str, set[str]] = {}
+            for run_id, augmentation, severity in zip(
+                rows["run_id"], rows["augmentation"], rows["severity"], strict=True
+            ):
+                variants.setdefault(str(run_id), set()).add(variant_label(augmentation, severity))
+            mine = variants.get(self.run_id, set())
+            left_out = []
+            for run_id, model in self.con.execute(
+                "SELECT run_id, model FROM runs ORDER BY run_id"
+            ).fetchall():
+                if run_id == self.run_id:
+                    continue
+                theirs = variants.get(run_id)
+                if theirs is None:
+                    reason = "it has no augmented rows yet"
+                elif theirs != mine:
+                    reason = (
+                        f"its {len(theirs)} augmented variants are not run {self.run_id[:12]}'s "
+                        f"{len(mine)} ({len(theirs & mine)} in common)"
+                    )
+                else:
+                    continue
+                left_out.append(LeftOutRun(run_id, str(model), reason))
+            dropped = {run.run_id for run in left_out}
+            keep = np.array([str(r) not in dropped for r in rows["run_id"]], dtype=bool)
+            self._cache["comparable_runs"] = (
+                {column: values[keep] for column, values in rows.items()},
+                left_out,
+            )
+        return self._cache["comparable_runs"]
 
     def zeroshot_models(self) -> dict[str, np.ndarray]:
         """Stored zero-shot flip rates of every run sharing this run's label set and template

@@ -29,7 +29,12 @@ from ..defaults import ORIGINAL
 from .data import FigureUnavailable, ReportData
 from .style import (
     ATTENTION_CMAP,
+    CURVES,
+    LIST_INCHES,
+    MAX_IMAGE_COLUMNS,
+    MAX_PANELS,
     ORIGINAL_COLOUR,
+    PER_ROW,
     SCORE_COLOURS,
     SCORES,
     SEQUENTIAL_CMAP,
@@ -47,21 +52,22 @@ KDE_POINTS = 200
 def augmentations(data: ReportData) -> Figure:
     """One image, original and its augmentations in a row (Fig. 4a)."""
     image = data.pixel_sample()[0]
-    names = paper_order(image["variants"])
+    names, shown = _pick(paper_order(image["variants"]), MAX_IMAGE_COLUMNS)
     fig = Figure(figsize=(1.6 * len(names), 2.3), layout="constrained")
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, name in zip(axes, names, strict=True):
         ax.imshow(image["variants"][name]["pixels"])
         ax.set_title(label(name, 13), color=colour(name), fontsize=10, fontweight="bold")
         _bare(ax)
+    _note(fig, shown)
     return fig
 
 
 def attention_grid(data: ReportData) -> Figure:
-    """Sampled images: each row original + augmentations with the last-layer CLS attention
-    overlaid, the cosine to the original in each title (Fig. 1)."""
+    """Sampled images: each row original + augmentations with the run's attention map (the
+    last-layer CLS row for CLIP) overlaid, the cosine to the original in each title (Fig. 1)."""
     images = data.pixel_sample()
-    names = paper_order(images[0]["variants"])
+    names, shown = _pick(paper_order(images[0]["variants"]), MAX_IMAGE_COLUMNS)
     grid = int(data.run["patch_grid"])
     fig = Figure(figsize=(1.5 * len(names), 1.85 * len(images) + 0.5), layout="constrained")
     axes = fig.subplots(len(images), len(names), squeeze=False)
@@ -110,8 +116,9 @@ def attention_grid(data: ReportData) -> Figure:
         location="bottom",
         shrink=0.25,
         aspect=30,
-        label="last-layer CLS attention (each map min-max scaled)",
+        label=f"{_attention_label(data.run)} (each map min-max scaled)",
     )
+    _note(fig, shown)
     return fig
 
 
@@ -125,20 +132,42 @@ def l2_kde(data: ReportData) -> Figure:
     high = max(v.max() for v in values.values())
     pad = 0.05 * (high - low or 1.0)
     grid = np.linspace(max(0.0, low - pad), high + pad, KDE_POINTS)
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.subplots()
-    peaks = []
-    for name, l2 in values.items():
-        density = _kde(l2, grid)
-        ax.plot(grid, density, color=colour(name), lw=1.8)
-        ax.fill_between(grid, density, color=colour(name), alpha=0.12, lw=0)
-        peak = int(np.argmax(density))
-        peaks.append((grid[peak], density[peak], name))
-    ax.set_ylim(0, max(p[1] for p in peaks) * 1.25)
-    _label_peaks(fig, ax, peaks)
-    ax.set_xlabel("l2 distance to the original embedding")
-    ax.set_ylabel("density")
-    ax.set_title("Embedding shift: KDE of l2 distance per augmentation")
+    # at most CURVES curves to a panel: a corruptions run has 75
+    groups = _chunks(list(values), CURVES)
+    cols = min(2, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    size = (8, 4.5) if len(groups) == 1 else (11, 3.6 * rows + 0.6)
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
+    for ax, group in zip(axes, groups, strict=False):
+        peaks = []
+        for name in group:
+            density = _kde(values[name], grid)
+            ax.plot(grid, density, color=colour(name), lw=1.8)
+            ax.fill_between(grid, density, color=colour(name), alpha=0.12, lw=0)
+            peaks.append(density.max())
+        ax.set_ylim(0, max(peaks) * 1.25)
+    title = "Embedding shift: KDE of l2 distance per augmentation"
+    if len(groups) == 1:
+        axes[0].set_xlabel("l2 distance to the original embedding")
+        axes[0].set_ylabel("density")
+        axes[0].set_title(title)
+    else:
+        fig.supxlabel("l2 distance to the original embedding")
+        fig.supylabel("density")
+        fig.suptitle(title)
+    # laid out once for every panel's labels (a draw per panel took most of a 75-variant run)
+    fig.draw_without_rendering()
+    renderer = fig._get_renderer()
+    for ax, group in zip(axes, groups, strict=False):
+        peaks = []
+        for line, name in zip(ax.get_lines(), group, strict=True):
+            x, y = line.get_data()
+            peak = int(np.argmax(y))
+            peaks.append((x[peak], y[peak], name))
+        _label_peaks(renderer, ax, peaks)
     return fig
 
 
@@ -149,6 +178,8 @@ def cosine_distribution(data: ReportData) -> Figure:
     near 1 for a mild augmentation) would flatten every wide one to the floor.
     """
     values = _by_augmentation(data.query("shift_values"), "cosine")
+    names, shown = _pick(list(values), MAX_PANELS)
+    values = {name: values[name] for name in names}
     summary = _rows(data.summary(), "augmentation")
     low = min(v.min() for v in values.values())
     high = max(v.max() for v in values.values())
@@ -187,6 +218,7 @@ def cosine_distribution(data: ReportData) -> Figure:
     fig.supxlabel("cosine similarity to the original embedding")
     fig.supylabel("density")
     fig.suptitle("Embedding similarity: distribution of cosine per augmentation")
+    _note(fig, shown)
     return fig
 
 
@@ -199,7 +231,8 @@ def dendrogram(data: ReportData) -> Figure:
     found = _clusters(data)
     names, linkage, threshold = found.augmentations, found.linkage, found.threshold
     clusters = len(set(found.labels))
-    fig = Figure(figsize=(8, 0.42 * len(names) + 1.6), layout="constrained")
+    row, text = _list_rows(len(names), 0.42)
+    fig = Figure(figsize=(8, row * len(names) + 1.6), layout="constrained")
     ax = fig.subplots()
     tree = hierarchy.dendrogram(
         linkage,
@@ -207,6 +240,7 @@ def dendrogram(data: ReportData) -> Figure:
         ax=ax,
         orientation="left",  # root on the left, leaf names on the right: horizontal, apart
         link_color_func=_link_colours(linkage, threshold),
+        leaf_font_size=text,
     )
     for tick, leaf in zip(ax.get_yticklabels(), tree["leaves"], strict=True):
         tick.set_color(colour(names[leaf]))
@@ -236,7 +270,8 @@ def clustermap(data: ReportData) -> Figure:
     found = _clusters(data)
     names, linkage = found.augmentations, found.linkage
     scores = _rows(data.scores(), "augmentation")
-    fig = Figure(figsize=(8.5, 0.5 * len(names) + 1.6), layout="constrained")
+    row, text = _list_rows(len(names), 0.5)
+    fig = Figure(figsize=(8.5, row * len(names) + 1.6), layout="constrained")
     tree_ax, heat_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 3.2], "wspace": 0})
     tree = hierarchy.dendrogram(
         linkage,
@@ -255,10 +290,15 @@ def clustermap(data: ReportData) -> Figure:
     )
     tree_ax.set_ylim(0, 10 * len(ordered))
     _annotate(
-        heat_ax, matrix, image, xs=np.arange(len(SCORES)) + 0.5, ys=10 * np.arange(len(ordered)) + 5
+        heat_ax,
+        matrix,
+        image,
+        xs=np.arange(len(SCORES)) + 0.5,
+        ys=10 * np.arange(len(ordered)) + 5,
+        size=min(8.5, text),
     )
     heat_ax.set_xticks(np.arange(len(SCORES)) + 0.5, [label(s, 12) for s in SCORES])
-    heat_ax.set_yticks(10 * np.arange(len(ordered)) + 5, [label(n) for n in ordered])
+    heat_ax.set_yticks(10 * np.arange(len(ordered)) + 5, [label(n) for n in ordered], fontsize=text)
     heat_ax.yaxis.tick_right()
     for tick, name in zip(heat_ax.get_yticklabels(), ordered, strict=True):
         tick.set_color(colour(name))
@@ -280,12 +320,14 @@ def radar(data: ReportData) -> Figure:
     scores = _rows(data.scores(), "augmentation")
     names = paper_order(scores)
     matrix = np.array([[scores[n][s] for s in SCORES] for n in names], dtype=np.float64)
-    best, worst = np.nanmax(matrix, axis=0), np.nanmin(matrix, axis=0)
+    best, worst = np.nanmax(matrix, axis=0), np.nanmin(matrix, axis=0)  # over every one
+    names, shown = _pick(names, MAX_PANELS)
+    matrix = np.array([[scores[n][s] for s in SCORES] for n in names], dtype=np.float64)
     angles = np.linspace(0, 2 * np.pi, len(SCORES), endpoint=False)
     closed = np.append(angles, angles[0])
     # zoomed to the scores' range (the scale is labelled): from 0 they all hug the rim
-    inner = max(-1.0, math.floor(np.nanmin(matrix) * 10) / 10 - 0.1)
-    outer = max(1.0, math.ceil(np.nanmax(matrix) * 10) / 10)
+    inner = max(-1.0, math.floor(np.nanmin(worst) * 10) / 10 - 0.1)
+    outer = max(1.0, math.ceil(np.nanmax(best) * 10) / 10)
     cols = 3
     rows = math.ceil(len(names) / cols)
     fig = Figure(figsize=(3.3 * cols, 3.4 * rows + 0.6), layout="constrained")
@@ -325,6 +367,7 @@ def radar(data: ReportData) -> Figure:
         ncols=2,
         frameon=False,
     )
+    _note(fig, shown)
     return fig
 
 
@@ -334,18 +377,28 @@ def metrics_heatmap(data: ReportData) -> Figure:
     names = [str(n) for n in scores["augmentation"]]
     rows = (*SCORES, "overall")
     matrix = np.array([scores[s] for s in rows], dtype=np.float64)
-    fig = Figure(figsize=(1.0 * len(names) + 2.2, 4.6), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow(matrix, cmap=SEQUENTIAL_CMAP, aspect="auto")
-    _annotate(ax, matrix, image, xs=np.arange(len(names)), ys=np.arange(len(rows)))
-    ax.axhline(len(SCORES) - 0.5, color="white", lw=3)
-    ax.set_xticks(np.arange(len(names)), [label(n, 13) for n in names], fontsize=8.5)
-    ax.set_yticks(np.arange(len(rows)), [label(s) for s in rows])
-    ax.tick_params(length=0)
-    for side in ax.spines.values():
-        side.set_visible(False)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="mean score")
-    ax.set_title("Mean scores, augmentations sorted by overall score (best left)")
+    # at most PER_ROW columns to a panel, the panels stacked, one colour scale
+    spans = _spans(len(names), PER_ROW)
+    width = max(stop - start for start, stop in spans)
+    height = 4.6 if len(spans) == 1 else 3.4
+    fig = Figure(figsize=(1.0 * width + 2.2, height * len(spans)), layout="constrained")
+    axes = fig.subplots(len(spans), 1, squeeze=False)[:, 0]
+    low, high = np.nanmin(matrix), np.nanmax(matrix)
+    for ax, (start, stop) in zip(axes, spans, strict=True):
+        part = matrix[:, start:stop]
+        image = ax.imshow(part, cmap=SEQUENTIAL_CMAP, aspect="auto", vmin=low, vmax=high)
+        ax.set_xlim(-0.5, width - 0.5)
+        _annotate(ax, part, image, xs=np.arange(stop - start), ys=np.arange(len(rows)))
+        ax.axhline(len(SCORES) - 0.5, color="white", lw=3)
+        ax.set_xticks(
+            np.arange(stop - start), [label(n, 13) for n in names[start:stop]], fontsize=8.5
+        )
+        ax.set_yticks(np.arange(len(rows)), [label(s) for s in rows])
+        ax.tick_params(length=0)
+        for side in ax.spines.values():
+            side.set_visible(False)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="mean score")
+    axes[0].set_title("Mean scores, augmentations sorted by overall score (best left)")
     return fig
 
 
@@ -355,13 +408,15 @@ def rank(data: ReportData) -> Figure:
     names = [str(n) for n in scores["augmentation"]]
     overall = np.asarray(scores["overall"], dtype=np.float64)
     ranks = [int(r) for r in scores["rank"]]
-    fig = Figure(figsize=(7.5, 0.42 * len(names) + 1.2), layout="constrained")
+    row, text = _list_rows(len(names), 0.42)
+    fig = Figure(figsize=(7.5, row * len(names) + 1.2), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(names))[::-1]  # rank 1 on top
     ax.barh(y, overall, color=[colour(n) for n in names], height=0.7)
     for yi, value in zip(y, overall, strict=True):
-        ax.text(value, yi, f" {value:.3f}", va="center", fontsize=9)
-    ax.set_yticks(y, [f"{r}. {label(n)}" for r, n in zip(ranks, names, strict=True)])
+        ax.text(value, yi, f" {value:.3f}", va="center", fontsize=text)
+    ax.set_yticks(y, [f"{r}. {label(n)}" for r, n in zip(ranks, names, strict=True)], fontsize=text)
+    ax.set_ylim(-0.6, len(names) - 0.4)
     ax.set_xlim(min(0.0, np.nanmin(overall)), np.nanmax(overall) * 1.12)
     ax.set_xlabel("overall score (mean of the five scores)")
     ax.set_title("Augmentations ranked by overall score (1 = least shift)")
@@ -374,14 +429,30 @@ def l2_bar(data: ReportData) -> Figure:
     names = sorted(summary, key=lambda n: summary[n]["l2_mean"])
     means = np.array([summary[n]["l2_mean"] for n in names])
     stds = np.array([summary[n]["l2_std"] for n in names])
-    fig = Figure(figsize=(8, 4.4), layout="constrained")
-    ax = fig.subplots()
-    x = np.arange(len(names))
-    ax.bar(x, means, yerr=stds, color=[colour(n) for n in names], capsize=4, width=0.7)
-    ax.set_xticks(x, [label(n, 13) for n in names], fontsize=8.5)
-    ax.set_ylabel("mean l2 distance to the original (± std)")
-    ax.set_title("Embedding shift: mean l2 distance per augmentation")
-    ax.set_ylim(0, np.nanmax(means + stds) * 1.1)
+    spans = _spans(len(names), PER_ROW)
+    width = max(stop - start for start, stop in spans)
+    height = 4.4 if len(spans) == 1 else 3.2
+    fig = Figure(figsize=(max(8, 0.75 * width), height * len(spans)), layout="constrained")
+    axes = fig.subplots(len(spans), 1, squeeze=False)[:, 0]
+    for ax, (start, stop) in zip(axes, spans, strict=True):
+        x = np.arange(stop - start)
+        ax.bar(
+            x,
+            means[start:stop],
+            yerr=stds[start:stop],
+            color=[colour(n) for n in names[start:stop]],
+            capsize=4,
+            width=0.7,
+        )
+        ax.set_xticks(x, [label(n, 13) for n in names[start:stop]], fontsize=8.5)
+        ax.set_xlim(-0.6, width - 0.4)
+        ax.set_ylim(0, np.nanmax(means + stds) * 1.1)
+    ylabel = "mean l2 distance to the original (± std)"
+    if len(spans) == 1:
+        axes[0].set_ylabel(ylabel)
+    else:
+        fig.supylabel(ylabel)
+    axes[0].set_title("Embedding shift: mean l2 distance per augmentation")
     return fig
 
 
@@ -389,36 +460,42 @@ def metric_averages(data: ReportData) -> Figure:
     """Mean of each score per augmentation, in the paper's order, unsorted (Fig. 8b)."""
     scores = _rows(data.scores(), "augmentation")
     names = paper_order(scores)
-    fig = Figure(figsize=(10, 4.6), layout="constrained")
-    ax = fig.subplots()
-    x = np.arange(len(names))
-    width = 0.8 / len(SCORES)
-    for i, score in enumerate(SCORES):
-        ax.bar(
-            x + (i - (len(SCORES) - 1) / 2) * width,
-            [scores[n][score] for n in names],
-            width=width,
-            color=SCORE_COLOURS[score],
-            label=label(score),
-        )
-    ax.scatter(
-        x,
-        [scores[n]["overall"] for n in names],
-        marker="D",
-        color="black",
-        zorder=3,
-        label="overall",
-        s=22,
-    )
-    ax.set_xticks(x, [label(n, 13) for n in names], fontsize=8.5)
-    for tick, name in zip(ax.get_xticklabels(), names, strict=True):
-        tick.set_color(colour(name))
-        tick.set_fontweight("bold")
     values = np.array([[scores[n][s] for s in SCORES] for n in names], dtype=np.float64)
-    ax.set_ylim(min(0.0, np.nanmin(values)), 1.0)
-    ax.set_ylabel("mean score")
-    ax.set_title("Mean of each score per augmentation")
-    ax.legend(ncols=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+    spans = _spans(len(names), PER_ROW)
+    groups = max(stop - start for start, stop in spans)
+    height = 4.6 if len(spans) == 1 else 3.4
+    fig = Figure(figsize=(max(10, 1.1 * groups), height * len(spans)), layout="constrained")
+    axes = fig.subplots(len(spans), 1, squeeze=False)[:, 0]
+    width = 0.8 / len(SCORES)
+    for ax, (start, stop) in zip(axes, spans, strict=True):
+        part = names[start:stop]
+        x = np.arange(len(part))
+        for i, score in enumerate(SCORES):
+            ax.bar(
+                x + (i - (len(SCORES) - 1) / 2) * width,
+                [scores[n][score] for n in part],
+                width=width,
+                color=SCORE_COLOURS[score],
+                label=label(score),
+            )
+        ax.scatter(
+            x,
+            [scores[n]["overall"] for n in part],
+            marker="D",
+            color="black",
+            zorder=3,
+            label="overall",
+            s=22,
+        )
+        ax.set_xticks(x, [label(n, 13) for n in part], fontsize=8.5)
+        for tick, name in zip(ax.get_xticklabels(), part, strict=True):
+            tick.set_color(colour(name))
+            tick.set_fontweight("bold")
+        ax.set_xlim(-0.6, groups - 0.4)
+        ax.set_ylim(min(0.0, np.nanmin(values)), 1.0)
+        ax.set_ylabel("mean score")
+    axes[0].set_title("Mean of each score per augmentation")
+    axes[-1].legend(ncols=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     return fig
 
 
@@ -429,14 +506,15 @@ def cosine_heatmap(data: ReportData) -> Figure:
     """Seeded random images x augmentations, the cosine to the original in each cell (Fig. 9)."""
     rows = data.query("cosine_sample", samples=data.heatmap_images)
     picks = sorted(set(int(p) for p in rows["pick"]))
-    names = paper_order(set(str(a) for a in rows["augmentation"]))
+    names, shown = _pick(paper_order(set(str(a) for a in rows["augmentation"])), PER_ROW)
     matrix = np.full((len(picks), len(names)), np.nan)
     paths = {}
     for pick, path, name, cosine in zip(
         rows["pick"], rows["path"], rows["augmentation"], rows["cosine"], strict=True
     ):
-        matrix[picks.index(int(pick)), names.index(name)] = cosine
         paths[int(pick)] = path
+        if name in names:
+            matrix[picks.index(int(pick)), names.index(name)] = cosine
     fig = Figure(figsize=(1.0 * len(names) + 3, 0.24 * len(picks) + 2.2), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap=SEQUENTIAL_CMAP, aspect="auto")
@@ -449,6 +527,7 @@ def cosine_heatmap(data: ReportData) -> Figure:
         side.set_visible(False)
     fig.colorbar(image, ax=ax, shrink=0.5, label="cosine to the original")
     ax.set_title(f"Cosine similarity of {len(picks)} random images (seed {data.run['seed']})")
+    _note(fig, shown)
     return fig
 
 
@@ -458,27 +537,43 @@ def layer_drift(data: ReportData) -> Figure:
     if not len(rows["layer"]):
         raise FigureUnavailable("this run stored no per-layer attention maps (attention_layers)")
     names = paper_order(set(str(a) for a in rows["augmentation"]))
-    fig = Figure(figsize=(8.5, 4.6), layout="constrained")
-    ax = fig.subplots()
-    for name in names:
-        mine = rows["augmentation"] == name
-        order = np.argsort(rows["layer"][mine])
-        layers = rows["layer"][mine][order] + 1
-        ax.plot(
-            layers,
-            rows["attention_similarity"][mine][order],
-            color=colour(name),
-            marker="o",
-            ms=3.5,
-            lw=1.6,
-            label=label(name),
-        )
+    # at most CURVES lines to a panel, each panel with its own legend
+    groups = _chunks(names, CURVES)
+    cols = min(2, len(groups))
+    panels = math.ceil(len(groups) / cols)
+    size = (8.5, 4.6) if len(groups) == 1 else (13, 3.8 * panels + 0.6)
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(panels, cols, sharex=True, sharey=True, squeeze=False).ravel()
     count = int(np.max(rows["layer"])) + 1
-    ax.set_xticks(np.arange(1, count + 1))
-    ax.set_xlabel("transformer layer")
-    ax.set_ylabel("mean attention similarity to the original")
-    ax.set_title("Attention drift through the layers")
-    fig.legend(loc="outside right center", frameon=False)
+    for ax, group in zip(axes, groups, strict=False):
+        for name in group:
+            mine = rows["augmentation"] == name
+            order = np.argsort(rows["layer"][mine])
+            layers = rows["layer"][mine][order] + 1
+            ax.plot(
+                layers,
+                rows["attention_similarity"][mine][order],
+                color=colour(name),
+                marker="o",
+                ms=3.5,
+                lw=1.6,
+                label=label(name),
+            )
+        ax.set_xticks(np.arange(1, count + 1))
+        if len(groups) > 1:
+            ax.legend(frameon=False, fontsize=7.5, ncols=2, loc="lower left")
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
+    title = "Attention drift through the layers"
+    if len(groups) == 1:
+        axes[0].set_xlabel("transformer layer")
+        axes[0].set_ylabel("mean attention similarity to the original")
+        axes[0].set_title(title)
+        fig.legend(loc="outside right center", frameon=False)
+    else:
+        fig.supxlabel("transformer layer")
+        fig.supylabel("mean attention similarity to the original")
+        fig.suptitle(title)
     return fig
 
 
@@ -521,11 +616,12 @@ def severity_heatmap(data: ReportData) -> Figure:
         curves["augmentation"], curves["severity"], curves["cosine_mean"], strict=True
     ):
         matrix[names.index(str(name)), levels.index(int(level))] = 1 - float(cosine)
-    fig = Figure(figsize=(2.2 + 0.9 * len(levels), 0.4 * len(names) + 1.6), layout="constrained")
+    row, text = _list_rows(len(names), 0.4)
+    fig = Figure(figsize=(2.2 + 0.9 * len(levels), row * len(names) + 1.6), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap=SEQUENTIAL_CMAP, aspect="auto")
     ax.set_xticks(range(len(levels)), [str(level) for level in levels])
-    ax.set_yticks(range(len(names)), [label(n) for n in names])
+    ax.set_yticks(range(len(names)), [label(n) for n in names], fontsize=text)
     ax.set_xlabel("severity")
     high = np.nanmax(matrix)
     for i, j in np.argwhere(~np.isnan(matrix)):
@@ -536,7 +632,7 @@ def severity_heatmap(data: ReportData) -> Figure:
             f"{value:.3g}",
             ha="center",
             va="center",
-            fontsize=7,
+            fontsize=min(7, text),
             color="white" if value < 0.6 * high else "black",
         )
     fig.colorbar(image, ax=ax, shrink=0.6, label="mean 1 - cosine to the original")
@@ -552,35 +648,51 @@ def flip_rate(data: ReportData) -> Figure:
     rows = data.zeroshot_models()
     runs = list(dict.fromkeys(str(r) for r in rows["run_id"]))
     models = {str(r): str(m) for r, m in zip(rows["run_id"], rows["model"], strict=True)}
-    names = paper_order(set(str(a) for a in rows["augmentation"]))
+    # this run's augmentations only: another run's own suite would add groups of one bar
+    mine = rows["run_id"] == data.run_id
+    if not mine.any():
+        mine = np.ones(len(mine), dtype=bool)
+    names = paper_order(set(str(a) for a in rows["augmentation"][mine]))
     value = {
         (str(r), str(a)): float(f)
         for r, a, f in zip(rows["run_id"], rows["augmentation"], rows["flip_rate"], strict=True)
     }
-    fig = Figure(figsize=(max(7.5, 0.9 * len(names) * max(1, len(runs) / 2)), 4.6))
+    runs = [run for run in runs if any((run, n) in value for n in names)]
+    # bar groups wrap into rows that stay under LIST_INCHES wide
+    group = 0.9 * max(1, len(runs) / 2)
+    spans = _spans(len(names), max(1, min(PER_ROW, int(LIST_INCHES // group))))
+    groups = max(stop - start for start, stop in spans)
+    fig = Figure(figsize=(max(7.5, group * groups), (4.6 if len(spans) == 1 else 3.4) * len(spans)))
     fig.set_layout_engine("constrained")
-    ax = fig.subplots()
+    axes = fig.subplots(len(spans), 1, squeeze=False)[:, 0]
     width = 0.8 / len(runs)
-    x = np.arange(len(names))
     greys = _model_colours(len(runs))
-    for i, run in enumerate(runs):
-        heights = [value.get((run, n), np.nan) for n in names]
-        colours = [colour(n) for n in names] if len(runs) == 1 else greys[i]
-        ax.bar(
-            x + (i - (len(runs) - 1) / 2) * width,
-            heights,
-            width,
-            color=colours,
-            label=f"{_short_model(models[run])} ({run[:8]})",
-        )
-    ax.set_xticks(x, [label(n, 13) for n in names], fontsize=8.5)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("flip rate (share of images whose top-1 label changes)")
-    ax.set_title(
+    for ax, (start, stop) in zip(axes, spans, strict=True):
+        part = names[start:stop]
+        x = np.arange(len(part))
+        for i, run in enumerate(runs):
+            heights = [value.get((run, n), np.nan) for n in part]
+            colours = [colour(n) for n in part] if len(runs) == 1 else greys[i]
+            ax.bar(
+                x + (i - (len(runs) - 1) / 2) * width,
+                heights,
+                width,
+                color=colours,
+                label=f"{_short_model(models[run])} ({run[:8]})",
+            )
+        ax.set_xticks(x, [label(n, 13) for n in part], fontsize=8.5)
+        ax.set_xlim(-0.6, groups - 0.4)
+        ax.set_ylim(0, 1)
+    ylabel = "flip rate (share of images whose top-1 label changes)"
+    if len(spans) == 1:
+        axes[0].set_ylabel(ylabel)
+    else:
+        fig.supylabel(ylabel)
+    axes[0].set_title(
         f"Zero-shot flip rate: {rows['label_set'][0]} labels, template {rows['template'][0]!r}"
     )
     if len(runs) > 1:
-        ax.legend(frameon=False, fontsize=8.5)
+        axes[0].legend(frameon=False, fontsize=8.5)
     return fig
 
 
@@ -599,11 +711,20 @@ def alignment(data: ReportData) -> Figure:
     prompts = [p.text for p in result.prompts]
     matrix = np.array([[_pooled(cells.get((a, p), [])) for p in prompts] for a in names])
     limit = max(float(np.nanmax(np.abs(matrix))), 1e-6)
-    fig = Figure(figsize=(0.95 * len(prompts) + 3.2, 0.5 * len(names) + 2.4))
+    row, text = _list_rows(len(names), 0.5)
+    column = min(0.95, LIST_INCHES / max(1, len(prompts)))
+    fig = Figure(figsize=(column * len(prompts) + 3.2, row * len(names) + 2.4))
     fig.set_layout_engine("constrained")
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-    _annotate(ax, matrix, image, xs=np.arange(len(prompts)), ys=np.arange(len(names)), size=7.5)
+    _annotate(
+        ax,
+        matrix,
+        image,
+        xs=np.arange(len(prompts)),
+        ys=np.arange(len(names)),
+        size=min(7.5, text, 8 * column),
+    )
     ax.set_xticks(np.arange(len(prompts)), [label(p, 12) for p in prompts], fontsize=7.5)
     ax.set_yticks(
         np.arange(len(names)),
@@ -611,7 +732,7 @@ def alignment(data: ReportData) -> Figure:
             f"{label(n)} (identified {_pooled(accuracy[n]):.0%})" if n in accuracy else label(n)
             for n in names
         ],
-        fontsize=8.5,
+        fontsize=text,
     )
     ax.tick_params(length=0)
     fig.colorbar(image, ax=ax, shrink=0.8, label="mean cos(shift, text direction)")
@@ -654,8 +775,10 @@ FIGURES: dict[str, FigureSpec] = {
     ),
     "attention_grid": FigureSpec(
         attention_grid,
-        "Last-layer CLS attention over the image, original and each augmentation; the title "
-        "gives the cosine similarity of the augmented embedding to the original (paper Fig. 1).",
+        "The run's attention map over the image (its family's, named on the colour bar: the "
+        "last-layer CLS row for CLIP, the pooling head's probe for SigLIP), original and each "
+        "augmentation; the title gives the cosine similarity of the augmented embedding to "
+        "the original (paper Fig. 1).",
     ),
     "l2_kde": FigureSpec(
         l2_kde,
@@ -805,10 +928,9 @@ def _annotate(ax, matrix, image, xs, ys, size: float = 8.5) -> None:
             ax.text(x, y, f"{value:.3f}", ha="center", va="center", fontsize=size, color=ink)
 
 
-def _label_peaks(fig: Figure, ax, peaks: list[tuple[float, float, str]]) -> None:
-    """Name each curve above its peak, nudging labels up until none overlap."""
-    fig.draw_without_rendering()  # lay the figure out first: overlaps are judged in pixels
-    renderer = fig._get_renderer()
+def _label_peaks(renderer, ax, peaks: list[tuple[float, float, str]]) -> None:
+    """Name each curve above its peak, nudging labels up until none overlap (in pixels: the
+    figure is laid out first)."""
     placed = []
     for x, y, name in sorted(peaks, key=lambda p: -p[1]):
         text = ax.annotate(
@@ -838,6 +960,48 @@ def _label_peaks(fig: Figure, ax, peaks: list[tuple[float, float, str]]) -> None
     top = ax.transData.inverted().transform((0, max(box.y1 for box in placed)))[1]
     if top > ax.get_ylim()[1]:
         ax.set_ylim(0, top * 1.03)
+
+
+def _pick(names: list[str], limit: int) -> tuple[list[str], str | None]:
+    """At most `limit` of `names`, spread evenly over them (the first, the original where
+    it is one, always kept), and the note that says so; no note when all fit."""
+    if len(names) <= limit:
+        return list(names), None
+    picks = np.unique(np.linspace(0, len(names) - 1, limit).round().astype(int))
+    note = f"showing {len(picks)} of {len(names)} variants, evenly spread over the suite"
+    return [names[i] for i in picks], note
+
+
+def _spans(count: int, limit: int) -> list[tuple[int, int]]:
+    """(start, stop) of the fewest rows of at most `limit` items, as even as they go."""
+    rows = max(1, math.ceil(count / limit))
+    size = math.ceil(count / rows)
+    return [(start, min(count, start + size)) for start in range(0, count, size)]
+
+
+def _chunks(names: list[str], limit: int) -> list[list[str]]:
+    return [names[start:stop] for start, stop in _spans(len(names), limit)]
+
+
+def _list_rows(count: int, inches: float) -> tuple[float, float]:
+    """Row height (inches) and text size (points) of a figure with a row per item: `inches`
+    a row and 9 pt text, both shrinking once the list would pass LIST_INCHES."""
+    row = min(inches, LIST_INCHES / max(1, count))
+    return row, max(5.0, min(9.0, 0.6 * row * 72))
+
+
+def _note(fig: Figure, note: str | None) -> None:
+    """Say under the figure that it shows only some of the variants."""
+    if note:
+        fig.text(0.5, 0, note, ha="center", va="top", fontsize=9, style="italic", color="#555")
+
+
+def _attention_label(run: dict) -> str:
+    """What the run's attention map is, as its model family defines it (families.py)."""
+    from ..families import FAMILIES  # imports torch: only when an attention map is drawn
+
+    family = FAMILIES.get(str(run.get("family")))
+    return family.attention_label if family else "attention map"
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:

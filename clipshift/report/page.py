@@ -40,9 +40,11 @@ def render_page(
     widths: dict[str, int] | None = None,
     corruption_mean: dict | None = None,
     reference: str | None = None,
+    left_out: list | None = None,
 ) -> str:
     """The whole page. `figures`: (name, file name or None, caption, note) in display order;
-    `widths`: a figure's display width in CSS pixels, where known."""
+    `widths`: a figure's display width in CSS pixels, where known; `left_out`: the runs the
+    model comparison leaves out (LeftOutRun)."""
     widths = widths or {}
     facts = [
         ("run", run["run_id"]),
@@ -76,6 +78,18 @@ def render_page(
             parts.append(_embed(name, filename, widths.get(name)))
         parts.append(f"<figcaption><b>{escape(name)}</b>. {escape(caption)}</figcaption>")
         parts.append("</figure>")
+    if left_out:
+        parts += [
+            '<h2 id="left-out">Runs left out of the model comparison</h2>',
+            "<p>The model figures compare only runs that stored the same augmented variants as "
+            f"run {escape(run['run_id'])}; these runs did not:</p>",
+            "<ul>",
+            *(
+                f"<li><code>{escape(r.run_id)}</code> ({escape(r.model)}): {escape(r.reason)}</li>"
+                for r in left_out
+            ),
+            "</ul>",
+        ]
     if stats is not None:
         parts += [
             '<h2 id="stats">Stats</h2>',

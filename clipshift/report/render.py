@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
 
@@ -22,7 +25,7 @@ from ..defaults import (
     REPORT_SAMPLES,
 )
 from .comparison import MODEL_FIGURES
-from .data import FigureUnavailable, ReportData
+from .data import FigureUnavailable, LeftOutRun, ReportData
 from .figures import FIGURES, FigureSpec
 from .page import render_page
 from .style import DPI, RC
@@ -46,6 +49,9 @@ class ReportResult:
     index: Path
     run: dict
     figures: list[FigureResult]
+    # runs of the store the model comparison leaves out, with the reason (empty when it is
+    # not drawn)
+    left_out: list[LeftOutRun] = field(default_factory=list)
 
 
 def report(
@@ -61,14 +67,17 @@ def report(
     reference: str | None = None,
 ) -> ReportResult:
     """Render the figures of one run into `out` (one file each) and `out/index.html`; where
-    the store holds several runs, the model-comparison figures of all its runs as well.
+    the store holds several runs, the model-comparison figures of the runs that stored the
+    same augmented variants as well (`ReportResult.left_out` names the others, and why).
 
     `figures` picks some (default all, in the page's order); `samples` is the number of
     images in attention_grid; `method` the scipy linkage of the dendrograms; `reference` a run
     (id or unique prefix) the corruption mean is compared with, as `stats --reference`. A
     figure whose data the store lacks (pixels not kept) is named on the page instead; the rest
     render.
-    Files of an earlier report in `out` are replaced, never mixed with this one.
+    Files of an earlier report in `out` are replaced, never mixed with this one, and only
+    once this one is complete: it is drawn in a hidden folder beside `out`, so a report that
+    fails or is killed midway leaves the earlier one whole.
     """
     if fmt not in FORMATS:
         raise ClipshiftError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
@@ -93,40 +102,52 @@ def report(
         if not images["images"]:
             raise ClipshiftError(f"run {chosen['run_id']} holds no images yet: nothing to draw")
         out = _prepare(Path(out))
-        results = []
-        with matplotlib.rc_context(RC):
-            for name in names:
-                results.append(_render(name, data, out, fmt))
-                if on_figure:
-                    on_figure(results[-1])
-        page = render_page(
-            chosen,
-            images,
-            [
-                (r.name, r.path.name if r.path else None, ALL_FIGURES[r.name].caption, r.note)
-                for r in results
-            ],
-            data.summary(),
-            corruption_mean=data.corruption_mean(),
-            reference=reference_id,
-            widths={r.name: _display_width(r.path) for r in results if r.path},
-        )
+        # rendered beside `out`, then swapped in: a report killed while drawing (minutes on a
+        # large store) leaves the previous one whole
+        staging = _staging(out)
+        try:
+            results = []
+            with matplotlib.rc_context(RC):
+                for name in names:
+                    results.append(_render(name, data, staging, out, fmt))
+                    if on_figure:
+                        on_figure(results[-1])
+            compared = any(r.name in MODEL_FIGURES for r in results)
+            left_out = data.comparable_runs()[1] if compared else []
+            page = render_page(
+                chosen,
+                images,
+                [
+                    (r.name, r.path.name if r.path else None, ALL_FIGURES[r.name].caption, r.note)
+                    for r in results
+                ],
+                data.summary(),
+                corruption_mean=data.corruption_mean(),
+                reference=reference_id,
+                widths={r.name: _display_width(staging / r.path.name) for r in results if r.path},
+                left_out=left_out,
+            )
+            (staging / "index.html").write_text(page, encoding="utf-8")
+            _swap(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     finally:
         con.close()
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return ReportResult(out=out, index=index, run=chosen, figures=results)
+    return ReportResult(
+        out=out, index=out / "index.html", run=chosen, figures=results, left_out=left_out
+    )
 
 
-def _render(name: str, data: ReportData, out: Path, fmt: str) -> FigureResult:
+def _render(name: str, data: ReportData, staging: Path, out: Path, fmt: str) -> FigureResult:
+    """Draw one figure into `staging`; its result names where it will be once swapped in."""
     start = perf_counter()
     try:
         figure = ALL_FIGURES[name].draw(data)
     except FigureUnavailable as missing:
         return FigureResult(name, None, perf_counter() - start, str(missing))
-    path = out / f"{name}.{fmt}"
-    figure.savefig(path, format=fmt, dpi=DPI)
-    return FigureResult(name, path, perf_counter() - start)
+    filename = f"{name}.{fmt}"
+    figure.savefig(staging / filename, format=fmt, dpi=DPI)
+    return FigureResult(name, out / filename, perf_counter() - start)
 
 
 def _display_width(path: Path) -> int | None:
@@ -158,15 +179,60 @@ def _figure_names(figures: Sequence[str] | str | None, several_runs: bool = Fals
 
 
 def _prepare(out: Path) -> Path:
-    """Make `out`, and remove what an earlier report wrote there (and only that)."""
+    """Make `out` (an earlier report there stays until the new one is complete)."""
     if out.exists() and not out.is_dir():
         raise ClipshiftError(f"--out {out} is a file: choose a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name in ALL_FIGURES:
-            for fmt in FORMATS:
-                (out / f"{name}.{fmt}").unlink(missing_ok=True)
-        (out / "index.html").unlink(missing_ok=True)
     except OSError as exc:
         raise ClipshiftError(f"cannot write the report into {out}: {exc.strerror}") from None
     return out
+
+
+def _staging(out: Path) -> Path:
+    """A fresh hidden folder beside `out` (the same file system, so the swap is renames),
+    named with this process's id; those a killed report left behind are removed first."""
+    prefix = f".{out.name}."
+    for folder in out.parent.glob(f"{glob.escape(prefix)}*.partial"):
+        pid = folder.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    try:
+        return Path(
+            tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", suffix=".partial", dir=out.parent)
+        )
+    except OSError as exc:
+        raise ClipshiftError(f"cannot write the report beside {out}: {exc.strerror}") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _report_files(folder: Path) -> set[str]:
+    """The names of the files a report writes that are in `folder` (other files are the
+    user's, left alone)."""
+    names = {f"{name}.{fmt}" for name in ALL_FIGURES for fmt in FORMATS} | {"index.html"}
+    return {name for name in names if (folder / name).is_file()}
+
+
+def _swap(staging: Path, out: Path) -> None:
+    """Replace the report in `out` by the one in `staging`: each file by a rename, index.html
+    after every figure it shows, the earlier report's other files last. A kill in between
+    leaves a page whose every figure exists."""
+    new = _report_files(staging)
+    old = _report_files(out)
+    try:
+        for name in sorted(new - {"index.html"}):
+            os.replace(staging / name, out / name)
+        os.replace(staging / "index.html", out / "index.html")
+        for name in old - new:
+            (out / name).unlink(missing_ok=True)
+    except OSError as exc:
+        raise ClipshiftError(f"cannot write the report into {out}: {exc.strerror}") from None

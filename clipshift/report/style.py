@@ -81,3 +81,16 @@ def label(name: str, width: int | None = None) -> str:
     """A readable label: underscores to spaces, wrapped onto lines of `width` characters."""
     text = SCORE_LABELS.get(name, name).replace("_", " ")
     return "\n".join(textwrap.wrap(text, width, break_long_words=False)) if width else text
+
+
+# Bounds on what a figure draws per augmentation (variant), so that a run of the 75-variant
+# corruptions suite stays readable (one bar group per variant made model_bars 14177 px wide):
+# image columns and small multiples are capped, evenly over the suite, with a note saying how
+# many are shown; bar groups and heatmap columns wrap into rows of at most PER_ROW; an axes
+# holds at most CURVES lines; a list with one row per variant (a tree, ranked bars) grows to
+# at most LIST_INCHES tall, its rows and text shrinking to fit.
+MAX_IMAGE_COLUMNS = 12
+MAX_PANELS = 15
+PER_ROW = 16
+CURVES = 10
+LIST_INCHES = 16.0
