@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from . import ClipshiftError
 from .filters import where
 from .location import Location
-from .store import MIGRATIONS_TABLE, Store, _now, first_line, latest_schema_version
+from .store.core import MIGRATIONS_TABLE, Store, _now, first_line, latest_schema_version
 
 REPAIRS = ("rollback", "drop")
 

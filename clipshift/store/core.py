@@ -37,11 +37,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from filelock import FileLock
 
-from . import ClipshiftError
-from .defaults import ORIGINAL
-from .filters import matches, sql_literal, where
-from .location import Location
-from .resources import resource_dir
+from .. import ClipshiftError
+from ..defaults import ORIGINAL
+from ..filters import matches, sql_literal, where
+from ..location import Location
+from ..resources import resource_dir
 
 os.environ.setdefault("LANCE_LOG", "error")
 
