@@ -29,7 +29,9 @@ import pyarrow.compute as pc
 from . import ClipshiftError
 from .filters import where
 from .location import Location
-from .store.core import MIGRATIONS_TABLE, Store, _now, first_line, latest_schema_version
+from .store import MIGRATIONS_TABLE, Store, latest_schema_version
+from .store.core import now
+from .store.damage import first_line
 
 REPAIRS = ("rollback", "drop")
 
@@ -310,7 +312,7 @@ def _record(store: Store, repaired: list[str]) -> None:
         return
     errors = store.table("errors")
     rows = [
-        {"path": str(store.path), "stage": "repair", "message": m, "run_id": None, "time": _now()}
+        {"path": str(store.path), "stage": "repair", "message": m, "run_id": None, "time": now()}
         for m in repaired
     ]
     errors.add(pa.Table.from_pylist(rows, schema=errors.schema))
