@@ -102,7 +102,7 @@ def check(db: str | os.PathLike, repair: str | None = None) -> CheckResult:
     the damaged tables that way and the incomplete images, then check again."""
     if repair is not None and repair not in REPAIRS:
         raise ClipshiftError(f"--repair {repair}: choose {' or '.join(REPAIRS)}")
-    store = Store._connect(Location.parse(db), create=False)
+    store = Store.connect(Location.parse(db), create=False)
     if not store.table_names():
         raise ClipshiftError(f"no clipshift store at {db}: nothing to check")
     result = _check(store)

@@ -109,7 +109,7 @@ class Store:
         A store at an older schema must be upgraded with `clipshift migrate` first; one written
         by a newer clipshift is refused, since this version cannot know its layout.
         """
-        store = cls._connect(Location.parse(path), create=create)
+        store = cls.connect(Location.parse(path), create=create)
         if create and store.location.is_local:
             store.remove_uncommitted_tables()
         store.raise_if_damaged()
@@ -235,7 +235,10 @@ class Store:
                 store.check_version()
 
     @classmethod
-    def _connect(cls, location: str | os.PathLike | Location, *, create: bool) -> Store:
+    def connect(cls, location: str | os.PathLike | Location, *, create: bool) -> Store:
+        """The store at `location` as it is, with no damage or schema check: `open` makes
+        those; `check`, `compact` and `migrate` make their own. With `create`, a local folder
+        that can hold a store is made."""
         location = Location.parse(location)
         if not location.is_local:
             return cls(location)

@@ -52,7 +52,7 @@ def compact(db: str | os.PathLike, keep: timedelta | None = None) -> Compaction:
     live data meanwhile (docs/schema.md#disk-space). This takes the writer lock (the lease on
     object storage) as an ingest does, so it never runs beside a writer; `keep` 0 s also
     deletes what a reader that is running may still need."""
-    store = Store._connect(Location.parse(db), create=False)
+    store = Store.connect(Location.parse(db), create=False)
     if not store.has_table(MIGRATIONS_TABLE):
         raise ClipshiftError(f"no clipshift store at {db}: nothing to compact")
     store.raise_if_damaged()
@@ -74,7 +74,7 @@ def compact(db: str | os.PathLike, keep: timedelta | None = None) -> Compaction:
 
 def migrate_store(path: str | os.PathLike) -> tuple[list[Migration], int]:
     """Apply pending migrations to the store at `path`; return those applied and the version."""
-    store = Store._connect(Location.parse(path), create=False)
+    store = Store.connect(Location.parse(path), create=False)
     # on object storage an interrupted migration 0003 leaves an incomplete copy of `variants`
     # as `variants_<D>` beside it: not damage, 0003 copies it again
     moving = not store.location.is_local and store.has_table("variants")
