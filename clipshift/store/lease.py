@@ -72,13 +72,14 @@ class WriterLease:
         except (ValueError, OSError):  # its first version is being written
             raise ClipshiftError(self.refusal(None, now)) from None
         current = self._holder(dataset)
-        me = f"holder = {sql_literal(self.token)}"
         if self.renewed:
-            condition = me  # renewing: only while still ours
-        else:
-            condition = f"holder = '' OR {me} OR heartbeat < {now - LEASE_SECONDS!r}"
+            condition = where(holder=self.token)  # renewing: only while still ours
+        else:  # free, ours, left by a dead process on this host, or expired
+            holders = ["", self.token]
             if current and current["host"] == socket.gethostname() and not _alive(current["pid"]):
-                condition += f" OR holder = {sql_literal(current['holder'])}"
+                holders.append(current["holder"])
+            expired = f"heartbeat < {sql_literal(now - LEASE_SECONDS)}"
+            condition = f"{where(holder=holders)} OR {expired}"
         try:
             dataset.update(
                 {
