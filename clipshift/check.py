@@ -29,7 +29,9 @@ import pyarrow.compute as pc
 from . import ClipshiftError
 from .filters import where
 from .location import Location
-from .store import MIGRATIONS_TABLE, Store, _now, first_line, latest_schema_version
+from .store import MIGRATIONS_TABLE, Store, latest_schema_version
+from .store.core import now
+from .store.damage import first_line
 
 REPAIRS = ("rollback", "drop")
 
@@ -100,7 +102,7 @@ def check(db: str | os.PathLike, repair: str | None = None) -> CheckResult:
     the damaged tables that way and the incomplete images, then check again."""
     if repair is not None and repair not in REPAIRS:
         raise ClipshiftError(f"--repair {repair}: choose {' or '.join(REPAIRS)}")
-    store = Store._connect(Location.parse(db), create=False)
+    store = Store.connect(Location.parse(db), create=False)
     if not store.table_names():
         raise ClipshiftError(f"no clipshift store at {db}: nothing to check")
     result = _check(store)
@@ -311,7 +313,7 @@ def _record(store: Store, repaired: list[str]) -> None:
         return
     errors = store.table("errors")
     rows = [
-        {"path": str(store.path), "stage": "repair", "message": m, "run_id": None, "time": _now()}
+        {"path": str(store.path), "stage": "repair", "message": m, "run_id": None, "time": now()}
         for m in repaired
     ]
     errors.add(pa.Table.from_pylist(rows, schema=errors.schema))

@@ -279,7 +279,7 @@ def test_migration_0003_moves_an_old_store_to_tables_by_width(tmp_path):
     from datetime import datetime, timezone
 
     db = tmp_path / "db"
-    store = Store._connect(db, create=True)
+    store = Store.connect(db, create=True)
     store.migrate(target=2)
     # the variants table of schema 2: one table, no severity column yet
     old_schema = variants_schema(8)

@@ -95,7 +95,7 @@ def test_two_ingests_at_once_store_each_image_once(tmp_path, tiny_model, photos)
 
 def test_upgrade_a_store_created_at_the_first_schema_version(tmp_path):
     db = tmp_path / "db"
-    store = Store._connect(db, create=True)
+    store = Store.connect(db, create=True)
     store.migrate(target=1)
     assert store.schema_version() == 1
     images = store.table("images")

@@ -363,7 +363,7 @@ def test_s3_migration_0003_moves_variants_to_its_width_table(s3_server):
     from clipshift.store import latest_schema_version, variants_schema
 
     remote = "s3://clipshift-test/stores/old"
-    store = Store._connect(remote, create=True)
+    store = Store.connect(remote, create=True)
     store.migrate(target=2)
     old_schema = variants_schema(8)
     old_schema = old_schema.remove(old_schema.get_field_index("severity"))

@@ -200,7 +200,7 @@ def test_ingest_finishes_the_migrations_a_killed_ingest_left_part_way(tmp_path, 
     run yet, and the next ingest migrates it the rest of the way (a store holding runs waits
     for `clipshift migrate`)."""
     db = tmp_path / "db"
-    Store._connect(db, create=True).migrate(target=2)  # and then the kill
+    Store.connect(db, create=True).migrate(target=2)  # and then the kill
     summary = ingest([photos], db, str(tiny_model), limit=1, keep_pixels=0, device="cpu")
     assert summary.stored == 1
     assert Store.open(db).schema_version() == available_migrations()[-1].version

@@ -370,7 +370,7 @@ def test_a_file_suite_ingests_to_the_built_in_pixels(corruption_store, tmp_path,
 
 def test_migration_adds_severity_to_an_older_store(tmp_path):
     db = tmp_path / "db"
-    store = Store._connect(db, create=True)
+    store = Store.connect(db, create=True)
     store.migrate(target=2)
     old = pa.schema(_old_variant_fields())
     store.db.create_table("variants", schema=old)

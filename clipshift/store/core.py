@@ -1,6 +1,4 @@
-"""The LanceDB store: tables, their schema, the migrations runner and the write lock.
-
-Table and column names here are a contract: users' SQL relies on them (see docs/schema.md).
+"""The Store: an open LanceDB store, its tables read and written under the write lock.
 
 A store lives at a Location: a local folder or an object-storage prefix (s3://, gs://, az://),
 whose storage options reach every Lance and LanceDB call made here.
@@ -9,26 +7,22 @@ In a local folder, writes are serialised by an advisory file lock (`<db>/.clipsh
 filelock) held only around each commit, so two ingests into one store interleave their batches
 safely; under the lock each batch drops the images another writer stored meanwhile, so nothing
 is stored twice. Object storage has no file lock: there one writing process at a time holds a
-lease (`_writer_lease.lance`, taken by a Lance conditional update, renewed at each commit) and
-a second writer is refused with a one-line error (docs/scale-out.md). Every Lance commit is
-atomic: a process killed at any moment leaves whole batches or nothing.
+lease (lease.py) and a second writer is refused with a one-line error (docs/scale-out.md). Every
+Lance commit is atomic: a process killed at any moment leaves whole batches or nothing.
+
+The tables' schemas are in schema.py, the migrations in migrations.py, the detection of a
+damaged table in damage.py, and `clipshift migrate` and `clipshift compact` in maintenance.py.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
-import importlib.util
 import os
 import re
 import shutil
-import socket
-import time
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -37,15 +31,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from filelock import FileLock
 
-from . import ClipshiftError
-from .defaults import ORIGINAL
-from .filters import matches, sql_literal, where
-from .location import Location
-from .resources import resource_dir
+from .. import ClipshiftError
+from ..defaults import ORIGINAL
+from ..filters import matches, where
+from ..location import Location
+from .damage import (
+    StoreDamaged,
+    damage_error,
+    ever_committed,
+    object_damage,
+    read_damage,
+    table_damage,
+)
+from .lease import WriterLease
+from .migrations import (
+    MIGRATIONS_SCHEMA,
+    MIGRATIONS_TABLE,
+    Migration,
+    available_migrations,
+    latest_schema_version,
+)
+from .schema import VARIANTS_PREFIX, variants_schema, variants_table_name
 
 os.environ.setdefault("LANCE_LOG", "error")
 
-MIGRATIONS_TABLE = "schema_migrations"
 LOCK_FILE = ".clipshift.lock"
 # Small appends leave many small fragments; past this many, compact after the ingest.
 COMPACT_FRAGMENTS = 64
@@ -55,82 +64,10 @@ COMPACT_FRAGMENTS = 64
 # (report, the slowest, about a minute), so a reader never loses its files mid-read.
 # CLIPSHIFT_KEEP_VERSIONS_SECONDS overrides it (tests use 0).
 KEEP_VERSIONS = timedelta(minutes=10)
-# On object storage: the writer's lease, and how long an unrenewed lease blocks other writers
-# (a writer renews it at every commit, at most every LEASE_RENEW seconds).
-LEASE_TABLE = "_writer_lease"
-LEASE_SECONDS = 300.0
-LEASE_RENEW = 30.0
-
-MIGRATIONS_SCHEMA = pa.schema(
-    [
-        pa.field("version", pa.int32(), nullable=False),
-        pa.field("name", pa.string()),
-        pa.field("applied_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
 
 
-# Variant rows live in one Lance table per embedding width, `variants_<D>`: LanceDB vector
-# search needs a fixed-size embedding column, and a store holds models of several widths.
-# SQL sees them as one view, `variants` (analysis.connect); docs/schema.md.
-VARIANTS_PREFIX = "variants_"
-
-
-def variants_table_name(embedding_dim: int) -> str:
-    """The Lance table holding the variant rows of every run of this embedding width."""
-    return f"{VARIANTS_PREFIX}{int(embedding_dim)}"
-
-
-def variants_schema(embedding_dim: int) -> pa.Schema:
-    """The current schema of a `variants_<D>` table: one row per (run, image, variant)."""
-    return pa.schema(
-        [
-            pa.field("run_id", pa.string(), nullable=False),
-            pa.field("image_id", pa.string(), nullable=False),
-            pa.field("variant", pa.string(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), embedding_dim)),
-            pa.field("attention", pa.list_(pa.float32())),
-            pa.field("attention_layers", pa.list_(pa.float32())),
-            pa.field("patch_similarity", pa.float64()),
-            pa.field("edge_preservation", pa.float64()),
-            pa.field("detail_preservation", pa.float64()),
-            pa.field("params", pa.string()),
-            pa.field("pixels", pa.binary()),
-            # NULL where the perturbation has no severity levels (migration 0004)
-            pa.field("severity", pa.int32()),
-        ]
-    )
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    path: Path
-
-    def apply(self, db) -> None:
-        spec = importlib.util.spec_from_file_location(
-            f"clipshift_migration_{self.version}", self.path
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.upgrade(db)
-
-
-def available_migrations() -> list[Migration]:
-    """Every migration shipped with this clipshift, oldest first."""
-    found = []
-    for path in sorted(resource_dir("migrations").glob("[0-9][0-9][0-9][0-9]_*.py")):
-        match = re.match(r"(\d{4})_(.+)\.py$", path.name)
-        found.append(Migration(int(match.group(1)), match.group(2), path))
-    return found
-
-
-def latest_schema_version() -> int:
-    return available_migrations()[-1].version
-
-
-def _now() -> datetime:
+def now() -> datetime:
+    """The time now, in UTC, as the tables store it (applied_at, errors.time)."""
     return datetime.now(timezone.utc)
 
 
@@ -145,64 +82,6 @@ def keep_versions() -> timedelta:
         raise ClipshiftError(
             f"CLIPSHIFT_KEEP_VERSIONS_SECONDS={seconds!r}: give a number of seconds"
         ) from None
-
-
-class StoreDamaged(ClipshiftError):
-    """A table of the store cannot be read: a data file is missing, short, or unreadable."""
-
-
-def damage_error(path: Path, table: str, problem: str) -> StoreDamaged:
-    return StoreDamaged(
-        f"the store at {path} is damaged: table {table}: {problem}; run `clipshift check "
-        f"--db {path}` to see what is affected and {repair_hint(path)}"
-    )
-
-
-def repair_hint(path: str | os.PathLike) -> str:
-    """The command that repairs a damaged store, ready to paste, and what each repair loses
-    (`--repair` alone is refused: it needs one of the two)."""
-    return (
-        f"`clipshift check --db {path} --repair rollback` to fix it (each damaged table back to "
-        "its last version that reads in full; `--repair drop` instead drops only the unreadable "
-        "files)"
-    )
-
-
-def table_damage(table_dir: Path) -> str | None:
-    """What is wrong with the latest version of the Lance table at `table_dir`, found from its
-    manifest and the file sizes it records, without reading any data; None when nothing is.
-
-    Catches a missing manifest or data file and a data file of the wrong size (truncated); a
-    file damaged in place is found by `clipshift check`, which reads every fragment."""
-    try:
-        ds = lance.dataset(str(table_dir))
-        fragments = ds.get_fragments()
-    except Exception as exc:  # noqa: BLE001 - any failure to open is the damage reported
-        return f"its manifest cannot be read ({first_line(exc)})"
-    for fragment in fragments:
-        for data_file in fragment.metadata.files:
-            file = table_dir / "data" / data_file.path
-            if not file.is_file():
-                return f"data file data/{data_file.path} is missing"
-            expected = data_file.file_size_bytes
-            if expected and file.stat().st_size != expected:
-                return (
-                    f"data file data/{data_file.path} has {file.stat().st_size:,} bytes, "
-                    f"not the {expected:,} it was written with (truncated?)"
-                )
-    return None
-
-
-def ever_committed(table_dir: Path) -> bool:
-    """Whether the Lance table at `table_dir` has (or had: a damage may have removed it) a
-    committed version: a manifest in _versions."""
-    versions = table_dir / "_versions"
-    return versions.is_dir() and any(versions.iterdir())
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 class Store:
@@ -230,7 +109,7 @@ class Store:
         A store at an older schema must be upgraded with `clipshift migrate` first; one written
         by a newer clipshift is refused, since this version cannot know its layout.
         """
-        store = cls._connect(Location.parse(path), create=create)
+        store = cls.connect(Location.parse(path), create=create)
         if create and store.location.is_local:
             store.remove_uncommitted_tables()
         store.raise_if_damaged()
@@ -273,7 +152,7 @@ class Store:
             if self.location.is_local:
                 problem = table_damage(self.path / f"{name}.lance")
             else:  # object storage: the manifest opens (file sizes are checked locally only)
-                problem = _object_damage(self.dataset, name, read=False)
+                problem = object_damage(self.dataset, name, read=False)
             if problem:
                 raise damage_error(self.path, name, problem)
 
@@ -293,7 +172,7 @@ class Store:
             if self.location.is_local:
                 problem = read_damage(self.path / f"{name}.lance")
             else:
-                problem = _object_damage(self.dataset, name, read=True)
+                problem = object_damage(self.dataset, name, read=True)
             if problem:
                 return damage_error(self.path, name, problem)
         return None
@@ -358,7 +237,10 @@ class Store:
                 store.check_version()
 
     @classmethod
-    def _connect(cls, location: str | os.PathLike | Location, *, create: bool) -> Store:
+    def connect(cls, location: str | os.PathLike | Location, *, create: bool) -> Store:
+        """The store at `location` as it is, with no damage or schema check: `open` makes
+        those; `check`, `compact` and `migrate` make their own. With `create`, a local folder
+        that can hold a store is made."""
         location = Location.parse(location)
         if not location.is_local:
             return cls(location)
@@ -428,7 +310,7 @@ class Store:
                         {
                             "version": pa.array([migration.version], pa.int32()),
                             "name": [migration.name],
-                            "applied_at": pa.array([_now()], pa.timestamp("us", tz="UTC")),
+                            "applied_at": pa.array([now()], pa.timestamp("us", tz="UTC")),
                         }
                     )
                 )
@@ -630,7 +512,7 @@ class Store:
         with self.lock():
             errors = self.table("errors")
             data = pa.Table.from_pylist(
-                [{**row, "time": row.get("time") or _now()} for row in rows], schema=errors.schema
+                [{**row, "time": row.get("time") or now()} for row in rows], schema=errors.schema
             )
             (
                 errors.merge_insert(["run_id", "path"])
@@ -667,242 +549,6 @@ class Store:
                 table.to_lance().cleanup_old_versions(
                     older_than=keep, delete_unverified=True, error_if_tagged_old_versions=False
                 )
-
-
-@dataclass(frozen=True)
-class Compaction:
-    """What `compact` did to a store: its size before and after, and the versions deleted."""
-
-    db: str
-    bytes_before: int
-    bytes_after: int
-    versions_removed: int
-    kept: timedelta  # versions younger than this were kept (and the newest always)
-
-    @property
-    def reclaimed(self) -> int:
-        return self.bytes_before - self.bytes_after
-
-
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> timedelta:
-    """A duration written as a number and a unit: 0s, 90s, 10m, 1.5h, 7d."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text or "")
-    if not match:
-        raise ClipshiftError(
-            f"--keep-versions {text!r}: give a duration as a number and a unit "
-            f"({', '.join(DURATION_UNITS)}), e.g. 10m, 1h or 0s"
-        )
-    return timedelta(seconds=float(match.group(1)) * DURATION_UNITS[match.group(2)])
-
-
-def compact(db: str | os.PathLike, keep: timedelta | None = None) -> Compaction:
-    """Compact every table of the store at `db` now and delete the versions older than `keep`
-    (default `keep_versions()`), with every file no remaining version uses.
-
-    An ingest that compacts rewrites its tables' data, and the old data stays, as part of the
-    versions a reader may still hold, until the retention passes: the store is about twice its
-    live data meanwhile (docs/schema.md#disk-space). This takes the writer lock (the lease on
-    object storage) as an ingest does, so it never runs beside a writer; `keep` 0 s also
-    deletes what a reader that is running may still need."""
-    store = Store._connect(Location.parse(db), create=False)
-    if not store.has_table(MIGRATIONS_TABLE):
-        raise ClipshiftError(f"no clipshift store at {db}: nothing to compact")
-    store.raise_if_damaged()
-    keep = keep_versions() if keep is None else keep
-    try:
-        with store.lock():
-            before, latest = store.location.file_sizes(), store.latest_versions()
-            counts = sum(len(store.dataset(name).versions()) for name in latest)
-            store.compact(force=True, keep=keep)
-            after = store.location.file_sizes()
-            added = sum(v - latest[n] for n, v in store.latest_versions().items())
-            left = sum(len(store.dataset(name).versions()) for name in latest)
-    finally:
-        store.close()
-    return Compaction(
-        str(store.path), sum(before.values()), sum(after.values()), counts + added - left, keep
-    )
-
-
-def _object_damage(dataset, name: str, *, read: bool) -> str | None:
-    """What is wrong with the table `name` of an object-storage store (`dataset` opens it):
-    its manifest cannot be read, or with `read`, a fragment cannot."""
-    try:
-        fragments = dataset(name).get_fragments()
-    except Exception as exc:  # noqa: BLE001 - any failure to open is the damage reported
-        return f"its manifest cannot be read ({first_line(exc)})"
-    for fragment in fragments if read else []:
-        try:
-            for _ in fragment.to_batches(batch_size=4096):
-                pass
-        except Exception as exc:  # noqa: BLE001 - any read failure is the damage reported
-            return f"fragment {fragment.fragment_id} cannot be read: {first_line(exc)}"
-    return None
-
-
-def read_damage(table_dir: Path) -> str | None:
-    """As `table_damage`, and then every fragment of the latest version read in full."""
-    problem = table_damage(table_dir)
-    if problem:
-        return problem
-    for fragment in lance.dataset(str(table_dir)).get_fragments():
-        try:
-            for _ in fragment.to_batches(batch_size=4096):
-                pass
-        except Exception as exc:  # noqa: BLE001 - any read failure is the damage reported
-            files = ", ".join(f"data/{f.path}" for f in fragment.metadata.files)
-            return f"fragment {fragment.fragment_id} ({files}) cannot be read: {first_line(exc)}"
-    return None
-
-
-def migrate_store(path: str | os.PathLike) -> tuple[list[Migration], int]:
-    """Apply pending migrations to the store at `path`; return those applied and the version."""
-    store = Store._connect(Location.parse(path), create=False)
-    # on object storage an interrupted migration 0003 leaves an incomplete copy of `variants`
-    # as `variants_<D>` beside it: not damage, 0003 copies it again
-    moving = not store.location.is_local and store.has_table("variants")
-    store.raise_if_damaged(ignore=store.variants_tables() if moving else ())
-    version = store.schema_version()
-    if version == 0:
-        raise ClipshiftError(f"no clipshift store at {path}: nothing to migrate")
-    if version > latest_schema_version():
-        raise ClipshiftError(
-            f"the store at {path} has schema version {version}, newer than this clipshift "
-            f"understands ({latest_schema_version()}): upgrade clipshift"
-        )
-    if version == latest_schema_version():
-        return [], version  # nothing to write: fine on a read-only store too
-    applied = store.migrate()
-    return applied, store.schema_version()
-
-
-class WriterLease:
-    """One writing process at a time on an object-storage store.
-
-    The lease is a one-row Lance dataset beside the tables. Taking it is a Lance update with a
-    condition (free, expired, or left by a dead process on this host), then read back. Lance
-    commits a version atomically (a put-if-absent of its manifest where the store supports
-    one), so of two processes racing for it one update lands and the other conflicts or,
-    retried on the newer version, matches no row. Renewed at each commit; released at exit. A
-    crashed writer's lease blocks others for LEASE_SECONDS at most.
-    """
-
-    def __init__(self, location: Location):
-        self.location = location
-        self.uri = location.child(f"{LEASE_TABLE}.lance")
-        self.token = uuid.uuid4().hex
-        self.renewed = 0.0
-
-    def _dataset(self):
-        options = self.location.storage_options
-        try:
-            return lance.dataset(self.uri, storage_options=options)
-        except (ValueError, OSError, FileNotFoundError):
-            free = pa.table(
-                {
-                    "holder": [""],
-                    "host": [""],
-                    "pid": pa.array([0], pa.int64()),
-                    "heartbeat": pa.array([0.0], pa.float64()),
-                }
-            )
-            try:
-                return lance.write_dataset(free, self.uri, mode="create", storage_options=options)
-            except (ValueError, OSError):  # another process created it first
-                return lance.dataset(self.uri, storage_options=options)
-
-    def hold(self) -> None:
-        now = time.time()
-        if now - self.renewed < LEASE_RENEW:
-            return
-        try:
-            dataset = self._dataset()
-        except (ValueError, OSError):  # its first version is being written
-            raise ClipshiftError(self.refusal(None, now)) from None
-        current = self._holder(dataset)
-        me = f"holder = {sql_literal(self.token)}"
-        if self.renewed:
-            condition = me  # renewing: only while still ours
-        else:
-            condition = f"holder = '' OR {me} OR heartbeat < {now - LEASE_SECONDS!r}"
-            if current and current["host"] == socket.gethostname() and not _alive(current["pid"]):
-                condition += f" OR holder = {sql_literal(current['holder'])}"
-        try:
-            dataset.update(
-                {
-                    "holder": sql_literal(self.token),
-                    "host": sql_literal(socket.gethostname()),
-                    "pid": str(os.getpid()),
-                    "heartbeat": repr(now),
-                },
-                where=condition,
-            )
-        except (OSError, ValueError, RuntimeError):
-            pass  # a commit conflict: another process took it first; the read below says who
-        try:
-            row = self._holder(
-                lance.dataset(self.uri, storage_options=self.location.storage_options)
-            )
-        except (ValueError, OSError):
-            row = None
-        if row is None or row["holder"] != self.token:
-            raise ClipshiftError(self.refusal(row, now))
-        if not self.renewed:
-            atexit.register(self.release)
-        self.renewed = now
-
-    @staticmethod
-    def _holder(dataset) -> dict | None:
-        """The lease's row; None while it has none that reads (being written)."""
-        try:
-            rows = dataset.to_table().to_pylist()
-        except (ValueError, OSError):
-            return None
-        return rows[0] if rows else None
-
-    def refusal(self, row: dict | None, now: float) -> str:
-        """Why this process may not write: who holds the lease, or, when the lease read back
-        names no process (its row is the free one, or none reads: another process is creating
-        or updating it at this moment), that the lease is being taken. Seen in 1 of 14
-        simultaneous S3 ingests, which otherwise reported pid 0 on no host, last seen 56
-        years ago."""
-        tail = (
-            f"an object-storage store takes one writer at a time; wait for it to finish (a dead "
-            f"writer's lease expires after {LEASE_SECONDS:.0f} s)"
-        )
-        named = row and row["holder"] and row["pid"] > 0 and row["host"] and row["heartbeat"] > 0
-        if not named:
-            return (
-                f"another clipshift process is taking the writer lease of {self.location} right "
-                f"now: {tail}; if this persists while no clipshift writes, remove {self.uri}"
-            )
-        age = max(0.0, now - row["heartbeat"])
-        return (
-            f"another clipshift process (pid {row['pid']} on {row['host']}, last seen "
-            f"{age:.0f} s ago) is writing to {self.location}: {tail}"
-        )
-
-    def release(self) -> None:
-        if not self.renewed:
-            return
-        self.renewed = 0.0
-        with contextlib.suppress(Exception):  # at exit; an unreleased lease just expires
-            lance.dataset(self.uri, storage_options=self.location.storage_options).update(
-                {"holder": "''", "heartbeat": "0.0"}, where=where(holder=self.token)
-            )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return pid > 0
 
 
 def _other_files(path: Path) -> str:
