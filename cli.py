@@ -121,7 +121,7 @@ def cli():
 )
 @click.option(
     "--augmentations",
-    default="all",
+    default=D.DEFAULT_SUITE,
     show_default=True,
     help="Comma list of suites (paper = the nine of the paper, all = paper, corruptions = "
     "ImageNet-C x 5 severities), suite files (.yaml, .json) and single perturbations (noise, "
