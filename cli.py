@@ -128,7 +128,7 @@ def cli():
 )
 @click.option(
     "--augmentations",
-    default="all",
+    default=D.DEFAULT_SUITE,
     show_default=True,
     help="Comma list of suites (paper = the nine of the paper, all = paper, corruptions = "
     "ImageNet-C x 5 severities), suite files (.yaml, .json) and single perturbations (noise, "
@@ -140,7 +140,8 @@ def cli():
     default=D.KEEP_PIXELS,
     show_default=True,
     type=int,
-    help="Store PNG pixels for the first N images (0 none, -1 all).",
+    help="Store PNG pixels for the run's first N images, counting those it already holds with "
+    "pixels (0 none, -1 all).",
 )
 @click.option("--device", default="auto", show_default=True, type=click.Choice(D.DEVICES))
 @click.option(
@@ -231,8 +232,10 @@ def ingest(
     bar.finish()
     if not quiet:
         click.echo(format_ingest_summary(summary))
-    if summary.stored == 0 and summary.failed:
-        # files were given but none could be stored: a failure, whatever was skipped
+    if summary.held == 0 and summary.failed:
+        # none of the given images is in the store, not even from an earlier run: a failure.
+        # A rerun whose new files all fail (the nightly one over a folder with a few
+        # unreadable photos) still holds the rest, and succeeds.
         if quiet:
             for failure in summary.failures[:10]:
                 click.echo(f"{failure.stage}: {failure.path}: {failure.message}", err=True)
@@ -275,6 +278,10 @@ class _ProgressBar:
             self.bar.__exit__(None, None, None)
 
 
+# duplicate files the ingest summary names, each with the file it repeats; the rest it counts
+SHOWN_DUPLICATES = 10
+
+
 def format_ingest_summary(summary) -> str:
     lines = [
         f"run        {summary.run_id}  ({summary.model}, {summary.model_revision})",
@@ -284,8 +291,12 @@ def format_ingest_summary(summary) -> str:
         "variant rows)",
         f"skipped    {summary.skipped} already in the store"
         + (f", {summary.duplicates} duplicate files" if summary.duplicates else ""),
-        f"failed     {summary.failed}",
     ]
+    for duplicate in summary.duplicate_files[:SHOWN_DUPLICATES]:
+        lines.append(f"           {duplicate.path}: the same bytes as {duplicate.first}")
+    if summary.duplicates > SHOWN_DUPLICATES:
+        lines.append(f"           ... {summary.duplicates - SHOWN_DUPLICATES} more duplicate files")
+    lines.append(f"failed     {summary.failed}")
     for failure in summary.failures[:10]:
         lines.append(f"           {failure.stage}: {failure.path}: {failure.message}")
     if summary.failed > 10:
@@ -295,6 +306,8 @@ def format_ingest_summary(summary) -> str:
         )
     if summary.retried:
         lines.append(f"           {summary.retried} images retried after a worker process died")
+    if not summary.model_loaded:
+        lines.append("model      not loaded: nothing new to encode")
     lines += [
         f"time       {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s), "
         f"{summary.workers} worker{'s' if summary.workers > 1 else ''}, {summary.precision}",

@@ -30,6 +30,8 @@ AUGMENTATION_NAMES = (
     "random_brightness_contrast",
     "coarse_dropout",
 )
+# the suite --augmentations takes by default (`all` is another name for it): the paper's nine
+DEFAULT_SUITE = "paper"
 # the ImageNet-C corruptions of the `corruptions` suite, in its order (clipshift/suites/
 # corruptions.py defines each, at severities 1-5)
 CORRUPTION_NAMES = (

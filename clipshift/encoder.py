@@ -8,7 +8,6 @@ every attention map (docs/metrics.md defines them per family): no second pass fo
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from . import ClipshiftError
 from .defaults import DEVICES, IMAGE_SIZE, PRECISION, PRECISIONS
 from .families import Family, family_of
-from .hub import load_error, load_pretrained, require_model
+from .hub import folder_revision, load_error, load_pretrained, require_model
 
 # --precision: the dtype of the weights and activations. Outputs are float32 whatever it is;
 # docs/metrics.md gives the measured embedding difference of each against fp32.
@@ -259,6 +258,8 @@ def _model_type(source: str) -> str | None:
     """config.json's model_type (a local folder, or a hub id from the cache or the hub)."""
 
     path = _cached_file(source, "config.json")
+    if path is None:  # a folder without one: transformers returns None rather than raising
+        raise OSError(f"{source} has no config.json")
     return json.loads(Path(path).read_text()).get("model_type")
 
 
@@ -279,15 +280,7 @@ def _revision(model, local_dir: Path | None) -> str:
     commit = getattr(model.config, "_commit_hash", None)
     if commit and not local_dir:
         return commit
-    weights = sorted(
-        p for p in (local_dir or Path()).glob("*") if p.suffix in (".safetensors", ".bin")
-    )
-    digest = hashlib.sha256()
-    for path in weights:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()[:16] if weights else "unknown"
+    return folder_revision(local_dir or Path())
 
 
 def _cached_file(source: str, filename: str, **kwargs):

@@ -4,6 +4,7 @@ can refuse an unavailable model before paying for those imports."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -61,6 +62,34 @@ def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
             return True
     except OSError:
         return False
+
+
+def weights_revision(model_name: str) -> str | None:
+    """The weights' identity as `Encoder.revision` gives it, without loading them (no torch):
+    a hash of a local folder's weight files, or the hub commit of the cached snapshot. None
+    where only loading the model can tell (not cached yet)."""
+    local = Path(model_name).expanduser()
+    if local.is_dir():
+        return folder_revision(local.resolve())
+    if not in_hub_cache(model_name):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    # the cache keeps each commit's files under snapshots/<commit>/, as transformers reads it
+    config = Path(try_to_load_from_cache(model_name, "config.json"))
+    return config.parent.name if config.parent.parent.name == "snapshots" else None
+
+
+def folder_revision(folder: Path) -> str:
+    """A hash of a model folder's weight files (hashing ViT-B/32's 600 MB takes half a
+    second); "unknown" for a folder without any."""
+    weights = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin"))
+    digest = hashlib.sha256()
+    for path in weights:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()[:16] if weights else "unknown"
 
 
 def require_model(model_name: str) -> None:

@@ -29,12 +29,13 @@ from .defaults import (
     IMAGE_SIZE,
     IMAGE_SUFFIXES,
     KEEP_PIXELS,
+    ORIGINAL,
     PRECISION,
     PRECISIONS,
     STAGES,
 )
-from .filters import matches
-from .hub import require_model
+from .filters import matches, where
+from .hub import require_model, weights_revision
 from .sources import discover
 from .store import Store
 from .workers import PreparePool, default_workers
@@ -44,7 +45,7 @@ from .workers import PreparePool, default_workers
 # fails at once (issue 13: offline, within about 2 s).
 if TYPE_CHECKING:
     from .encoder import Pending
-    from .stages import Failure, Prepared, PrepareSettings
+    from .stages import Duplicate, Failure, Prepared, PrepareSettings
     from .suites import Perturbation
 
 T = TypeVar("T")
@@ -61,8 +62,8 @@ class IngestSummary:
     augmentations: list[str]
     discovered: int = 0
     stored: int = 0
-    skipped: int = 0
-    duplicates: int = 0
+    skipped: int = 0  # already held by the run (stored earlier, or by another writer)
+    duplicate_files: list[Duplicate] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
     workers: int = 1
@@ -70,10 +71,22 @@ class IngestSummary:
     retried: int = 0  # images retried after their worker process died
     # seconds spent in each stage (STAGES); the per-image CPU stages are summed over images
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    # whether this process loaded the model: a rerun with nothing new to encode does not
+    model_loaded: bool = False
 
     @property
     def failed(self) -> int:
         return len(self.failures)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.duplicate_files)
+
+    @property
+    def held(self) -> int:
+        """Images of the given files that the run holds after this ingest, whoever stored
+        them: the nightly rerun of a folder with a few unreadable files still succeeds."""
+        return self.stored + self.skipped
 
     @property
     def images_per_second(self) -> float:
@@ -118,8 +131,11 @@ def ingest(
 ) -> IngestSummary:
     """Embed every image under `paths`, original and augmented, into the store at `db`.
 
-    Idempotent: images this run already holds are skipped. `on_start(total)` is called once
-    the paths are known, `on_progress(images_done, summary)` after each batch.
+    Idempotent: images this run already holds are skipped, and the model is loaded only once
+    an image is new (a run the store holds is found by the weights' hash alone).
+    `keep_pixels` N keeps PNG pixels for the run's first N images, counting those it already
+    holds with pixels. `on_start(total)` is called once the paths are known,
+    `on_progress(images_done, summary)` after each batch.
 
     `workers` processes (default: one per core this process may use) run the per-image CPU
     stages; 1 runs them in a thread of this process. The results do not depend on it.
@@ -212,6 +228,7 @@ def _ingest(
     from .augment import augmentation_config, config_hash
     from .encoder import Encoder
     from .stages import (
+        Duplicate,
         EncodeError,
         Failure,
         Skipped,
@@ -224,44 +241,55 @@ def _ingest(
 
     names = [p.label for p in perturbations]
     image_size, seed = settings.image_size, settings.seed
-
-    # under another engine the model runs elsewhere: here it only names the run
-    encoder = Encoder(
-        model,
-        device=device if engine == "local" else "cpu",
-        image_size=image_size,
-        precision=precision,
-    )
     store = Store.open(db, create=True)
     config = augmentation_config(perturbations)
     aug_hash = config_hash(config)
-    run_id = run_identity(model, encoder.revision, image_size, seed, aug_hash, precision)
-    model_id = str(encoder.local_dir or model)  # a local folder as its absolute path
-    store.ensure_run(
-        {
-            "run_id": run_id,
-            "model": model_id,
-            "model_revision": encoder.revision,
-            "family": encoder.family.name,
-            "preprocessing": encoder.preprocessing_json(),
-            "attention_maps": encoder.family.attention_maps,
-            "embedding_dim": encoder.embedding_dim,
-            "patch_grid": encoder.patch_grid,
-            "num_layers": encoder.num_layers,
-            "image_size": image_size,
-            "seed": seed,
-            "augmentations": json.dumps(config),
-            "augmentation_hash": aug_hash,
-            "clipshift_version": __version__,
-            "created_at": datetime.now(timezone.utc),
-        }
-    )
+    local = Path(model).expanduser()
+    model_id = str(local.resolve()) if local.is_dir() else model  # a folder by its full path
+
+    def load_encoder() -> Encoder:
+        # under another engine the model runs elsewhere: here it only names the run
+        encoder = Encoder(
+            model,
+            device=device if engine == "local" else "cpu",
+            image_size=image_size,
+            precision=precision,
+        )
+        summary.model_loaded = True
+        run_id = run_identity(model, encoder.revision, image_size, seed, aug_hash, precision)
+        if summary.run_id and run_id != summary.run_id:
+            # its weight files changed after they were hashed above
+            raise ClipshiftError(
+                f"--model {model} changed while this ingest ran (its weights are "
+                f"{encoder.revision} now): run the same command again"
+            )
+        summary.run_id, summary.model_revision = run_id, encoder.revision
+        store.ensure_run(
+            {
+                "run_id": run_id,
+                "model": model_id,
+                "model_revision": encoder.revision,
+                "family": encoder.family.name,
+                "preprocessing": encoder.preprocessing_json(),
+                "attention_maps": encoder.family.attention_maps,
+                "embedding_dim": encoder.embedding_dim,
+                "patch_grid": encoder.patch_grid,
+                "num_layers": encoder.num_layers,
+                "image_size": image_size,
+                "seed": seed,
+                "augmentations": json.dumps(config),
+                "augmentation_hash": aug_hash,
+                "clipshift_version": __version__,
+                "created_at": datetime.now(timezone.utc),
+            }
+        )
+        return encoder
 
     summary = IngestSummary(
         db=str(db),
-        run_id=run_id,
+        run_id="",
         model=model_id,
-        model_revision=encoder.revision,
+        model_revision="",
         image_size=image_size,
         seed=seed,
         augmentations=names,
@@ -269,12 +297,28 @@ def _ingest(
         workers=pool.size if pool else 1,
         precision=precision,
     )
+    # A run the store already holds is found by the weights' identity, read without loading
+    # the model (a folder's weight files hashed, or the cached hub commit): the model loads
+    # only once an image needs encoding, so a rerun with nothing new skips loading it.
+    revision = weights_revision(model)
+    held_run = None
+    if revision is not None:
+        run_id = run_identity(model, revision, image_size, seed, aug_hash, precision)
+        held_run = _stored_run(store, run_id)
+    encoder: Encoder | None = None
+    if held_run is None:
+        encoder = load_encoder()
+        embedding_dim = encoder.embedding_dim
+    else:
+        summary.run_id, summary.model_revision = run_id, revision
+        embedding_dim = held_run["embedding_dim"]
+    run_id = summary.run_id
     if on_start:
         on_start(len(files))
 
     already = store.stored_images(run_id)
     failed_before = _failed_paths(store, run_id)
-    keep = [keep_pixels < 0 or index < keep_pixels for index in range(len(files))]
+    keep = _keep_pixels(store, run_id, files, already, keep_pixels)
     if engine != "local":
         job = IngestJob(
             files=files,
@@ -284,7 +328,7 @@ def _ingest(
             model=model,
             device=device,
             run_id=run_id,
-            embedding_dim=encoder.embedding_dim,
+            embedding_dim=embedding_dim,
             batch_size=batch_size,
             already=already,
             failed_before=failed_before,
@@ -295,12 +339,13 @@ def _ingest(
         # the engine's workers write fragment files that its driver commits later, and a
         # compaction deletes every file no version uses: the run holds the store's lock (the
         # lease on object storage) throughout, so no other writer compacts meanwhile
+        summary.model_loaded = True  # by the engine's model actors, whatever is new
         with store.lock():
             ENGINES[engine](job, actors)
         return _finish(store, summary, started, on_progress, len(files))
     batch: list[Prepared] = []
     failures: list[Failure] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # image_id -> the first file with its bytes
 
     # The batch whose forward pass is queued on the device: it is written after the next
     # batch's forward has been queued, so an accelerator never waits on a write.
@@ -329,8 +374,10 @@ def _ingest(
         summary.timings["write"] += time.perf_counter() - clock
 
     def flush(last: bool = False) -> None:
-        nonlocal batch, failures, in_flight
+        nonlocal batch, failures, in_flight, encoder
         started_now = None
+        if batch and encoder is None:
+            encoder = load_encoder()
         if batch:
             try:
                 started_now = (batch, timed("encode", lambda: start_batch(encoder, batch)))
@@ -359,13 +406,14 @@ def _ingest(
             if isinstance(item, Skipped):
                 summary.skipped += 1
             elif item.image_id is not None and item.image_id in seen:
-                summary.duplicates += 1  # the first file with these bytes is the one stored
+                # the first file with these bytes is the one stored
+                summary.duplicate_files.append(Duplicate(item.path, seen[item.image_id]))
             elif isinstance(item, Failure):
                 if item.image_id is not None:
-                    seen.add(item.image_id)
+                    seen[item.image_id] = item.path
                 failures.append(item)
             else:
-                seen.add(item.image_id)
+                seen[item.image_id] = item.path
                 batch.append(item)
                 if len(batch) >= batch_size:
                     flush()
@@ -465,6 +513,40 @@ def _check_options(
         raise ClipshiftError(f"--workers {workers}: use 1 or more (1 runs in this process)")
     if precision not in PRECISIONS:
         raise ClipshiftError(f"unknown --precision {precision}: choose {', '.join(PRECISIONS)}")
+
+
+def _stored_run(store: Store, run_id: str) -> dict | None:
+    """The store's `runs` row of `run_id`, or None."""
+    rows = store.dataset("runs").to_table(filter=matches(run_id=run_id)).to_pylist()
+    return rows[0] if rows else None
+
+
+def _keep_pixels(
+    store: Store, run_id: str, files: list, already: set[str], keep_pixels: int
+) -> list[bool]:
+    """Which files keep their PNG pixels: --keep-pixels N counts the run's images, so those
+    it already holds with pixels use up N, and a file it already holds under that path (to
+    be skipped) takes none of what is left. An image the run holds under another path is
+    skipped all the same: the run never keeps pixels for more than N images."""
+    if keep_pixels < 0:
+        return [True] * len(files)
+    left = keep_pixels
+    held_paths: set[str] = set()
+    table = store.variants_table_of(run_id)
+    if table is not None and already:
+        rows = f"{where(run_id=run_id, variant=ORIGINAL)} AND pixels IS NOT NULL"
+        left -= store.dataset(table).count_rows(filter=rows)
+        images = store.dataset("images").to_table(
+            columns=["path"], filter=matches(image_id=list(already))
+        )
+        held_paths = set(images.column("path").to_pylist())
+    keep = []
+    for path in files:
+        new = str(path) not in held_paths
+        keep.append(new and left > 0)
+        if new:
+            left -= 1
+    return keep
 
 
 def _failed_paths(store: Store, run_id: str) -> set[str]:

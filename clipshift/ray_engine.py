@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import ClipshiftError
 from .stages import (
+    Duplicate,
     EncodeError,
     Failure,
     Prepared,
@@ -346,7 +347,7 @@ def _pipeline(ray, job: IngestJob, pool: list, cpus: int) -> None:
     load = [0] * len(pool)
     group: list[_BatchResult] = []
     failures: list[Failure] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # image_id -> the first file with its bytes
     done = 0
     waited = 0.0
 
@@ -411,13 +412,14 @@ def _pipeline(ray, job: IngestJob, pool: list, cpus: int) -> None:
             if isinstance(item.outcome, Skipped):
                 summary.skipped += 1
             elif item.image_id is not None and item.image_id in seen:
-                summary.duplicates += 1  # the first file with these bytes is the one stored
+                # the first file with these bytes is the one stored
+                summary.duplicate_files.append(Duplicate(item.path, seen[item.image_id]))
             elif isinstance(item.outcome, Failure):
                 if item.image_id is not None:
-                    seen.add(item.image_id)
+                    seen[item.image_id] = item.path
                 failures.append(item.outcome)
             else:
-                seen.add(item.image_id)
+                seen[item.image_id] = item.path
                 keep_ids.append(item.image_id)
         if keep_ids:
             new_images = {i for i in keep_ids if i not in known_images}

@@ -98,6 +98,15 @@ class Skipped:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class Duplicate:
+    """A file with the same bytes as `first`, found before it in discovery order: only the
+    first is stored."""
+
+    path: str
+    first: str
+
+
 class EncodeError(Exception):
     """The model failed on a batch; its images are recorded as failed and the run goes on."""
 

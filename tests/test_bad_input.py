@@ -291,3 +291,38 @@ def test_sql_refuses_several_statements_and_negative_max_rows(stored):
     assert run(["sql", "SELECT 1;", "--db", str(stored)]).exit_code == 0
     result = run(["sql", "SELECT 1", "--max-rows", "-1", "--db", str(stored)])
     assert result.exit_code == 2 and "--max-rows" in result.output
+
+
+def test_nightly_rerun_over_a_folder_with_unreadable_files_succeeds(tmp_path, tiny_model):
+    """Exit 1 only when none of the given images is in the store after the run: the same
+    command every night over good and unreadable files keeps exiting 0 (without loading the
+    model: nothing is new); a folder of only unreadable files exits 1 every time."""
+    folder = tmp_path / "nightly"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), "blue").save(folder / "blue.png")
+    Image.new("RGB", (20, 20), "red").save(folder / "red.png")
+    (folder / "broken.png").write_text("not an image")
+    (folder / "empty.jpg").write_bytes(b"")
+    db = tmp_path / "db"
+    args = ["ingest", str(folder), "--db", str(db), "--model", str(tiny_model), "--device", "cpu"]
+    first = run(args)
+    assert first.exit_code == 0, first.output
+    assert "stored     2 images" in first.output and "failed     2" in first.output
+    for _ in range(2):
+        again = run(args)
+        assert again.exit_code == 0, again.output
+        assert "skipped    2 already in the store" in again.output
+        assert "failed     2" in again.output
+        assert "model      not loaded: nothing new to encode" in again.output
+    errors = lance.dataset(str(db / "errors.lance")).to_table().column("path").to_pylist()
+    assert sorted(set(errors)) == [str(folder / "broken.png"), str(folder / "empty.jpg")]
+
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "broken.png").write_text("not an image")
+    for _ in range(2):  # the first run and the rerun alike
+        result = run(["ingest", str(unreadable), "--db", str(db), "--model", str(tiny_model), "-q"])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+        assert errors == ["Error: nothing stored: 1 of 1 files failed (listed above)"]
+    assert len(lance.dataset(str(db / "variants_16.lance")).to_table()) == 2 * 10

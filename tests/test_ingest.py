@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+from pathlib import Path
 
 import lance
 import numpy as np
@@ -12,10 +14,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from cli import SHOWN_DUPLICATES, cli, format_ingest_summary
 from clipshift.augment import Augmenter
-from clipshift.ingest import ingest
+from clipshift.defaults import DEFAULT_SUITE
+from clipshift.ingest import IngestSummary, ingest
+from clipshift.stages import Duplicate
 from clipshift.store import Store
+from clipshift.suites import resolve
 from clipshift.suites.paper import PAPER as AUGMENTATIONS
 
 VARIANTS = 1 + len(AUGMENTATIONS)
@@ -232,3 +237,76 @@ def test_unknown_precision_is_a_one_line_error(tmp_path, tiny_model, photos):
         cli, ["ingest", str(photos), "--db", str(tmp_path / "db"), "--precision", "fp8"]
     )
     assert result.exit_code == 2 and "fp8" in result.output
+
+
+def test_a_rerun_with_nothing_new_does_not_load_the_model(tmp_path, tiny_model, photos):
+    """The run is found by the weights' hash alone: with the model's config.json gone (no
+    model could load) the rerun still succeeds, skipping every image; a new image does need
+    the model, and its load error loses nothing stored."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    db = tmp_path / "db"
+    first = ingest([photos], db, str(model), device="cpu", limit=4)
+    assert (first.stored, first.model_loaded) == (4, True)
+    (model / "config.json").unlink()
+
+    again = ingest([photos], db, str(model), device="cpu", limit=4)
+    assert (again.stored, again.skipped, again.model_loaded) == (0, 4, False)
+    assert (again.run_id, again.model_revision) == (first.run_id, first.model_revision)
+    args = ["ingest", str(photos), "--db", str(db), "--model", str(model), "--limit", "4"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "skipped    4 already in the store" in result.output
+    assert "model      not loaded: nothing new to encode" in result.output
+
+    result = CliRunner().invoke(cli, args[:-2])  # two new photos: they need the model
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        next(line for line in result.output.splitlines() if line.startswith("Error: "))
+    ]
+    assert "cannot load a model from" in result.output
+    assert table(db, "variants").num_rows == 4 * VARIANTS
+
+
+def test_duplicate_files_are_named(tmp_path, tiny_model, photos):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(photos / "coffee.png", folder / "a.png")
+    shutil.copy(photos / "coffee.png", folder / "b.png")
+    shutil.copy(photos / "coffee.png", folder / "c.png")
+    shutil.copy(photos / "rocket.png", folder / "d.png")
+    args = ["ingest", str(folder), "--db", str(tmp_path / "db"), "--model", str(tiny_model)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "skipped    0 already in the store, 2 duplicate files" in result.output
+    for name in ("b.png", "c.png"):
+        assert f"{folder / name}: the same bytes as {folder / 'a.png'}" in result.output
+
+    summary = IngestSummary("db", "run", "model", "rev", 224, 0, ["noise"])
+    summary.duplicate_files = [Duplicate(f"copy{i}.png", "first.png") for i in range(25)]
+    lines = format_ingest_summary(summary).splitlines()
+    assert sum("the same bytes as first.png" in line for line in lines) == SHOWN_DUPLICATES
+    assert f"           ... {25 - SHOWN_DUPLICATES} more duplicate files" in lines
+
+
+def test_keep_pixels_counts_the_run_not_each_ingest(tmp_path, tiny_model, photos):
+    """Three ingests of two images each with --keep-pixels 3 keep pixels for the run's first
+    three images, and a rerun over all of them adds none."""
+    db = tmp_path / "db"
+    files = sorted(photos.iterdir())
+    for pair in (files[0:2], files[2:4], files[4:6]):
+        ingest(pair, db, str(tiny_model), keep_pixels=3, device="cpu")
+    ingest([photos], db, str(tiny_model), keep_pixels=3, device="cpu")
+    images = {r["image_id"]: r["path"] for r in table(db, "images").to_pylist()}
+    originals = [r for r in table(db, "variants").to_pylist() if r["variant"] == "original"]
+    assert len(originals) == len(files)
+    with_pixels = sorted(images[r["image_id"]] for r in originals if r["pixels"] is not None)
+    assert with_pixels == [str(f) for f in files[:3]]
+
+
+def test_the_augmentations_default_is_the_librarys_in_help_and_readme():
+    help_text = CliRunner().invoke(cli, ["ingest", "--help"]).output
+    assert f"[default: {DEFAULT_SUITE}]" in " ".join(help_text.split())
+    assert [p.label for p in resolve(None)] == [p.label for p in resolve(DEFAULT_SUITE)]
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"`{DEFAULT_SUITE}` (the default" in readme

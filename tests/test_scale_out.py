@@ -187,6 +187,7 @@ def test_ray_engine_equals_local_engine(ray_cluster, tmp_path, tiny_model, corpu
     distributed = ingest([corpus], tmp_path / "ray", str(tiny_model), engine="ray", **options)
     assert (distributed.stored, distributed.duplicates, distributed.failed) == (IMAGES, 1, 2)
     assert (local.stored, local.duplicates, local.failed) == (IMAGES, 1, 2)
+    assert distributed.duplicate_files == local.duplicate_files  # named alike
     assert_same_store(tmp_path / "local", tmp_path / "ray")
 
 

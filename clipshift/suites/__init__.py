@@ -50,12 +50,12 @@ import albumentations as A  # noqa: E402
 from albumentations.core.serialization import SERIALIZABLE_REGISTRY  # noqa: E402
 
 from .. import ClipshiftError  # noqa: E402
+from ..defaults import DEFAULT_SUITE  # noqa: E402
 from . import corruptions  # noqa: E402  (registers the clipshift.* transforms)
 from .paper import PAPER  # noqa: E402
 
 BASE_PROMPT = "a photo"
 DEFAULT_PROMPT = "a perturbed photo"
-DEFAULT_SUITE = "paper"
 SUITE_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
