@@ -79,15 +79,15 @@ format_option = click.option(
 
 def _pick_run(db: str, run_id: str | None, model: str | None = None) -> str:
     """The full id of the run a command works on. Where the store has several to choose from,
-    the one note saying which (analysis.resolve_run's selection_note) goes to stderr first,
+    the one note saying which (runs.resolve_run's selection_note) goes to stderr first,
     before the command's slow work: a model load that fails on the picked run's model (a
     SigLIP run ingested since) then shows which run it was."""
-    from clipshift.analysis import pick_run
+    from clipshift.runs import resolve_run
 
-    chosen = pick_run(db, run_id, model)
-    if chosen["selection_note"]:
-        click.echo(chosen["selection_note"], err=True)
-    return chosen["run_id"]
+    chosen = resolve_run(db, run_id, model)
+    if chosen.selection_note:
+        click.echo(chosen.selection_note, err=True)
+    return chosen.run_id
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -531,7 +531,7 @@ def retrieval(db, ks, exact, run_id, fmt):
     """Per augmentation: recall@k and MRR of the own original, and k-NN overlap, querying with
     every augmented embedding against all originals of the run."""
     from clipshift.formatting import format_rows
-    from clipshift.neighbors import retrieval as evaluate
+    from clipshift.retrieval import retrieval as evaluate
 
     result = evaluate(db, ks, exact=exact, run=_pick_run(db, run_id))
     for note in result.notes:
@@ -552,7 +552,7 @@ def retrieval(db, ks, exact, run_id, fmt):
 @user_errors
 def index(db, run):
     """(Re)build the vector index on the stored embeddings and report its recall@10."""
-    from clipshift.neighbors import build_index
+    from clipshift.index import build_index
 
     info = build_index(db, run=_pick_run(db, run))
     click.echo(f"built {info.index_type} over {info.rows} rows in {info.seconds:.1f} s")
@@ -632,7 +632,7 @@ def report(db, run_id, model, out, figures, samples, fmt, method, reference):
         )
     drawn = sum(f.path is not None for f in result.figures)
     click.echo(
-        f"{drawn} of {len(result.figures)} figures for run {result.run['run_id']}: {result.index}"
+        f"{drawn} of {len(result.figures)} figures for run {result.run.run_id}: {result.index}"
     )
 
 
@@ -703,8 +703,7 @@ def stats(db, run_ids, all_runs, model, reference, part, columns, all_columns, f
             raise ClipshiftError(f"--part {part} is of one run: give one --run")
         if chosen is None:
             raise ClipshiftError(
-                f"--part {part}: run {result.run['run_id']} has no perturbations with severity "
-                "levels"
+                f"--part {part}: run {result.run.run_id} has no perturbations with severity levels"
             )
         names, rows = chosen.columns, chosen.rows
         if wanted:
@@ -769,7 +768,7 @@ def compare(run_a, run_b, db, fmt):
         import json
 
         def run(r):
-            return {k: r[k] for k in ("run_id", "model", "family")}
+            return {k: getattr(r, k) for k in ("run_id", "model", "family")}
 
         taus = [[metric, tau, p] for metric, (tau, p) in result.kendall_tau.items()]
         document = {
@@ -783,7 +782,7 @@ def compare(run_a, run_b, db, fmt):
     columns = result.columns
     if fmt == "table":
         for label, run in (("A", result.run_a), ("B", result.run_b)):
-            click.echo(f"{label}: run {run['run_id']} ({run['model']}, {run['family']})")
+            click.echo(f"{label}: run {run.run_id} ({run.model}, {run.family})")
         if all(row["severity"] is None for row in result.rows):  # no levelled perturbation
             keep = [i for i, name in enumerate(columns) if name != "severity"]
             columns, rows = [columns[i] for i in keep], [[r[i] for i in keep] for r in rows]
@@ -887,7 +886,7 @@ def clusters(db, run_id, model, method, threshold):
     found = find_clusters(db, run=run_id, model=model, method=method, threshold=threshold)
     how = "given" if threshold is not None else "0.7 x the largest merge height"
     click.echo(
-        f"run {found.run['run_id']} ({found.run['model']}): {method} linkage, "
+        f"run {found.run.run_id} ({found.run.model}): {method} linkage, "
         f"cut at {found.threshold:.6g} ({how}): {len(found.members)} clusters"
     )
     for label, names in found.members.items():
@@ -943,7 +942,7 @@ def zeroshot(db, labels, template, run_id, device, fmt):
             else "stored predictions"
         )
         click.echo(
-            f"run {run['run_id']} ({run['model']}), {len(result.label_set.labels)} labels "
+            f"run {run.run_id} ({run.model}), {len(result.label_set.labels)} labels "
             f"({result.label_set.source}), template {result.template!r}: {how}"
         )
     click.echo(format_rows(columns, rows, fmt, max_rows=None))

@@ -31,16 +31,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clipshift.analysis import (  # noqa: E402
-    METRICS,
-    SCORES,
-    clusters,
-    connect,
-    named_query,
-    resolve_run,
-    stats,
-)
+from clipshift.analysis import clusters, stats  # noqa: E402
+from clipshift.defaults import METRICS, SCORES  # noqa: E402
 from clipshift.filters import matches  # noqa: E402
+from clipshift.query import connect, named_query  # noqa: E402
+from clipshift.runs import resolve_run  # noqa: E402
 from clipshift.store import Store  # noqa: E402
 from clipshift.synthetic import build_synthetic_store  # noqa: E402
 
@@ -163,7 +158,7 @@ def main() -> None:
 
 def run(db: Path, repeat: int) -> None:
     con = connect(db)
-    run_id = resolve_run(con)["run_id"]
+    run_id = resolve_run(db).run_id
     images, rows = con.execute(
         "SELECT count(DISTINCT image_id), count(*) FROM variants WHERE run_id = $r", {"r": run_id}
     ).fetchone()

@@ -51,7 +51,7 @@ def main() -> None:
         result = report(db, out=Path(scratch) / "report", fmt=args.format, on_figure=timings.append)
         total = time.perf_counter() - start
 
-    print(f"\nclipshift report, run {result.run['run_id']}, format {args.format}")
+    print(f"\nclipshift report, run {result.run.run_id}, format {args.format}")
     print(f"{'figure':<22}{'seconds':>9}")
     for figure in timings:
         note = (

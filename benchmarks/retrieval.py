@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from clipshift import index as vector_index  # noqa: E402
 from clipshift import knn as kernel  # noqa: E402
 from clipshift import neighbors as nb  # noqa: E402
+from clipshift import retrieval as rt  # noqa: E402
 from clipshift.filters import matches, where  # noqa: E402
 from clipshift.store import Store  # noqa: E402
 from clipshift.synthetic import build_synthetic_store  # noqa: E402
@@ -58,14 +60,16 @@ def compare_exact(store: Store, run_id: str) -> tuple[float, float]:
     """Time both exact methods, back to back, on retrieval's queries (augmented, then originals
     against themselves) and print how far their results agree."""
     table = store.variants_table_of(run_id)
-    originals = nb.load_embeddings(store, table, matches(**nb._run_filter(run_id)))
-    augmented = nb.load_embeddings(store, table, nb._augmented(run_id))
+    originals = vector_index.load_embeddings(
+        store, table, matches(**vector_index.run_filter(run_id))
+    )
+    augmented = vector_index.load_embeddings(store, table, vector_index.augmented_rows(run_id))
     position = {image_id: i for i, image_id in enumerate(originals.image_ids)}
     unit = originals.normalised()
     queries = np.concatenate([kernel.normalise(augmented.vectors), unit])
     own = np.array([position[i] for i in augmented.image_ids] + list(range(len(unit))))
     results, seconds = {}, {}
-    for label, method in (("screened", kernel.exact_neighbours), ("plain float32", plain_float32)):
+    for label, method in (("screened", kernel.exact_neighbors), ("plain float32", plain_float32)):
         results[label], seconds[label] = timed(
             f"exact neighbours, {label} ({len(queries):,} queries)",
             lambda method=method: method(unit, queries, own, 10),
@@ -94,29 +98,33 @@ def main() -> None:
         timed("build synthetic store (13,312 x 10, 512-d)", lambda: build_synthetic_store(db))
     store = Store.open(db)
 
-    exact, exact_s = timed("retrieval --exact (119,808 queries)", lambda: nb.retrieval(db))
+    exact, exact_s = timed("retrieval --exact (119,808 queries)", lambda: rt.retrieval(db))
     screened_s, plain_s = compare_exact(store, exact.run_id)
     if args.exact_only:
         print()
         print(f"exact retrieval:        {exact_s:.1f} s ({exact_s / 119_808 * 1000:.3f} ms/query)")
         print(f"exact neighbours:       screened {screened_s:.1f} s, plain float32 {plain_s:.1f} s")
         return
-    _, build_s = timed("index build (HNSW, cosine)", lambda: nb.build_index(db, measure=False))
+    _, build_s = timed(
+        "index build (HNSW, cosine)", lambda: vector_index.build_index(db, measure=False)
+    )
     table = store.variants_table_of(exact.run_id)
     (recall, sample), _ = timed(
-        "ANN recall@10 against exact", lambda: nb.ann_recall(store, table, exact.run_id)
+        "ANN recall@10 against exact", lambda: vector_index.ann_recall(store, table, exact.run_id)
     )
 
-    augmented = nb.load_embeddings(store, table, nb._augmented(exact.run_id))
+    augmented = vector_index.load_embeddings(
+        store, table, vector_index.augmented_rows(exact.run_id)
+    )
     picked = np.random.default_rng(1).choice(len(augmented.vectors), args.sample, replace=False)
-    prefilter = where(**nb._run_filter(exact.run_id))
+    prefilter = where(**vector_index.run_filter(exact.run_id))
 
     def bulk():
-        for start in range(0, args.sample, nb.ANN_BLOCK):
-            nb._search(
+        for start in range(0, args.sample, rt.ANN_BLOCK):
+            vector_index.search(
                 store,
                 table,
-                augmented.vectors[picked[start : start + nb.ANN_BLOCK]],
+                augmented.vectors[picked[start : start + rt.ANN_BLOCK]],
                 prefilter,
                 11,
                 use_index=True,
@@ -127,7 +135,7 @@ def main() -> None:
     ann_s = None
     if args.full_ann:
         ann, ann_s = timed(
-            "retrieval via the index (119,808 queries)", lambda: nb.retrieval(db, exact=False)
+            "retrieval via the index (119,808 queries)", lambda: rt.retrieval(db, exact=False)
         )
         worst = max(
             abs(a[key] - e[key])

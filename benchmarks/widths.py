@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from clipshift.analysis import connect, named_query  # noqa: E402
+from clipshift.query import connect, named_query  # noqa: E402
 from clipshift.resources import resource_dir  # noqa: E402
 from clipshift.store import Store  # noqa: E402
 from clipshift.synthetic import build_synthetic_store  # noqa: E402

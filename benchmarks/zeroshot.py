@@ -31,9 +31,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from clipshift.analysis import connect, named_arrow, named_query, resolve_run  # noqa: E402
 from clipshift.encoder import text_encoder  # noqa: E402
 from clipshift.filters import where  # noqa: E402
+from clipshift.query import connect, named_arrow, named_query  # noqa: E402
+from clipshift.runs import resolve_run  # noqa: E402
 from clipshift.store import Store  # noqa: E402
 from clipshift.synthetic import (  # noqa: E402
     PAPER_IMAGES,
@@ -98,13 +99,13 @@ def main() -> None:
     # -- the stages of a first call, each alone -------------------------------------------
     store = Store.open(db)
     con = connect(store)
-    run = resolve_run(con)
+    run = resolve_run(store)
     # the default template throughout (a template made unique with a number would add its
     # digits' tokens to every prompt); a reused --db forgets its earlier predictions instead
-    key = {"run_id": run["run_id"], "label_set": "imagenet", "template": DEFAULT_TEMPLATE}
+    key = {"run_id": run.run_id, "label_set": "imagenet", "template": DEFAULT_TEMPLATE}
     forget_predictions(store, key)
     con = connect(store)  # a snapshot without them
-    encoder, load_s = timed(lambda: text_encoder(run, "cpu"))
+    encoder, load_s = timed(lambda: text_encoder(run.as_dict(), "cpu"))
     tokens = encoder._tokenizer()(prompts)["input_ids"]
     mean_tokens = sum(map(len, tokens)) / len(tokens)
     texts, encode_s = timed(lambda: encode_prompts(encoder, prompts))

@@ -1,20 +1,16 @@
-"""DuckDB over the store: one connection per command, the store's tables as views, the named
-queries in sql/, and the analysis commands built on them (stats, sql, clusters).
+"""The analysis commands on the views and named queries (clipshift.query): stats, compare,
+sql and clusters.
 
-The Lance tables are scanned through Arrow (a pylance dataset registered with DuckDB), so no
-DuckDB extension is needed. The connection is read-only towards the store: file access from
-SQL is switched off and the setting locked before any user SQL runs.
-
-Every metric is computed in SQL (sql/views/*.sql, sql/*.sql); Python picks the run, binds the
-parameters and shapes the result. `resolve_run` is the one run selection every command uses.
+Every metric is computed in SQL (sql/views/*.sql, sql/*.sql); Python picks the run
+(clipshift.runs.resolve_run, the one run selection every command uses), binds the parameters
+and shapes the result.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import duckdb
 import numpy as np
@@ -22,203 +18,9 @@ import pyarrow as pa
 
 from . import ClipshiftError
 from .defaults import DEFAULT_LINKAGE, LINKAGE_METHODS
-from .resources import resource_dir
-from .store import Store, variants_schema
-
-# the per-(image, augmentation) metrics of the `shifts` view, in docs/metrics.md's order
-METRICS = (
-    "cosine",
-    "l2",
-    "attention_similarity",
-    "patch_similarity",
-    "edge_preservation",
-    "detail_preservation",
-)
-# the paper's five scores (radar, heatmap, rank); overall is their plain mean
-SCORES = tuple(m for m in METRICS if m != "l2")
-
-TABLES = ("runs", "images", "errors", "zeroshot", "zeroshot_labels")
-
-
-def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the views runs, images, variants, errors, zeroshot,
-    zeroshot_labels (the store's tables)
-    and shifts, summary, pairwise, layer_shifts (sql/views/), locked read-only."""
-    store = db if isinstance(db, Store) else Store.open(db)
-    con = duckdb.connect(":memory:")
-    for name in TABLES:
-        if store.has_table(name):
-            con.register(name, store.dataset(name))
-    con.execute(_variants_view(con, store))
-    for path in sorted((resource_dir("sql") / "views").glob("*.sql")):
-        con.execute(path.read_text())
-    # a query over the paper-size store can pass DuckDB's 2 s progress-bar delay: its bar
-    # would mix into the command's output
-    con.execute("SET enable_progress_bar = false")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
-    return con
-
-
-def _variants_view(con: duckdb.DuckDBPyConnection, store: Store) -> str:
-    """`variants`: the union of the store's `variants_<D>` tables (each registered under its own
-    name too, with its FLOAT[D] embedding for DuckDB's array_* functions). In the union the
-    embedding is a FLOAT[] list, whose width varies by run; every view computes on lists
-    (list_cosine_similarity, list_distance) and joins within a run, so widths never meet.
-    A run_id filter on the view reaches each table's scan."""
-    selects = []
-    for name in store.variants_tables():
-        con.register(name, store.dataset(name))
-        selects.append(f"SELECT * REPLACE (embedding::FLOAT[] AS embedding) FROM {name}")
-    if not selects:
-        # no ingest has finished a batch yet: an empty table keeps every query valid
-        empty = variants_schema(1)
-        con.register("variants_empty", pa.table({f.name: [] for f in empty}, empty))
-        selects.append("SELECT * REPLACE (embedding::FLOAT[] AS embedding) FROM variants_empty")
-    return "CREATE OR REPLACE VIEW variants AS " + " UNION ALL BY NAME ".join(selects)
-
-
-def named_query(con: duckdb.DuckDBPyConnection, name: str, **params) -> duckdb.DuckDBPyConnection:
-    """Run `sql/NAME.sql` with its $parameters bound; returns DuckDB's result to fetch from."""
-    return con.execute(_query_text(name), params)
-
-
-def named_arrow(con: duckdb.DuckDBPyConnection, name: str, **params) -> pa.Table:
-    """`named_query`'s rows as one Arrow table, without a copy through the DB-API result."""
-    return con.sql(_query_text(name), params=params).to_arrow_table()
-
-
-def named_count(con: duckdb.DuckDBPyConnection, name: str, **params) -> int:
-    """How many rows `sql/NAME.sql` would return (DuckDB reads none of the unused columns)."""
-    query = _query_text(name).strip().rstrip(";")
-    return con.execute(f"SELECT count(*) FROM ({query})", params).fetchall()[0][0]
-
-
-def _query_text(name: str) -> str:
-    path = resource_dir("sql") / f"{name}.sql"
-    if not path.is_file():
-        raise ClipshiftError(f"no named query {name!r}: one of {', '.join(query_names())}")
-    return path.read_text()
-
-
-def query_names() -> list[str]:
-    return sorted(p.stem for p in resource_dir("sql").glob("*.sql"))
-
-
-# -- run selection ---------------------------------------------------------------------------
-
-RUN_COLUMNS = (
-    "run_id, model, model_revision, family, embedding_dim, patch_grid, num_layers, image_size, "
-    "seed, augmentations, augmentation_hash, clipshift_version, created_at"
-)
-
-
-def resolve_run(
-    con: duckdb.DuckDBPyConnection, run: str | None = None, model: str | None = None
-) -> dict:
-    """The `runs` row a command works on, chosen by `--run ID | --model M`.
-
-    `run` is a run_id or a unique prefix of one; `model` picks that model's most recent run.
-    With neither, the only run, or the most recent one of several. The returned dict is the
-    runs row plus `selection_note`: None when the choice was unambiguous, else one line saying
-    which run was picked and how to pick another (commands print it on stderr).
-    Raises ClipshiftError for an empty store, an unknown run or an unknown model.
-    """
-    try:
-        result = con.execute(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, run_id")
-    except duckdb.CatalogException:
-        result = None
-    rows = [] if result is None else _as_dicts(result)
-    if not rows:
-        raise ClipshiftError("the store holds no runs yet: run `clipshift ingest IMAGES` first")
-    listing = "; ".join(f"{r['run_id']} ({r['model']}, {_when(r)})" for r in rows)
-    candidates = rows
-    if run is not None:
-        candidates = [r for r in rows if r["run_id"] == run] or [
-            r for r in rows if r["run_id"].startswith(run)
-        ]
-        if not candidates:
-            raise ClipshiftError(f"no run {run!r} in the store; its runs: {listing}")
-        if len(candidates) > 1:
-            raise ClipshiftError(
-                f"--run {run!r} matches {len(candidates)} runs: "
-                + ", ".join(r["run_id"] for r in candidates)
-                + "; give more of the run id"
-            )
-    if model is not None:
-        # a local model folder is stored as its absolute path
-        local = Path(model).expanduser()
-        model = str(local.resolve()) if local.is_dir() else model
-        matching = [r for r in candidates if r["model"] == model]
-        if not matching:
-            if run is not None:
-                raise ClipshiftError(
-                    f"run {candidates[0]['run_id']} is of model {candidates[0]['model']!r}, "
-                    f"not {model!r}"
-                )
-            models = ", ".join(sorted({r["model"] for r in rows}))
-            raise ClipshiftError(f"no run of model {model!r} in the store; its models: {models}")
-        candidates = matching
-    chosen = dict(candidates[0])
-    chosen["selection_note"] = None
-    if len(candidates) > 1:
-        others = "; ".join(f"{r['run_id']} ({r['model']}, {_when(r)})" for r in candidates[1:6]) + (
-            "; ..." if len(candidates) > 6 else ""
-        )
-        chosen["selection_note"] = (
-            f"showing run {chosen['run_id']} ({chosen['model']}, {_when(chosen)}), the most "
-            f"recent of {len(candidates)} runs; pick another with --run ID: {others}"
-        )
-    return chosen
-
-
-def pick_run(
-    db: str | os.PathLike | Store, run: str | None = None, model: str | None = None
-) -> dict:
-    """`resolve_run` over the store's runs table alone: the run a command will work on, known
-    before its slow work (a model load that fails on that run's model, say), so the command
-    line can say which run it picked first. Opens no variants table."""
-    store = db if isinstance(db, Store) else Store.open(db)
-    con = duckdb.connect(":memory:")
-    if store.has_table("runs"):
-        con.register("runs", store.dataset("runs"))
-    return resolve_run(con, run, model)
-
-
-def _when(row: dict) -> str:
-    created = row.get("created_at")
-    return created.strftime("%Y-%m-%d %H:%M") if created is not None else "unknown time"
-
-
-def _as_dicts(result: duckdb.DuckDBPyConnection) -> list[dict]:
-    columns = [d[0] for d in result.description]
-    return [dict(zip(columns, row, strict=True)) for row in result.fetchall()]
-
-
-# -- results ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Rows:
-    """A query's result: column names and row tuples, with the run it describes (if any).
-
-    `total_rows` is the full count where only the first rows were fetched (see `sql`).
-    """
-
-    columns: list[str]
-    rows: list[tuple]
-    run: dict | None = None
-    total_rows: int | None = None
-    # further tables about the same run, by name (stats: "severity", "corruption_mean")
-    sections: dict[str, Rows] = field(default_factory=dict)
-
-    def records(self) -> list[dict]:
-        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
-
-
-def _fetch(result: duckdb.DuckDBPyConnection, run: dict | None = None) -> Rows:
-    return Rows([d[0] for d in result.description], result.fetchall(), run)
-
+from .query import Rows, as_dicts, connect, fetch, named_query, require_augmented_rows
+from .runs import Run, resolve_run
+from .store import Store
 
 # -- stats -----------------------------------------------------------------------------------
 
@@ -268,32 +70,33 @@ def stats(
     on that augmentation and severity by mean cosine) before the same columns; `Rows.run` is
     None.
     """
-    con = connect(db)
+    store = db if isinstance(db, Store) else Store.open(db)
+    con = connect(store)
     runs = [run] if isinstance(run, str) or run is None else list(run)
     if all_runs or len(runs) > 1:
         if all_runs:
-            chosen = [r["run_id"] for r in _as_dicts(con.execute("SELECT run_id FROM runs"))]
+            chosen = [r["run_id"] for r in as_dicts(con.execute("SELECT run_id FROM runs"))]
             if not chosen:
-                resolve_run(con)  # the empty-store error
+                resolve_run(store)  # the empty-store error
         else:
-            chosen = list(dict.fromkeys(resolve_run(con, r, model)["run_id"] for r in runs))
-        return _fetch(named_query(con, "summary_runs", run_ids=chosen))
-    chosen = resolve_run(con, runs[0] if runs else None, model)
-    reference_id = resolve_run(con, reference)["run_id"] if reference is not None else None
-    result = _fetch(named_query(con, "summary", run_id=chosen["run_id"]), chosen)
+            chosen = list(dict.fromkeys(resolve_run(store, r, model).run_id for r in runs))
+        return fetch(named_query(con, "summary_runs", run_ids=chosen))
+    chosen = resolve_run(store, runs[0] if runs else None, model)
+    reference_id = resolve_run(store, reference).run_id if reference is not None else None
+    result = fetch(named_query(con, "summary", run_id=chosen.run_id), chosen)
     if not result.rows:
-        _require_augmented_rows(con, chosen)
+        require_augmented_rows(con, chosen)
     if any(row[result.columns.index("severity")] is not None for row in result.rows):
-        result.sections["severity"] = _fetch(
-            named_query(con, "severity_curves", run_id=chosen["run_id"]), chosen
+        result.sections["severity"] = fetch(
+            named_query(con, "severity_curves", run_id=chosen.run_id), chosen
         )
-        result.sections["corruption_mean"] = _fetch(
-            named_query(con, "corruption_mean", run_id=chosen["run_id"], reference=reference_id),
+        result.sections["corruption_mean"] = fetch(
+            named_query(con, "corruption_mean", run_id=chosen.run_id, reference=reference_id),
             chosen,
         )
     elif reference is not None:
         raise ClipshiftError(
-            f"--reference: run {chosen['run_id']} has no perturbations with severity levels "
+            f"--reference: run {chosen.run_id} has no perturbations with severity levels "
             "to compare (ingest with --augmentations corruptions)"
         )
     return result
@@ -323,8 +126,8 @@ class Comparison:
     """Run A against run B: paired differences per metric and augmentation, and the Kendall
     tau between the two runs' rankings of the augmentations per metric (and on overall)."""
 
-    run_a: dict
-    run_b: dict
+    run_a: Run
+    run_b: Run
     rows: list[dict]  # COMPARE_COLUMNS
     kendall_tau: dict[str, tuple[float, float]]  # metric -> (tau, p)
     note: str | None = None
@@ -345,16 +148,17 @@ def compare(db: str | os.PathLike | Store, run_a: str, run_b: str) -> Comparison
     """
     from scipy.stats import kendalltau, wilcoxon
 
-    con = connect(db)
-    a, b = resolve_run(con, run_a), resolve_run(con, run_b)
-    if a["run_id"] == b["run_id"]:
-        raise ClipshiftError(f"RUN_A and RUN_B are both run {a['run_id']}: give two runs")
+    store = db if isinstance(db, Store) else Store.open(db)
+    con = connect(store)
+    a, b = resolve_run(store, run_a), resolve_run(store, run_b)
+    if a.run_id == b.run_id:
+        raise ClipshiftError(f"RUN_A and RUN_B are both run {a.run_id}: give two runs")
     for chosen in (a, b):
-        _require_augmented_rows(con, chosen)
-    found = _as_dicts(named_query(con, "compare", run_a=a["run_id"], run_b=b["run_id"]))
+        require_augmented_rows(con, chosen)
+    found = as_dicts(named_query(con, "compare", run_a=a.run_id, run_b=b.run_id))
     if not found:
         raise ClipshiftError(
-            f"runs {a['run_id']} and {b['run_id']} share no (image, augmentation): ingest the "
+            f"runs {a.run_id} and {b.run_id} share no (image, augmentation): ingest the "
             "same images with the same augmentations into both"
         )
     rows, taus = [], {}
@@ -376,11 +180,11 @@ def compare(db: str | os.PathLike | Store, run_a: str, run_b: str) -> Comparison
         "SELECT a.overall, b.overall FROM summary AS a JOIN summary AS b "
         "ON a.augmentation = b.augmentation AND a.severity IS NOT DISTINCT FROM b.severity "
         "WHERE a.run_id = $a AND b.run_id = $b",
-        {"a": a["run_id"], "b": b["run_id"]},
+        {"a": a.run_id, "b": b.run_id},
     ).fetchall()
     taus["overall"] = _kendall(kendalltau, overall)
     note = None
-    if (a["seed"], a["augmentation_hash"]) != (b["seed"], b["augmentation_hash"]):
+    if (a.seed, a.augmentation_hash) != (b.seed, b.augmentation_hash):
         note = (
             "the runs differ in seed or augmentation settings: their augmented images differ, "
             "so the pairs compare models on different pixels"
@@ -394,27 +198,6 @@ def _kendall(kendalltau, pairs: list[tuple[float, float]]) -> tuple[float, float
     x, y = zip(*pairs, strict=True)
     result = kendalltau(x, y)
     return float(result.statistic), float(result.pvalue)
-
-
-def _require_augmented_rows(con: duckdb.DuckDBPyConnection, run: dict) -> None:
-    """Say why a run has nothing to compare (a scan of variants: only when needed)."""
-    counts = dict(
-        con.execute(
-            "SELECT variant = 'original', count(*) FROM variants WHERE run_id = $run_id "
-            "GROUP BY ALL",
-            {"run_id": run["run_id"]},
-        ).fetchall()
-    )
-    if not counts:
-        raise ClipshiftError(
-            f"run {run['run_id']} ({run['model']}) holds no images yet: "
-            'its ingest stored nothing (see `clipshift sql "SELECT * FROM errors"`)'
-        )
-    if not counts.get(False):
-        raise ClipshiftError(
-            f"run {run['run_id']} ({run['model']}) has no augmented rows, only originals: "
-            "ingest with --augmentations all (or a list) to compare augmentations"
-        )
 
 
 # -- ad hoc SQL ------------------------------------------------------------------------------
@@ -528,7 +311,7 @@ DEFAULT_THRESHOLD_FRACTION = 0.7
 class Clusters:
     """Hierarchical clustering of a run's augmentations on their mean pairwise distance."""
 
-    run: dict
+    run: Run
     method: str
     augmentations: list[str]
     distances: np.ndarray  # the square pairwise matrix, rows/columns in `augmentations` order
@@ -568,15 +351,16 @@ def clusters(
         raise ClipshiftError(f"unknown method {method!r}: one of {', '.join(LINKAGE_METHODS)}")
     if threshold is not None and not threshold > 0:
         raise ClipshiftError(f"--threshold must be a positive distance, not {threshold}")
-    con = connect(db)
-    chosen = resolve_run(con, run, model)
-    _require_augmented_rows(con, chosen)
-    pairs = named_query(con, "pairwise", run_id=chosen["run_id"]).fetchall()
+    store = db if isinstance(db, Store) else Store.open(db)
+    con = connect(store)
+    chosen = resolve_run(store, run, model)
+    require_augmented_rows(con, chosen)
+    pairs = named_query(con, "pairwise", run_id=chosen.run_id).fetchall()
     return cluster_pairs(chosen, pairs, method, threshold)
 
 
 def cluster_pairs(
-    run: dict,
+    run: Run,
     pairs: Iterable[tuple[str, str, float]],
     method: str = DEFAULT_LINKAGE,
     threshold: float | None = None,
@@ -589,7 +373,7 @@ def cluster_pairs(
     names = sorted({a for a, _, _ in pairs})
     if len(names) < 2:
         raise ClipshiftError(
-            f"run {run['run_id']} has {len(names)} augmentation: clustering needs two or more"
+            f"run {run.run_id} has {len(names)} augmentation: clustering needs two or more"
         )
     index = {name: i for i, name in enumerate(names)}
     matrix = np.zeros((len(names), len(names)))

@@ -70,6 +70,17 @@ SQL_FORMATS = (*FORMATS, "parquet")
 DEFAULT_MAX_ROWS = 50
 
 # -- analysis and report -----------------------------------------------------------------------
+# the per-(image, augmentation) metrics of the `shifts` view, in docs/metrics.md's order
+METRICS = (
+    "cosine",
+    "l2",
+    "attention_similarity",
+    "patch_similarity",
+    "edge_preservation",
+    "detail_preservation",
+)
+# the paper's five scores (radar, heatmap, rank); overall is their plain mean
+SCORES = tuple(m for m in METRICS if m != "l2")
 LINKAGE_METHODS = ("ward", "average", "complete", "single")
 DEFAULT_LINKAGE = "ward"  # the paper's
 REPORT_OUT = "clipshift-report"

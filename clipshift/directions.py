@@ -18,7 +18,9 @@ import numpy as np
 import pyarrow as pa
 
 from . import ClipshiftError
-from .analysis import Rows, _require_augmented_rows, connect, named_query, resolve_run
+from .query import Rows, connect, named_query, require_augmented_rows
+from .runs import Run, resolve_run
+from .store import Store
 from .suites import BASE_PROMPT, DEFAULT_PROMPT, perturbations_of_run
 from .zeroshot import read_lines, unit
 
@@ -43,13 +45,13 @@ class Prompt:
 
 @dataclass
 class DirectionsResult:
-    run: dict
+    run: Run
     prompts: list[Prompt]
     matrix: Rows  # sql/directions.sql: augmentation, severity, prompt, describes, n, ...
     summary: Rows  # SUMMARY_COLUMNS, one row per augmentation (and severity)
 
 
-def run_prompts(run: dict, path: str | os.PathLike | None = None) -> list[Prompt]:
+def run_prompts(run: Run, path: str | os.PathLike | None = None) -> list[Prompt]:
     """The prompts for a run: each perturbation's own description (its suite's `prompt`,
     clipshift.suites), or those of a file. A file line `NAME: text` describes the run's
     perturbation NAME; any other line is an extra prompt, shown in the matrix but never
@@ -65,7 +67,7 @@ def run_prompts(run: dict, path: str | os.PathLike | None = None) -> list[Prompt
                 seen.add(text)
         if not prompts:
             raise ClipshiftError(
-                f"run {run['run_id']}'s perturbations have no descriptions: give --prompts FILE "
+                f"run {run.run_id}'s perturbations have no descriptions: give --prompts FILE "
                 "with lines such as `blur: a blurry photo`"
             )
         return prompts
@@ -112,13 +114,13 @@ def directions(
     """Per augmentation (and severity) and prompt: the mean cosine between shifts and the
     prompt's text direction, and how often the prompt is picked; per augmentation, its
     identification accuracy among the descriptions of the run's augmentations."""
-    con = connect(db)
-    return run_directions(con, resolve_run(con, run), prompts, device)
+    store = Store.open(db)
+    return run_directions(connect(store), resolve_run(store, run), prompts, device)
 
 
 def run_directions(
     con: duckdb.DuckDBPyConnection,
-    run: dict,
+    run: Run,
     prompts: str | os.PathLike | None = None,
     device: str = "auto",
 ) -> DirectionsResult:
@@ -126,10 +128,11 @@ def run_directions(
     from .encoder import text_encoder
 
     chosen_prompts = run_prompts(run, prompts)
-    _require_augmented_rows(con, run)
-    table = text_directions(text_encoder(run, device), chosen_prompts)
+    require_augmented_rows(con, run)
+    # encoder.text_encoder reads a runs row as a dict
+    table = text_directions(text_encoder(run.as_dict(), device), chosen_prompts)
     con.register("text_directions", table)
-    result = named_query(con, "directions", run_id=run["run_id"])
+    result = named_query(con, "directions", run_id=run.run_id)
     matrix = Rows([d[0] for d in result.description], result.fetchall(), run)
     return DirectionsResult(run, chosen_prompts, matrix, _summary(matrix, chosen_prompts))
 

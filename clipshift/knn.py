@@ -1,6 +1,6 @@
 """The exact k-nearest-neighbour kernel of retrieval: pure torch over unit vectors, no store.
 
-`exact_neighbours` gives, for each query, the exact rank of one designated original (its own)
+`exact_neighbors` gives, for each query, the exact rank of one designated original (its own)
 and the indices of its `depth` nearest other originals. A bfloat16 matrix product screens all
 originals and a float32 recomputation settles the candidates (`Bf16Screen` bounds the screen's
 error, so the result is exact); on the paper-size store this is 100x faster than 120k index
@@ -30,7 +30,7 @@ def normalise(vectors: np.ndarray, dtype=np.float32) -> np.ndarray:
     return (vectors / np.where(norms == 0, 1, norms)).astype(dtype, copy=False)
 
 
-def exact_neighbours(
+def exact_neighbors(
     originals: np.ndarray, queries: np.ndarray, own: np.ndarray, depth: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """For unit-length queries against unit-length originals: the exact rank of each query's
@@ -59,7 +59,7 @@ def exact_neighbours(
         if screen is None:
             block_ranks, block_knn = full_rows(originals_t, block, own_block, depth)
         else:
-            block_ranks, block_knn = _block_neighbours(originals_t, screen, block, own_block, depth)
+            block_ranks, block_knn = _block_neighbors(originals_t, screen, block, own_block, depth)
         ranks[start:stop] = block_ranks.numpy()
         knn[start:stop] = block_knn.numpy()
 
@@ -93,8 +93,8 @@ def native_bf16() -> bool:
     return bool(capability.get("avx512_bf16") or capability.get("amx_bf16"))
 
 
-def _block_neighbours(originals, screen, block, own, depth):
-    """`exact_neighbours` for one block of queries, as tensors."""
+def _block_neighbors(originals, screen, block, own, depth):
+    """`exact_neighbors` for one block of queries, as tensors."""
     import torch
 
     kept = min(depth + SCREEN_EXTRA, len(originals) - 1)
@@ -182,7 +182,7 @@ def _gathered_similarities(originals, candidates, queries):
 
 
 def full_rows(originals, queries, own, depth):
-    """`exact_neighbours` for a few queries by the full float32 product."""
+    """`exact_neighbors` for a few queries by the full float32 product."""
     import torch
 
     similarities = queries @ originals.T

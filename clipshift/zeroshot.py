@@ -27,7 +27,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import ClipshiftError
-from .analysis import Rows, connect, named_arrow, named_count, named_query, resolve_run
+from .query import (
+    Rows,
+    connect,
+    named_arrow,
+    named_count,
+    named_query,
+    require_augmented_rows,
+)
+from .runs import Run, resolve_run
 from .sources import list_entries
 from .store import Store
 
@@ -240,8 +248,8 @@ def zeroshot(
     template = check_template(template)
     store = Store.open(db)
     con = connect(store)
-    chosen = resolve_run(con, run)
-    key = {"run_id": chosen["run_id"], "label_set": label_set.key, "template": template}
+    chosen = resolve_run(store, run)
+    key = {"run_id": chosen.run_id, "label_set": label_set.key, "template": template}
     classified = 0
     probability = None
     if named_count(con, "zeroshot_pending", **key):
@@ -262,18 +270,18 @@ def zeroshot(
         con = connect(store)  # a fresh snapshot that sees the rows just written
     result = named_query(con, "zeroshot", **key)
     rows = Rows([d[0] for d in result.description], result.fetchall(), chosen)
-    if not rows.rows:
-        _explain_empty(con, chosen)
+    if not rows.rows:  # say why: no images, or originals only
+        require_augmented_rows(con, chosen)
     return ZeroshotResult(rows, label_set, template, classified, probability)
 
 
 def _encode_labels(
-    run: dict, device: str, prompts: list[str]
+    run: Run, device: str, prompts: list[str]
 ) -> tuple[np.ndarray, float, float | None]:
     """The run's model's unit text embeddings of `prompts`, its logit scale and bias."""
     from .encoder import text_encoder
 
-    encoder = text_encoder(run, device)
+    encoder = text_encoder(run.as_dict(), device)  # encoder.text_encoder reads a runs dict
     return encode_prompts(encoder, prompts), encoder.logit_scale, encoder.logit_bias
 
 
@@ -335,10 +343,3 @@ def _predictions(
         },
         schema=schema,
     )
-
-
-def _explain_empty(con, run: dict) -> None:
-    """Say why a run has no metrics: no images, or originals only."""
-    from .analysis import _require_augmented_rows
-
-    _require_augmented_rows(con, run)

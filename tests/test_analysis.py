@@ -16,18 +16,10 @@ from scipy.spatial.distance import squareform
 
 from cli import cli
 from clipshift import ClipshiftError
-from clipshift.analysis import (
-    STATS_TABLE_COLUMNS,
-    clusters,
-    connect,
-    named_query,
-    query_names,
-    resolve_run,
-    sql,
-    sql_arrow,
-    stats,
-)
+from clipshift.analysis import STATS_TABLE_COLUMNS, clusters, sql, sql_arrow, stats
 from clipshift.formatting import format_rows
+from clipshift.query import connect, named_query, query_names
+from clipshift.runs import resolve_run
 from clipshift.store import Store
 from clipshift.synthetic import build_synthetic_store
 
@@ -182,7 +174,7 @@ def test_shifts_matches_numpy_in_every_column(ingested_store):
 def test_stats_matches_numpy_in_every_field(ingested_store):
     expected = expected_summary(expected_shifts(ingested_store))
     result = stats(ingested_store)
-    assert result.run["selection_note"] is None  # one run: nothing to say
+    assert result.run.selection_note is None  # one run: nothing to say
     records = result.records()
     assert [r["rank"] for r in records] == sorted(r["rank"] for r in records)
     assert {r["augmentation"] for r in records} == set(expected)
@@ -294,14 +286,13 @@ def two_runs(tmp_path_factory):
 
 
 def test_resolve_run_picks_the_latest_and_says_so(two_runs):
-    con = connect(two_runs)
-    latest = resolve_run(con)
-    assert latest["run_id"] == "synthetic001"
-    assert "synthetic001" in latest["selection_note"]
-    assert "--run" in latest["selection_note"] and "synthetic000" in latest["selection_note"]
-    assert resolve_run(con, run="synthetic000")["selection_note"] is None
-    assert resolve_run(con, run="synthetic000")["run_id"] == "synthetic000"
-    assert resolve_run(con, model="synthetic")["run_id"] == "synthetic001"
+    latest = resolve_run(two_runs)
+    assert latest.run_id == "synthetic001"
+    assert "synthetic001" in latest.selection_note
+    assert "--run" in latest.selection_note and "synthetic000" in latest.selection_note
+    assert resolve_run(two_runs, run="synthetic000").selection_note is None
+    assert resolve_run(two_runs, run="synthetic000").run_id == "synthetic000"
+    assert resolve_run(two_runs, model="synthetic").run_id == "synthetic001"
 
 
 @pytest.mark.parametrize(
@@ -315,7 +306,7 @@ def test_resolve_run_picks_the_latest_and_says_so(two_runs):
 )
 def test_resolve_run_rejects_unknown_runs_and_models(two_runs, kwargs, message):
     with pytest.raises(ClipshiftError, match=message):
-        resolve_run(connect(two_runs), **kwargs)
+        resolve_run(two_runs, **kwargs)
 
 
 def test_empty_store_and_run_without_augmented_rows(tmp_path):
@@ -411,7 +402,7 @@ def test_stats_and_clusters_say_which_run_of_several(two_runs):
 def test_every_command_that_picks_a_run_says_so_first(two_runs):
     """The same one line on stderr, before the command's own work: zeroshot and directions
     fail here on the picked run's model (no text tower), and the note says which run it was."""
-    note = resolve_run(connect(two_runs))["selection_note"]
+    note = resolve_run(two_runs).selection_note
     commands = [["stats"], ["clusters"], ["retrieval"], ["neighbors", "--text", "a cat"]]
     commands += [["zeroshot", "--labels", "cifar100"], ["directions"], ["index"]]
     for command in commands:

@@ -11,9 +11,12 @@ from conftest import direct_text_embeddings
 
 from cli import cli
 from clipshift import ClipshiftError
+from clipshift import index as vector_index
 from clipshift import knn as kernel
 from clipshift import neighbors as nb
-from clipshift.analysis import connect, resolve_run
+from clipshift import retrieval as rt
+from clipshift.query import connect
+from clipshift.runs import resolve_run
 
 KS = [1, 2, 3]
 
@@ -66,7 +69,7 @@ def _reference(db, ks):
 
 
 def test_exact_retrieval_matches_numpy(ingested_store):
-    result = nb.retrieval(ingested_store, KS, exact=True)
+    result = rt.retrieval(ingested_store, KS, exact=True)
     reference = _reference(ingested_store, KS)
     assert result.method == "exact"
     assert {row["augmentation"] for row in result.rows} == set(reference)
@@ -105,7 +108,7 @@ def test_retrieval_cli_json_keys(ingested_store):
 def test_retrieval_caps_k_at_the_other_originals_and_says_so(ingested_store):
     """Six originals: at k 10 or 100 the own original is always found (recall 1 by
     construction), so k is cut to the five others, on stderr, and the columns show k 5."""
-    before = nb.retrieval(ingested_store, [1, 5], exact=True)
+    before = rt.retrieval(ingested_store, [1, 5], exact=True)
     out = CliRunner().invoke(
         cli, ["retrieval", "--db", str(ingested_store), "-k", "1,10,100", "--format", "json"]
     )
@@ -177,7 +180,7 @@ def test_distances_are_never_negative_zero(ingested_store):
 
 
 def _run_id(db) -> str:
-    return resolve_run(connect(db))["run_id"]
+    return resolve_run(db).run_id
 
 
 def test_neighbors_cli_by_path_and_among_all(ingested_store, photos):
@@ -204,7 +207,7 @@ def test_new_image_is_embedded_as_an_ingest_would(ingested_store, photos, tmp_pa
 
     source = read_source(photos / "rocket.png")
     con = connect(ingested_store)
-    chosen = resolve_run(con)
+    chosen = resolve_run(ingested_store)
     stored = con.execute(
         "SELECT embedding FROM variants WHERE image_id = ? AND variant = 'perspective'",
         [source.image_id],
@@ -333,10 +336,10 @@ def test_index_search_agrees_with_exact(tmp_path, monkeypatch):
 
     db = tmp_path / "db"
     build_synthetic_store(db, n_images=400, dim=32, grid=2, layers=1)
-    monkeypatch.setattr(nb, "INDEX_MIN_ROWS", 1000)
-    monkeypatch.setattr(nb, "RETRIEVAL_INDEX_MIN_ORIGINALS", 100)
-    ann = nb.retrieval(db, [1, 10])
-    exact = nb.retrieval(db, [1, 10], exact=True)
+    monkeypatch.setattr(vector_index, "INDEX_MIN_ROWS", 1000)
+    monkeypatch.setattr(rt, "RETRIEVAL_INDEX_MIN_ORIGINALS", 100)
+    ann = rt.retrieval(db, [1, 10])
+    exact = rt.retrieval(db, [1, 10], exact=True)
     assert ann.method == "index" and exact.method == "exact"
     assert ann.ann_recall_at_10 >= 0.9 and ann.ann_sample == 200
     for a, e in zip(ann.rows, exact.rows, strict=True):
@@ -384,7 +387,7 @@ def _near_tied(seed=0, dim=128):
     return np.concatenate(originals), queries, np.asarray(own)
 
 
-def _numpy_neighbours(originals, queries, own, depth):
+def _numpy_neighbors(originals, queries, own, depth):
     similarities = queries @ originals.T  # float32, numpy's own product
     rows = np.arange(len(queries))
     ranks = 1 + (similarities > similarities[rows, own][:, None]).sum(1)
@@ -392,7 +395,7 @@ def _numpy_neighbours(originals, queries, own, depth):
     return ranks, np.argsort(-similarities, axis=1, kind="stable")[:, :depth]
 
 
-def test_screened_exact_neighbours_match_numpy_on_near_ties(monkeypatch):
+def test_screened_exact_neighbors_match_numpy_on_near_ties(monkeypatch):
     originals, queries, own = _near_tied()
     monkeypatch.setattr(kernel, "EXACT_BLOCK", 16)  # several blocks, spread over the workers
     monkeypatch.setattr(kernel, "native_bf16", lambda: True)  # the screen, even where emulated
@@ -401,8 +404,8 @@ def test_screened_exact_neighbours_match_numpy_on_near_ties(monkeypatch):
     monkeypatch.setattr(
         kernel, "full_rows", lambda o, q, *a: recomputed.append(len(q)) or full_rows(o, q, *a)
     )
-    ranks, knn = kernel.exact_neighbours(originals, queries, own, 10)
-    expected_ranks, expected_knn = _numpy_neighbours(originals, queries, own, 10)
+    ranks, knn = kernel.exact_neighbors(originals, queries, own, 10)
+    expected_ranks, expected_knn = _numpy_neighbors(originals, queries, own, 10)
     assert ranks.tolist() == expected_ranks.tolist()
     assert knn.tolist() == expected_knn.tolist()
     # both paths ran: the screen's candidates settled some queries, the full product others
@@ -412,18 +415,18 @@ def test_screened_exact_neighbours_match_numpy_on_near_ties(monkeypatch):
     # without native bfloat16: the plain float32 product throughout
     monkeypatch.setattr(kernel, "native_bf16", lambda: False)
     recomputed.clear()
-    ranks, knn = kernel.exact_neighbours(originals, queries, own, 10)
+    ranks, knn = kernel.exact_neighbors(originals, queries, own, 10)
     assert ranks.tolist() == expected_ranks.tolist() and knn.tolist() == expected_knn.tolist()
     assert sum(recomputed) == len(queries)
     monkeypatch.setattr(kernel, "native_bf16", lambda: True)
 
     # one original (no neighbours) and two
-    ranks, knn = kernel.exact_neighbours(originals[:1], queries, np.zeros(len(queries), int), 0)
+    ranks, knn = kernel.exact_neighbors(originals[:1], queries, np.zeros(len(queries), int), 0)
     assert ranks.tolist() == [1] * len(queries) and knn.shape == (len(queries), 0)
     pair = originals[[0, 700]]
     own = np.arange(len(queries)) % 2
-    ranks, knn = kernel.exact_neighbours(pair, queries, own, 1)
-    expected_ranks, expected_knn = _numpy_neighbours(pair, queries, own, 1)
+    ranks, knn = kernel.exact_neighbors(pair, queries, own, 1)
+    expected_ranks, expected_knn = _numpy_neighbors(pair, queries, own, 1)
     assert ranks.tolist() == expected_ranks.tolist() and knn.tolist() == expected_knn.tolist()
 
 

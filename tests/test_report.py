@@ -13,11 +13,12 @@ from PIL import Image
 
 from cli import cli
 from clipshift import ClipshiftError
-from clipshift.analysis import connect, resolve_run
+from clipshift.query import connect
 from clipshift.report import FIGURES, report
 from clipshift.report import figures as drawn
 from clipshift.report.data import ReportData
 from clipshift.report.style import colour
+from clipshift.runs import resolve_run
 from clipshift.synthetic import build_synthetic_store
 
 PIXEL_FIGURES = {"augmentations", "attention_grid"}
@@ -48,7 +49,7 @@ def pixelless_store(tmp_path_factory):
 @pytest.fixture
 def data(ingested_store):
     con = connect(ingested_store)
-    yield ReportData(con, resolve_run(con))
+    yield ReportData(con, resolve_run(ingested_store))
     con.close()
 
 
@@ -83,7 +84,7 @@ def test_page_references_only_files_that_exist(rendered):
     for reference in references:
         assert (result.out / reference).is_file()
     run = result.run
-    assert run["run_id"] in page and str(run["model"]) in page
+    assert run.run_id in page and str(run.model) in page
     assert "6 (6 with pixels kept)" in page and "<td>seed</td><td>0</td>" in page
     for name, spec in FIGURES.items():
         assert f'id="{name}"' in page
@@ -201,13 +202,13 @@ def test_two_runs_need_a_choice(ingested_store, tmp_path, tiny_model, photos):
     shutil.copytree(ingested_store, db)
     ingest([photos], db, str(tiny_model), seed=1, limit=2, augmentations="noise,blur")
     latest = report(db, out=tmp_path / "out", figures="rank")
-    assert latest.run["seed"] == 1  # the most recent run, and the page says how to pick another
-    assert "pick another with --run" in latest.run["selection_note"]
+    assert latest.run.seed == 1  # the most recent run, and the page says how to pick another
+    assert "pick another with --run" in latest.run.selection_note
     con = connect(db)
     runs = con.execute("SELECT run_id, seed FROM runs").fetchall()
     seeded = next(run_id for run_id, seed in runs if seed == 1)
     result = report(db, run=seeded, out=tmp_path / "out", figures="rank,radar")
-    assert result.run["seed"] == 1 and all(f.path for f in result.figures)
+    assert result.run.seed == 1 and all(f.path for f in result.figures)
 
 
 # -- runs that cannot be compared, many variants, failures ------------------------------------
@@ -256,7 +257,7 @@ def test_model_comparison_leaves_out_runs_of_other_augmentations(mixed_store, tm
         assert image.width <= 4000, image.size
     con = connect(db)
     try:
-        compared = ReportData(con, resolve_run(con, siglip_run)).comparable_runs()[0]
+        compared = ReportData(con, resolve_run(db, siglip_run)).comparable_runs()[0]
         assert set(compared["run_id"]) == {siglip_run, *_clip_paper_run(con)}
     finally:
         con.close()
@@ -266,9 +267,9 @@ def test_siglip_attention_is_labelled_as_its_family_defines_it(mixed_store):
     db, siglip_run, _ = mixed_store
     con = connect(db)
     try:
-        siglip = ReportData(con, resolve_run(con, siglip_run), samples=1)
+        siglip = ReportData(con, resolve_run(db, siglip_run), samples=1)
         labels = [ax.get_xlabel() for ax in drawn.attention_grid(siglip).axes]
-        clip = ReportData(con, resolve_run(con, _clip_paper_run(con)[0]), samples=1)
+        clip = ReportData(con, resolve_run(db, _clip_paper_run(con)[0]), samples=1)
         clip_labels = [ax.get_xlabel() for ax in drawn.attention_grid(clip).axes]
     finally:
         con.close()
@@ -311,7 +312,7 @@ def test_capped_figures_say_how_many_they_show(mixed_store):
     db, _, corruptions_run = mixed_store
     con = connect(db)
     try:
-        data = ReportData(con, resolve_run(con, corruptions_run), samples=1)
+        data = ReportData(con, resolve_run(db, corruptions_run), samples=1)
         fig = drawn.augmentations(data)
     finally:
         con.close()

@@ -28,7 +28,7 @@ def text_store(tmp_path_factory, tiny_text_model, photos):
 
 
 def _stored_embeddings(db) -> dict[tuple[str, str], np.ndarray]:
-    from clipshift.analysis import connect
+    from clipshift.query import connect
 
     rows = connect(db).execute("SELECT image_id, variant, embedding FROM variants").fetchall()
     return {(i, v): np.asarray(e, np.float64) for i, v, e in rows}
@@ -334,12 +334,13 @@ def test_report_draws_flip_rate_per_model_and_alignment(text_store, tiny_text_mo
     """Last in this module: it adds a second run to the shared store."""
     from PIL import Image
 
-    from clipshift.analysis import connect, resolve_run
     from clipshift.ingest import ingest
+    from clipshift.query import connect
     from clipshift.report import report
+    from clipshift.runs import resolve_run
     from clipshift.zeroshot import zeroshot
 
-    first = zeroshot(text_store, labels="cifar100", device="cpu").rows.run["run_id"]
+    first = zeroshot(text_store, labels="cifar100", device="cpu").rows.run.run_id
     ingest(
         [photos],
         text_store,
@@ -350,12 +351,12 @@ def test_report_draws_flip_rate_per_model_and_alignment(text_store, tiny_text_mo
         keep_pixels=0,
         device="cpu",
     )
-    second = zeroshot(text_store, labels="cifar100", device="cpu").rows.run["run_id"]
+    second = zeroshot(text_store, labels="cifar100", device="cpu").rows.run.run_id
     assert second != first
-    from clipshift.analysis import named_query
+    from clipshift.query import named_query
 
     con = connect(text_store)
-    assert resolve_run(con)["run_id"] == second
+    assert resolve_run(text_store).run_id == second
     models = named_query(
         con, "zeroshot_models", run_id=first, label_set="imagenet", template="x"
     ).fetchall()

@@ -10,7 +10,9 @@ import numpy as np
 from PIL import Image
 
 from .. import ClipshiftError
-from ..analysis import SCORES, named_query
+from ..defaults import SCORES
+from ..query import named_query
+from ..runs import Run
 
 
 class FigureUnavailable(Exception):
@@ -38,7 +40,7 @@ class ReportData:
     """One run's named-query results, fetched on first use and cached for the other figures."""
 
     con: duckdb.DuckDBPyConnection
-    run: dict
+    run: Run
     samples: int = 4
     heatmap_images: int = 50
     method: str = "ward"
@@ -47,7 +49,7 @@ class ReportData:
 
     @property
     def run_id(self) -> str:
-        return self.run["run_id"]
+        return self.run.run_id
 
     def query(self, name: str, *, by_variant: bool = True, **params) -> dict[str, np.ndarray]:
         """`sql/NAME.sql` for this run as columns of numpy arrays (NULL floats become NaN).

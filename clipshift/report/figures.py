@@ -26,6 +26,7 @@ from scipy.stats import gaussian_kde
 from .. import ClipshiftError
 from ..analysis import DEFAULT_THRESHOLD_FRACTION, Clusters, cluster_pairs
 from ..defaults import ORIGINAL
+from ..runs import Run
 from .data import FigureUnavailable, ReportData
 from .style import (
     ATTENTION_CMAP,
@@ -68,7 +69,7 @@ def attention_grid(data: ReportData) -> Figure:
     last-layer CLS row for CLIP) overlaid, the cosine to the original in each title (Fig. 1)."""
     images = data.pixel_sample()
     names, shown = _pick(paper_order(images[0]["variants"]), MAX_IMAGE_COLUMNS)
-    grid = int(data.run["patch_grid"])
+    grid = int(data.run.patch_grid)
     fig = Figure(figsize=(1.5 * len(names), 1.85 * len(images) + 0.5), layout="constrained")
     axes = fig.subplots(len(images), len(names), squeeze=False)
     for row, image in enumerate(images):
@@ -526,7 +527,7 @@ def cosine_heatmap(data: ReportData) -> Figure:
     for side in ax.spines.values():
         side.set_visible(False)
     fig.colorbar(image, ax=ax, shrink=0.5, label="cosine to the original")
-    ax.set_title(f"Cosine similarity of {len(picks)} random images (seed {data.run['seed']})")
+    ax.set_title(f"Cosine similarity of {len(picks)} random images (seed {data.run.seed})")
     _note(fig, shown)
     return fig
 
@@ -996,11 +997,11 @@ def _note(fig: Figure, note: str | None) -> None:
         fig.text(0.5, 0, note, ha="center", va="top", fontsize=9, style="italic", color="#555")
 
 
-def _attention_label(run: dict) -> str:
+def _attention_label(run: Run) -> str:
     """What the run's attention map is, as its model family defines it (families.py)."""
     from ..families import FAMILIES  # imports torch: only when an attention map is drawn
 
-    family = FAMILIES.get(str(run.get("family")))
+    family = FAMILIES.get(str(run.family))
     return family.attention_label if family else "attention map"
 
 

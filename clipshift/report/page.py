@@ -7,7 +7,8 @@ from html import escape
 
 import numpy as np
 
-from ..analysis import METRICS
+from ..defaults import METRICS
+from ..runs import Run
 from .style import colour, label
 
 CSS = """
@@ -33,7 +34,7 @@ nav a { margin-right: 0.8em; }
 
 
 def render_page(
-    run: dict,
+    run: Run,
     images: dict,
     figures: list,
     stats: dict | None,
@@ -47,21 +48,21 @@ def render_page(
     model comparison leaves out (LeftOutRun)."""
     widths = widths or {}
     facts = [
-        ("run", run["run_id"]),
-        ("model", f"{run['model']} ({run.get('model_revision') or 'unknown revision'})"),
+        ("run", run.run_id),
+        ("model", f"{run.model} ({run.model_revision or 'unknown revision'})"),
         ("images", f"{images['images']:,} ({images['with_pixels']:,} with pixels kept)"),
-        ("seed", run["seed"]),
-        ("image size", f"{run['image_size']} x {run['image_size']}"),
-        ("attention grid", f"{run['patch_grid']} x {run['patch_grid']}"),
-        ("created", _when(run.get("created_at"))),
-        ("clipshift", run.get("clipshift_version", "")),
+        ("seed", run.seed),
+        ("image size", f"{run.image_size} x {run.image_size}"),
+        ("attention grid", f"{run.patch_grid} x {run.patch_grid}"),
+        ("created", _when(run.created_at)),
+        ("clipshift", run.clipshift_version),
     ]
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>clipshift report: {escape(str(run['model']))}</title>",
+        f"<title>clipshift report: {escape(str(run.model))}</title>",
         f"<style>{CSS}</style></head><body>",
-        f"<h1>clipshift report: {escape(str(run['model']))}</h1>",
+        f"<h1>clipshift report: {escape(str(run.model))}</h1>",
         '<table class="facts">',
         *(f"<tr><td>{escape(k)}</td><td>{escape(str(v))}</td></tr>" for k, v in facts),
         "</table>",
@@ -82,7 +83,7 @@ def render_page(
         parts += [
             '<h2 id="left-out">Runs left out of the model comparison</h2>',
             "<p>The model figures compare only runs that stored the same augmented variants as "
-            f"run {escape(run['run_id'])}; these runs did not:</p>",
+            f"run {escape(run.run_id)}; these runs did not:</p>",
             "<ul>",
             *(
                 f"<li><code>{escape(r.run_id)}</code> ({escape(r.model)}): {escape(r.reason)}</li>"

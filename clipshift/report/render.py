@@ -15,7 +15,6 @@ import matplotlib
 from PIL import Image
 
 from .. import ClipshiftError
-from ..analysis import connect, resolve_run
 from ..defaults import (
     DEFAULT_LINKAGE,
     HEATMAP_IMAGES,
@@ -24,6 +23,9 @@ from ..defaults import (
     REPORT_OUT,
     REPORT_SAMPLES,
 )
+from ..query import connect
+from ..runs import Run, resolve_run
+from ..store import Store
 from .comparison import MODEL_FIGURES
 from .data import FigureUnavailable, LeftOutRun, ReportData
 from .figures import FIGURES, FigureSpec
@@ -47,7 +49,7 @@ class FigureResult:
 class ReportResult:
     out: Path
     index: Path
-    run: dict
+    run: Run
     figures: list[FigureResult]
     # runs of the store the model comparison leaves out, with the reason (empty when it is
     # not drawn)
@@ -85,10 +87,11 @@ def report(
         raise ClipshiftError(f"--samples {samples}: use at least 1")
     if method not in LINKAGE_METHODS:
         raise ClipshiftError(f"linkage method {method}: use one of {', '.join(LINKAGE_METHODS)}")
-    con = connect(db)
+    store = Store.open(db)
+    con = connect(store)
     try:
-        chosen = resolve_run(con, run, model)
-        reference_id = resolve_run(con, reference)["run_id"] if reference is not None else None
+        chosen = resolve_run(store, run, model)
+        reference_id = resolve_run(store, reference).run_id if reference is not None else None
         data = ReportData(
             con,
             chosen,
@@ -100,7 +103,7 @@ def report(
         names = _figure_names(figures, several_runs=_run_count(con) > 1)
         images = data.images()
         if not images["images"]:
-            raise ClipshiftError(f"run {chosen['run_id']} holds no images yet: nothing to draw")
+            raise ClipshiftError(f"run {chosen.run_id} holds no images yet: nothing to draw")
         out = _prepare(Path(out))
         # rendered beside `out`, then swapped in: a report killed while drawing (minutes on a
         # large store) leaves the previous one whole

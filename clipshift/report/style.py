@@ -7,8 +7,7 @@ import textwrap
 import matplotlib
 from matplotlib.colors import to_hex
 
-from ..analysis import SCORES
-from ..defaults import AUGMENTATION_NAMES, CORRUPTION_NAMES, ORIGINAL
+from ..defaults import AUGMENTATION_NAMES, CORRUPTION_NAMES, ORIGINAL, SCORES
 
 # tab10 without its grey (index 7): nine distinct hues for the nine augmentations, so that
 # grey stays free for the original.

@@ -28,7 +28,7 @@ x 5 severities, clipshift/suites/corruptions.py). A user suite is a YAML or JSON
 `clipshift suites --show NAME` prints a built-in suite in that format.
 
 Prompt API (zero-shot text directions read it): `prompt_for(source, name)` where `source` is
-a run row (a dict with `augmentations`, as `resolve_run` returns), a suite spec
+a run (clipshift.runs.Run, or a runs row as a dict with `augmentations`), a suite spec
 ("paper,corruptions", a file path) or a list of Perturbations, and `name` a perturbation name
 or variant label; `BASE_PROMPT` is the neutral prompt they are compared with.
 """
@@ -43,6 +43,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -53,6 +54,9 @@ from .. import ClipshiftError  # noqa: E402
 from ..defaults import DEFAULT_SUITE  # noqa: E402
 from . import corruptions  # noqa: E402  (registers the clipshift.* transforms)
 from .paper import PAPER  # noqa: E402
+
+if TYPE_CHECKING:  # runs sits above the suites: named for the type only
+    from ..runs import Run
 
 BASE_PROMPT = "a photo"
 DEFAULT_PROMPT = "a perturbed photo"
@@ -277,19 +281,22 @@ def _resolve_item(item: str) -> list[Perturbation]:
     )
 
 
-def perturbations_of_run(run: dict) -> list[Perturbation]:
-    """The perturbations a run was ingested with, from its stored definitions."""
-    return [Perturbation.from_definition(d) for d in json.loads(run["augmentations"])]
+def perturbations_of_run(run: Run | dict) -> list[Perturbation]:
+    """The perturbations a run was ingested with, from its stored definitions. `run` is a
+    clipshift.runs.Run or a runs row as a dict."""
+    stored = run["augmentations"] if isinstance(run, dict) else run.augmentations
+    return [Perturbation.from_definition(d) for d in json.loads(stored)]
 
 
-def prompt_for(source: dict | str | Sequence[Perturbation], name: str) -> str:
+def prompt_for(source: Run | dict | str | Sequence[Perturbation], name: str) -> str:
     """The prompt describing a photo perturbed by `name` (a perturbation name or a variant
-    label such as "fog@3"); `source` is a run row, a suite spec, or a list of Perturbations.
+    label such as "fog@3"); `source` is a run (a Run or a runs row dict), a suite spec, or a
+    list of Perturbations.
     Compare it with BASE_PROMPT ("a photo")."""
-    if isinstance(source, dict):
-        perturbations = perturbations_of_run(source)
-    elif isinstance(source, str):
+    if isinstance(source, str):
         perturbations = resolve(source)
+    elif isinstance(source, dict) or hasattr(source, "augmentations"):
+        perturbations = perturbations_of_run(source)
     else:
         perturbations = list(source)
     for perturbation in perturbations:
