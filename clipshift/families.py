@@ -12,8 +12,10 @@ Attention maps (docs/metrics.md has the definitions and the reasons):
   over the patches (mean over heads), the map that actually forms the embedding.
 
 The image forward runs the vision tower's layers in clipshift's own loop (`vision_layers`)
-with SDPA for each layer's output, and computes only the rows it stores from the same queries
-and keys, instead of transformers' eager attention returning every (heads x T x T) matrix.
+and computes only the maps it stores from each layer's queries and keys, instead of
+transformers' eager attention returning every (heads x T x T) matrix: CLIP's layers take
+SDPA's output and one row of scores; SigLIP's, whose map needs every score, compute them once,
+a block of queries at a time.
 CLIPSHIFT_ATTENTION=eager selects transformers' eager forward instead (the fallback, also
 taken for any model whose vision layers are not the classes the loop re-implements).
 """
@@ -217,7 +219,9 @@ class CLIPFamily(Family):
     def _encode_fast(self, model, pixel_values, interpolate):
         vision = model.vision_model
         hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=interpolate)
-        hidden, maps = vision_layers(vision.encoder.layers, vision.pre_layrnorm(hidden), cls_row)
+        hidden, maps = vision_layers(
+            vision.encoder.layers, vision.pre_layrnorm(hidden), attend_cls_row
+        )
         embeddings = model.visual_projection(vision.post_layernorm(hidden[:, 0, :]))
         return ImageOutput(embeddings, torch.stack(maps, 1))
 
@@ -304,14 +308,14 @@ def _attend(layer, query, keys, values, mask, residual: torch.Tensor) -> torch.T
 
 
 def vision_layers(
-    layers, hidden: torch.Tensor, row: Callable[..., torch.Tensor]
+    layers, hidden: torch.Tensor, attend: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The vision tower's encoder layers (CLIPEncoderLayer's computation, which SigLIP's and
     SigLIP 2's layers share: pre-norm attention, then a pre-norm MLP, each added back; no
-    dropout in eval) over `hidden`, each layer's output from SDPA, with no attention mask
-    (every token of clipshift's S x S images is real). `row(query, keys, scale)` computes the
-    map stored for each layer from that layer's queries and keys: the (heads x T x T)
-    weights are never returned. Returns the last hidden states and the maps, one a layer."""
+    dropout in eval) over `hidden`, with no attention mask (every token of clipshift's S x S
+    images is real). `attend(query, keys, values, scale)` gives each layer's attention output
+    and the map stored for that layer, from the same queries and keys: the (heads x T x T)
+    weights are never kept. Returns the last hidden states and the maps, one a layer."""
     maps = []
     for layer in layers:
         attention = layer.self_attn
@@ -319,35 +323,39 @@ def vision_layers(
         query = _heads(attention.q_proj(normed), attention)
         keys = _heads(attention.k_proj(normed), attention)
         values = _heads(attention.v_proj(normed), attention)
-        maps.append(row(query, keys, attention.scale))
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query, keys, values, scale=attention.scale
-        )
+        out, attention_map = attend(query, keys, values, attention.scale)
+        maps.append(attention_map)
         hidden = hidden + attention.out_proj(out.transpose(1, 2).reshape(hidden.shape))
         hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
     return hidden, maps
 
 
-def cls_row(query: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
-    """(N, g*g): the CLS token's attention weights over the patch tokens, mean over heads,
-    the softmax in float32 as transformers' eager attention does."""
+def attend_cls_row(query, keys, values, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPA's output, and (N, g*g): the CLS token's attention weights over the patch tokens,
+    mean over heads (one row of scores a head, the softmax in float32 as transformers' eager
+    attention does)."""
+    out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, scale=scale)
     scores = torch.matmul(query[:, :, :1], keys.transpose(-1, -2)) * scale
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    return weights[:, :, 0, 1:].mean(dim=1)
+    return out, weights[:, :, 0, 1:].mean(dim=1)
 
 
-def received(query: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
-    """(N, T): the attention each token receives, mean over heads and queries, i.e. the column
-    means of the full softmax matrices. Each query's row needs every key, so the scores are
-    computed RECEIVED_BLOCK queries at a time, summed over the block and dropped."""
+def attend_received(query, keys, values, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention output, and (N, T): the attention each token receives, mean over heads
+    and queries, i.e. the column means of the full softmax matrices. Every score is needed,
+    so they are computed once, RECEIVED_BLOCK queries at a time: each block's weights give
+    its output rows and its share of the column sums, and are dropped. (SDPA for the output
+    plus a second pass for the sums cost about as much as this on a 2-core CPU, at 196 and
+    577 tokens: the scores twice instead of once.)"""
     heads, length = query.shape[1], query.shape[2]
-    total = None
+    outputs, total = [], None
     for start in range(0, length, RECEIVED_BLOCK):
         scores = torch.matmul(query[:, :, start : start + RECEIVED_BLOCK], keys.transpose(-1, -2))
         weights = torch.softmax(scores * scale, dim=-1, dtype=torch.float32)
+        outputs.append(torch.matmul(weights.to(query.dtype), values))
         block = weights.sum(dim=2)
         total = block if total is None else total + block
-    return (total.sum(dim=1) / (heads * length)).to(query.dtype)
+    return torch.cat(outputs, dim=2), (total.sum(dim=1) / (heads * length)).to(query.dtype)
 
 
 class SiglipFamily(Family):
@@ -383,7 +391,9 @@ class SiglipFamily(Family):
     def _encode_fast(self, model, pixel_values, interpolate):
         vision = model.vision_model
         inputs = self._vision_inputs(model, pixel_values, interpolate)
-        hidden, maps = vision_layers(vision.encoder.layers, self._embed(vision, inputs), received)
+        hidden, maps = vision_layers(
+            vision.encoder.layers, self._embed(vision, inputs), attend_received
+        )
         hidden = vision.post_layernorm(hidden)
         pooled, probe = self._pool(vision, hidden, inputs)
         return ImageOutput(pooled, torch.stack([*maps, probe], 1))

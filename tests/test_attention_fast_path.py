@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from conftest import make_tiny_siglip
 
 from cli import cli
+from clipshift import families
 from clipshift.encoder import Encoder
 from clipshift.families import ATTENTION_ENV, CLIPFamily
 
@@ -83,6 +84,13 @@ def test_clip_fast_path_equals_eager(tiny_model, image_size, monkeypatch):
 def test_siglip_fast_path_equals_eager(tiny_siglip, image_size, monkeypatch):
     fast, eager = both_paths(tiny_siglip, image_size, monkeypatch)
     assert_same_outputs(fast, eager, photos_at(image_size))
+
+
+def test_siglip_received_attention_in_blocks_of_queries(tiny_siglip, monkeypatch):
+    """81 tokens in blocks of 16 queries (the last one short): the column sums add up."""
+    monkeypatch.setattr(families, "RECEIVED_BLOCK", 16)
+    fast, eager = both_paths(tiny_siglip, 288, monkeypatch)
+    assert_same_outputs(fast, eager, photos_at(288))
 
 
 @pytest.mark.parametrize("image_size", SIZES)
