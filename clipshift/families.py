@@ -10,11 +10,21 @@ Attention maps (docs/metrics.md has the definitions and the reasons):
 - siglip, siglip2 (no CLS token): per layer, the attention each patch receives, mean over
   heads and over all query tokens; then one more map, the attention-pooling head's probe
   over the patches (mean over heads), the map that actually forms the embedding.
+
+The image forward runs the vision tower's layers in clipshift's own loop (`vision_layers`)
+and computes only the maps it stores from each layer's queries and keys, instead of
+transformers' eager attention returning every (heads x T x T) matrix: CLIP's layers take
+SDPA's output and one row of scores; SigLIP's, whose map needs every score, compute them once,
+a block of queries at a time.
+CLIPSHIFT_ATTENTION=eager selects transformers' eager forward instead (the fallback, also
+taken for any model whose vision layers are not the classes the loop re-implements).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +37,25 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # SigLIP's (and SigLIP 2's) processors map [0, 1] to [-1, 1]
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
+
+# CLIPSHIFT_ATTENTION: "fast" (the default: clipshift's layer loop with SDPA) or "eager"
+# (transformers' forward with eager attention and output_attentions, the fallback)
+ATTENTION_ENV = "CLIPSHIFT_ATTENTION"
+ATTENTION_PATHS = ("fast", "eager")
+# queries per block when summing what each key receives (SigLIP): bounds the scores held at
+# once to N x heads x RECEIVED_BLOCK x T, whatever the number of tokens T
+RECEIVED_BLOCK = 256
+
+
+def attention_path() -> str:
+    """The image forward asked for by CLIPSHIFT_ATTENTION: "fast" (default) or "eager"."""
+    path = os.environ.get(ATTENTION_ENV, "").strip().lower() or ATTENTION_PATHS[0]
+    if path not in ATTENTION_PATHS:
+        raise ClipshiftError(
+            f"{ATTENTION_ENV}={path!r} is not an attention path: "
+            f"choose {', '.join(ATTENTION_PATHS)}"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,10 @@ class Family:
     attention_maps: str  # recorded in runs.attention_maps; defined in docs/metrics.md
     # what the run's `attention` (the last stored map) is, in a few words: figure labels
     attention_label: str
+    # the transformers classes of the vision tower and its layers that `vision_layers`
+    # re-implements (checked against transformers 5.24's modeling files)
+    vision_class: str
+    layer_class: str
 
     def load(self, source: str):
         import transformers
@@ -87,7 +120,32 @@ class Family:
             )
         from .hub import load_pretrained
 
-        return load_pretrained(model_class, source, attn_implementation="eager")
+        # the fast path calls SDPA itself and leaves the model's own attention (the text
+        # tower's) at transformers' default, SDPA; the eager path needs eager attention for
+        # output_attentions
+        eager = attention_path() == "eager"
+        model = load_pretrained(
+            model_class, source, attn_implementation="eager" if eager else "sdpa"
+        )
+        if not eager and not self._loop_fits(model):
+            model.set_attn_implementation("eager")
+        return model
+
+    def _loop_fits(self, model) -> bool:
+        """Whether the vision tower is made of the classes `vision_layers` re-implements (a
+        subclass or remote code may compute its layers otherwise: that model goes eager)."""
+        vision = getattr(model, "vision_model", None)
+        layers = getattr(getattr(vision, "encoder", None), "layers", None)
+        return (
+            type(vision).__name__ == self.vision_class
+            and layers is not None
+            and all(type(layer).__name__ == self.layer_class for layer in layers)
+        )
+
+    def fast_attention(self, model) -> bool:
+        """Whether `encode_images` takes the fast path for this model (as loaded by `load`)."""
+        eager = model.vision_model.config._attn_implementation == "eager"
+        return not eager and not model.training and self._loop_fits(model)
 
     def preprocessing(self, processor_config: dict | None) -> Preprocessing:
         if not processor_config:
@@ -115,6 +173,15 @@ class Family:
         return self.vision_config(model).num_hidden_layers
 
     def encode_images(self, model, pixel_values: torch.Tensor, interpolate: bool) -> ImageOutput:
+        """The embeddings and the family's attention maps of one batch, in one forward."""
+        if self.fast_attention(model):
+            return self._encode_fast(model, pixel_values, interpolate)
+        return self._encode_eager(model, pixel_values, interpolate)
+
+    def _encode_fast(self, model, pixel_values, interpolate) -> ImageOutput:
+        raise NotImplementedError
+
+    def _encode_eager(self, model, pixel_values, interpolate) -> ImageOutput:
         raise NotImplementedError
 
     def tokenize(self, tokenizer, texts: list[str], max_length: int) -> dict:
@@ -135,6 +202,7 @@ class CLIPFamily(Family):
     default_mean, default_std = CLIP_MEAN, CLIP_STD
     attention_maps = "cls_row: per layer, the CLS row over the patches, mean over heads"
     attention_label = "last-layer CLS attention"
+    vision_class, layer_class = "CLIPVisionModel", "CLIPEncoderLayer"
 
     def embedding_dim(self, model) -> int:
         return model.config.projection_dim
@@ -151,7 +219,16 @@ class CLIPFamily(Family):
             return model.get_text_features(**tokens).pooler_output
         return encode_text_after_prefix(model, ids, eos, shared)
 
-    def encode_images(self, model, pixel_values, interpolate):
+    def _encode_fast(self, model, pixel_values, interpolate):
+        vision = model.vision_model
+        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=interpolate)
+        hidden, maps = vision_layers(
+            vision.encoder.layers, vision.pre_layrnorm(hidden), attend_cls_row
+        )
+        embeddings = model.visual_projection(vision.post_layernorm(hidden[:, 0, :]))
+        return ImageOutput(embeddings, torch.stack(maps, 1))
+
+    def _encode_eager(self, model, pixel_values, interpolate):
         outputs = model.vision_model(
             pixel_values=pixel_values, output_attentions=True, interpolate_pos_encoding=interpolate
         )
@@ -233,6 +310,57 @@ def _attend(layer, query, keys, values, mask, residual: torch.Tensor) -> torch.T
     return x + layer.mlp(layer.layer_norm2(x))
 
 
+def vision_layers(
+    layers, hidden: torch.Tensor, attend: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The vision tower's encoder layers (CLIPEncoderLayer's computation, which SigLIP's and
+    SigLIP 2's layers share: pre-norm attention, then a pre-norm MLP, each added back; no
+    dropout in eval) over `hidden`, with no attention mask (every token of clipshift's S x S
+    images is real). `attend(query, keys, values, scale)` gives each layer's attention output
+    and the map stored for that layer, from the same queries and keys: the (heads x T x T)
+    weights are never kept. Returns the last hidden states and the maps, one a layer."""
+    maps = []
+    for layer in layers:
+        attention = layer.self_attn
+        normed = layer.layer_norm1(hidden)
+        query = _heads(attention.q_proj(normed), attention)
+        keys = _heads(attention.k_proj(normed), attention)
+        values = _heads(attention.v_proj(normed), attention)
+        out, attention_map = attend(query, keys, values, attention.scale)
+        maps.append(attention_map)
+        hidden = hidden + attention.out_proj(out.transpose(1, 2).reshape(hidden.shape))
+        hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
+    return hidden, maps
+
+
+def attend_cls_row(query, keys, values, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPA's output, and (N, g*g): the CLS token's attention weights over the patch tokens,
+    mean over heads (one row of scores a head, the softmax in float32 as transformers' eager
+    attention does)."""
+    out = torch.nn.functional.scaled_dot_product_attention(query, keys, values, scale=scale)
+    scores = torch.matmul(query[:, :, :1], keys.transpose(-1, -2)) * scale
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return out, weights[:, :, 0, 1:].mean(dim=1)
+
+
+def attend_received(query, keys, values, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention output, and (N, T): the attention each token receives, mean over heads
+    and queries, i.e. the column means of the full softmax matrices. Every score is needed,
+    so they are computed once, RECEIVED_BLOCK queries at a time: each block's weights give
+    its output rows and its share of the column sums, and are dropped. (SDPA for the output
+    plus a second pass for the sums cost about as much as this on a 2-core CPU, at 196 and
+    577 tokens: the scores twice instead of once.)"""
+    heads, length = query.shape[1], query.shape[2]
+    outputs, total = [], None
+    for start in range(0, length, RECEIVED_BLOCK):
+        scores = torch.matmul(query[:, :, start : start + RECEIVED_BLOCK], keys.transpose(-1, -2))
+        weights = torch.softmax(scores * scale, dim=-1, dtype=torch.float32)
+        outputs.append(torch.matmul(weights.to(query.dtype), values))
+        block = weights.sum(dim=2)
+        total = block if total is None else total + block
+    return torch.cat(outputs, dim=2), (total.sum(dim=1) / (heads * length)).to(query.dtype)
+
+
 class SiglipFamily(Family):
     """SiglipModel: no CLS token; the embedding is the attention-pooling head's output."""
 
@@ -244,6 +372,7 @@ class SiglipFamily(Family):
         "query tokens; last map: the pooling head's probe over the patches, mean over heads"
     )
     attention_label = "pooling-head probe attention"
+    vision_class, layer_class = "SiglipVisionModel", "SiglipEncoderLayer"
 
     def embedding_dim(self, model) -> int:
         return self.vision_config(model).hidden_size
@@ -263,25 +392,47 @@ class SiglipFamily(Family):
     def _vision_inputs(self, model, pixel_values, interpolate) -> dict:
         return {"pixel_values": pixel_values, "interpolate_pos_encoding": interpolate}
 
-    def encode_images(self, model, pixel_values, interpolate):
+    def _encode_fast(self, model, pixel_values, interpolate):
+        vision = model.vision_model
+        inputs = self._vision_inputs(model, pixel_values, interpolate)
+        hidden, maps = vision_layers(
+            vision.encoder.layers, self._embed(vision, inputs), attend_received
+        )
+        hidden = vision.post_layernorm(hidden)
+        pooled, probe = self._pool(vision, hidden, inputs)
+        return ImageOutput(pooled, torch.stack([*maps, probe], 1))
+
+    def _embed(self, vision, inputs: dict) -> torch.Tensor:
+        return vision.embeddings(
+            inputs["pixel_values"], interpolate_pos_encoding=inputs["interpolate_pos_encoding"]
+        )
+
+    def _pool(self, vision, hidden: torch.Tensor, inputs: dict) -> tuple:
+        return self._probed(lambda: vision.head(hidden), vision)
+
+    def _probed(self, forward: Callable, vision) -> tuple:
+        """`forward()`'s output and the pooling head's probe map (N, g*g) from that forward:
+        the head discards nn.MultiheadAttention's weights (averaged over heads by default), a
+        hook keeps them."""
         probe: list[torch.Tensor] = []
-        # the head discards nn.MultiheadAttention's weights (averaged over heads by default);
-        # a hook keeps them from the same forward
-        hook = model.vision_model.head.attention.register_forward_hook(
+        hook = vision.head.attention.register_forward_hook(
             lambda _module, _inputs, output: probe.append(output[1])
         )
         try:
-            outputs = model.vision_model(
-                **self._vision_inputs(model, pixel_values, interpolate), output_attentions=True
-            )
+            output = forward()
         finally:
             hook.remove()
         if not probe or probe[0] is None:
             raise RuntimeError("the pooling head returned no attention weights")
+        return output, probe[0][:, 0, :]  # (N, 1, g*g) -> (N, g*g)
+
+    def _encode_eager(self, model, pixel_values, interpolate):
+        vision = model.vision_model
+        inputs = self._vision_inputs(model, pixel_values, interpolate)
+        outputs, probe = self._probed(lambda: vision(**inputs, output_attentions=True), vision)
         # each layer: (N, heads, g*g, g*g) -> mean over heads and queries: what each key receives
         maps = [layer.mean(dim=(1, 2)) for layer in outputs.attentions]
-        maps.append(probe[0][:, 0, :])  # (N, 1, g*g) -> (N, g*g)
-        return ImageOutput(outputs.pooler_output, torch.stack(maps, 1))
+        return ImageOutput(outputs.pooler_output, torch.stack([*maps, probe], 1))
 
     def tokenize(self, tokenizer, texts, max_length):
         # SigLIP was trained on texts padded to max_length and pools the last token, without
@@ -298,6 +449,7 @@ class Siglip2Family(SiglipFamily):
 
     name = "siglip2"
     model_class = "Siglip2Model"
+    vision_class, layer_class = "Siglip2VisionModel", "Siglip2EncoderLayer"
 
     def tokenize(self, tokenizer, texts, max_length):
         # as Siglip2Processor: padded to max_length, with the tokenizer's attention mask
@@ -323,6 +475,13 @@ class Siglip2Family(SiglipFamily):
             ),
             "spatial_shapes": torch.tensor([[rows, cols]] * n, device=pixel_values.device),
         }
+
+    def _embed(self, vision, inputs):
+        # every patch is real (the full grid): the encoder's attention mask masks nothing
+        return vision.embeddings(inputs["pixel_values"], inputs["spatial_shapes"])
+
+    def _pool(self, vision, hidden, inputs):
+        return self._probed(lambda: vision.head(hidden, inputs["pixel_attention_mask"]), vision)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (CLIPFamily(), SiglipFamily(), Siglip2Family())}
