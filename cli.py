@@ -919,10 +919,15 @@ device_option = click.option(
     help="The prompt of each label; {} is replaced by the label.",
 )
 @run_option
+@click.option(
+    "--reference",
+    default=None,
+    help="A run to measure the corruption error (CE, mCE) of labelled images against.",
+)
 @device_option
 @format_option
 @user_errors
-def zeroshot(db, labels, template, run_id, device, fmt):
+def zeroshot(db, labels, template, run_id, device, fmt, reference):
     """Does an augmentation change what the model sees? Classifies every original and variant
     of a run against the label prompts and prints, per augmentation (and severity): flip_rate
     (share of images whose top-1 label changes), top1_prob_drop (mean drop of the original's
@@ -932,7 +937,9 @@ def zeroshot(db, labels, template, run_id, device, fmt):
     from clipshift.zeroshot import zeroshot as run_zeroshot
 
     run_id = _pick_run(db, run_id)
-    result = run_zeroshot(db, labels=labels, template=template, run=run_id, device=device)
+    result = run_zeroshot(
+        db, labels=labels, template=template, run=run_id, device=device, reference=reference
+    )
     columns, rows = _drop_empty_severity(result.rows.columns, result.rows.rows)
     if fmt == "table":
         run = result.rows.run
@@ -946,6 +953,81 @@ def zeroshot(db, labels, template, run_id, device, fmt):
             f"({result.label_set.source}), template {result.template!r}: {how}"
         )
     click.echo(format_rows(columns, rows, fmt, max_rows=None))
+    if fmt == "table":
+        _echo_accuracy_sections(result.rows.sections, reference)
+
+
+def _echo_accuracy_sections(sections: dict, reference: str | None) -> None:
+    """The labelled images' accuracy and corruption error (zeroshot's sections), if any."""
+    from clipshift.formatting import format_rows
+
+    if "accuracy" in sections:
+        section = sections["accuracy"]
+        click.echo("\naccuracy of the labelled images (top-1, top-5, error = 1 - top-1):")
+        click.echo(format_rows(section.columns, section.rows, "table", max_rows=None))
+    if "corruption_error" in sections:
+        section = sections["corruption_error"]
+        against = f"against run {reference}" if reference else "give --reference RUN for CE"
+        click.echo(f"\ncorruption error (ImageNet-C's CE, relative CE and mCE; {against}):")
+        click.echo(format_rows(section.columns, section.rows, "table", max_rows=None))
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--labels",
+    default="imagenet",
+    show_default=True,
+    help="imagenet, cifar100, or a file of one label per line: it must hold the images' labels.",
+)
+@click.option("--template", default="a photo of a {}.", show_default=True)
+@run_option
+@click.option("--reference", default=None, help="A run to measure CE and mCE against.")
+@click.option(
+    "--figure",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also draw mean cosine against accuracy drop (a scatter with its fit and 95% CI).",
+)
+@device_option
+@format_option
+@user_errors
+def accuracy(db, labels, template, run_id, reference, figure, device, fmt):
+    """Does an image whose embedding moves further lose its true class? For a run of labelled
+    images: top-1/top-5 accuracy and error per augmentation and severity (CE and mCE against
+    --reference), then per augmentation the point-biserial correlation between an image's
+    cosine to its original and whether it lost its label, and across augmentations the
+    correlation between mean cosine and accuracy drop, each with a bootstrap 95% CI."""
+    from clipshift.accuracy import accuracy as run_accuracy
+    from clipshift.formatting import format_rows
+
+    run_id = _pick_run(db, run_id)
+    result = run_accuracy(
+        db, labels=labels, template=template, run=run_id, reference=reference, device=device
+    )
+    columns = ["augmentation", "n", "point_biserial", "ci_low", "ci_high"]
+    rows = [(name, c.n, c.r, c.low, c.high) for name, c in result.per_augmentation.items()]
+    across = result.across
+    if fmt != "table":
+        rows.append(("across augmentations", across.n, across.r, across.low, across.high))
+        click.echo(format_rows(columns, rows, fmt, max_rows=None))
+    else:
+        run = result.run
+        click.echo(f"run {run.run_id} ({run.model}), labels {result.zeroshot.label_set.source}")
+        _echo_accuracy_sections(result.zeroshot.rows.sections, reference)
+        click.echo("\ncosine against losing the true class, per augmentation (bootstrap 95% CI):")
+        click.echo(format_rows(columns, rows, fmt, max_rows=None))
+        click.echo(
+            f"\nmean cosine against top-1 drop across {across.n} augmentations and severities: "
+            + ("r undefined" if across.r is None else f"r = {across.r:.4f}")
+            + ("" if across.low is None else f" (95% CI {across.low:.4f} to {across.high:.4f})")
+        )
+    if figure is not None:
+        from clipshift.report.figures import shift_accuracy
+
+        shift_accuracy(result).savefig(figure, dpi=150)
+        if fmt == "table":
+            click.echo(f"figure: {figure}")
 
 
 @cli.command()
