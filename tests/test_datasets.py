@@ -256,3 +256,59 @@ def test_every_source_on_s3(s3_bucket, photos, tmp_path):
     with pytest.raises(ClipshiftError, match="no such shard"):
         list(samples([f"{base}/shards/{{000000..000002}}.tar"], options))
     shutil.rmtree(local)
+
+
+# -- through the stages: the same bytes, the same image ------------------------------------------
+
+
+def test_every_source_prepares_to_the_plain_folders_images(photos, tmp_path):
+    """Each format's samples give, through stages.prepare_sample, the same image_ids, pixels
+    and pixel metrics as the photos read from a plain folder, with their labels and sources
+    in the `images` rows."""
+    import numpy as np
+
+    from clipshift.stages import PrepareSettings, image_rows, prepare_image, prepare_sample
+
+    settings = PrepareSettings(64, ("blur", "noise"), 0)
+    plain = {p.stem: prepare_image(p, settings, False) for p in photo_files(photos)}
+    shards(photos, tmp_path / "shards")
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(CLASSES))
+    specs = {
+        "tree": (class_tree(photos, tmp_path / "tree"), DatasetOptions(labels_from="folder")),
+        "shards": (str(tmp_path / "shards/{000000..000001}.tar"), DatasetOptions(label_key="cls")),
+        "parquet": (parquet(photos, tmp_path / "t.parquet"), DatasetOptions(id_column="name")),
+        "saved": (saved_dataset(photos, tmp_path / "saved"), DatasetOptions(label_column="label")),
+    }
+    for kind, (spec, options) in specs.items():
+        options = DatasetOptions(**{**options.__dict__, "label_names": str(names)})
+        found = {}
+        for sample in samples([spec], options):
+            prepared = prepare_sample(sample, settings, False)
+            found[prepared.path] = prepared
+        assert len(found) == 6, kind
+        for stem, want in plain.items():
+            (got,) = [p for p in found.values() if p.image_id == want.image_id]
+            assert np.array_equal(got.pixels, want.pixels), kind
+            assert got.metrics == want.metrics and got.params == want.params, kind
+            assert (got.label, got.label_index) == truth()[stem], (kind, stem)
+        rows = image_rows(list(found.values())).to_pylist()
+        assert {r["source"] for r in rows} == set(found)
+        assert {(r["label"], r["label_index"]) for r in rows} == set(truth().values())
+
+
+def test_sample_errors_are_failures_at_their_stage(photos, tmp_path):
+    from clipshift.datasets import Sample
+    from clipshift.stages import Failure, PrepareSettings, Skipped, prepare_sample
+
+    settings = PrepareSettings(64, ("blur",), 0)
+    data = photo_files(photos)[0].read_bytes()
+    unlabelled = prepare_sample(Sample("s.tar#a", data, error="no cls", stage="label"), settings, 0)
+    assert isinstance(unlabelled, Failure) and unlabelled.stage == "label"
+    assert unlabelled.image_id is not None
+    broken = prepare_sample(Sample("s.tar#b", None, error="breaks off"), settings, False)
+    assert isinstance(broken, Failure) and (broken.stage, broken.image_id) == ("read", None)
+    corrupt = prepare_sample(Sample("s.tar#c", b"not an image"), settings, False)
+    assert isinstance(corrupt, Failure) and corrupt.stage == "decode"
+    done = prepare_sample(Sample("s.tar#d", data), settings, False, skip={unlabelled.image_id})
+    assert isinstance(done, Skipped)
