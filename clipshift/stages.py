@@ -126,13 +126,16 @@ def augmenter_for(settings: PrepareSettings) -> Augmenter:
 
 
 def prepare_image(
-    path: str | Path | ObjectFile,
+    path: str | Path | ObjectFile | Sample,
     settings: PrepareSettings,
     keep_pixels: bool,
     skip: Collection[str] = frozenset(),
 ) -> Prepared | Failure | Skipped:
     """Read, hash, decode, augment, measure and PNG-encode one image; never raises for a bad
-    image (its `Failure` names the stage)."""
+    image (its `Failure` names the stage). A dataset's `Sample` (clipshift.datasets) goes to
+    `prepare_sample`, so an engine may hand either."""
+    if not isinstance(path, (str, Path, ObjectFile)):
+        return prepare_sample(path, settings, keep_pixels, skip)
     started = time.perf_counter()
     try:
         source = read_source(path if isinstance(path, ObjectFile) else Path(path))
