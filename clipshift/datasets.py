@@ -123,6 +123,8 @@ class Labeler:
         if isinstance(raw, bytes):
             raw = raw.decode("utf-8").strip()
         if isinstance(raw, str) and re.fullmatch(r"-?\d+", raw.strip()):
+            if self.names is None:  # a class folder "0001" keeps its name, index 1
+                return raw.strip(), int(raw)
             raw = int(raw)
         if isinstance(raw, bool) or raw is None:
             raise ValueError(f"label {raw!r} is neither a class index nor a name")
