@@ -8,11 +8,13 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import socket
 import tarfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 # each photo's class, and the class names in index order (a --label-names file)
 CLASSES = ("animal", "object", "person")
@@ -117,3 +119,31 @@ def saved_dataset(photos: Path, folder: Path) -> Path:
     )
     (folder / "dataset_info.json").write_text(json.dumps({"features": features}))
     return folder
+
+
+@pytest.fixture(name="s3_bucket")
+def s3_bucket_fixture(monkeypatch):
+    """moto's S3 server on a free port of 127.0.0.1 with a bucket (as tests/test_scale_out.py)."""
+    pytest.importorskip("moto")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="clipshift-test")
+    try:
+        yield client
+    finally:
+        server.stop()

@@ -11,7 +11,7 @@ import lance
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from dataset_builders import CLASSES, LABELS
+from dataset_builders import CLASSES, LABELS, s3_bucket_fixture  # noqa: F401 (s3_bucket)
 
 from cli import cli
 from clipshift.accuracy import accuracy
@@ -227,3 +227,26 @@ def test_label_not_in_the_set_is_one_line(labelled, tmp_path):
 def test_unlabelled_run_has_no_accuracy(ingested_store, tiny_model):
     out = CliRunner().invoke(cli, ["accuracy", "--db", str(ingested_store), "--labels", "cifar100"])
     assert out.exit_code != 0 and out.output.strip().count("\n") == 0
+
+
+def test_accuracy_on_an_s3_store_equals_the_local_one(s3_bucket, labelled, tiny_text_model, photos):
+    """The same run ingested into a store on the S3 test server (moto), its images labelled:
+    the same accuracy and shift-against-accuracy figures as the local store's."""
+    from clipshift.ingest import ingest
+
+    local, (run, _), names = labelled
+    remote = "s3://clipshift-test/store"
+    summary = ingest(
+        [photos], remote, str(tiny_text_model), augmentations=SPEC, keep_pixels=0, device="cpu"
+    )
+    assert summary.run_id == run
+    set_labels(remote, photos)
+    there = accuracy(remote, labels=names, run=run, device="cpu", resamples=50)
+    here = accuracy(local, labels=names, run=run, device="cpu", resamples=50)
+    for name in ("accuracy", "corruption_error"):
+        mine, theirs = (r.zeroshot.rows.sections[name] for r in (there, here))
+        assert mine.columns == theirs.columns
+        for a, b in zip(mine.rows, theirs.rows, strict=True):
+            assert a == pytest.approx(b, nan_ok=True, abs=1e-9), name
+    for a, b in zip(there.points.rows, here.points.rows, strict=True):
+        assert a == pytest.approx(b, nan_ok=True, abs=1e-6)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import tarfile
 
 import pyarrow as pa
@@ -18,6 +17,7 @@ from dataset_builders import (
     hf_table,
     parquet,
     photo_files,
+    s3_bucket_fixture,  # noqa: F401 (the s3_bucket fixture)
     saved_dataset,
     shards,
 )
@@ -198,34 +198,6 @@ def test_saved_dataset_folder(photos, tmp_path):
 
 
 # -- object storage ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def s3_bucket(monkeypatch):
-    """moto's S3 server on a free port of 127.0.0.1 with a bucket (as tests/test_scale_out.py)."""
-    pytest.importorskip("moto")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="clipshift-test")
-    try:
-        yield client
-    finally:
-        server.stop()
 
 
 def upload(client, folder, prefix: str) -> None:
