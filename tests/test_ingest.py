@@ -14,9 +14,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import SHOWN_DUPLICATES, cli, format_ingest_summary
+from cli import cli
 from clipshift.augment import Augmenter
 from clipshift.defaults import DEFAULT_SUITE
+from clipshift.formatting import SHOWN_DUPLICATES, format_ingest_summary
 from clipshift.ingest import IngestSummary, ingest
 from clipshift.stages import Duplicate
 from clipshift.store import Store
