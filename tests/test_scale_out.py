@@ -192,7 +192,7 @@ def test_ray_engine_equals_local_engine(ray_cluster, tmp_path, tiny_model, corpu
 
 
 def test_ray_driver_killed_then_rerun(ray_cluster, tmp_path, tiny_model, corpus):
-    from clipshift.ray_engine import COMMIT_GROUP
+    from clipshift.engines.ray import COMMIT_GROUP
 
     db = tmp_path / "db"
     command = [sys.executable, str(ROOT / "cli.py"), "ingest", str(corpus), "--db", str(db)]
@@ -238,7 +238,7 @@ def test_ray_engine_without_ray_is_one_line(monkeypatch, tmp_path, tiny_model, p
 # A driver that starts a local cluster as clipshift does, and reports what it started.
 LOCAL_DRIVER = """
 import json, time
-from clipshift.ray_engine import _descendants, _import_ray, _proc_cmdline, connect
+from clipshift.engines.ray import _descendants, _import_ray, _proc_cmdline, connect
 ray = _import_ray()
 connect(ray)
 processes = {pid: _proc_cmdline(pid) for pid in _descendants(os.getpid())}
