@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clipshift.defaults import IMAGE_STAGES  # noqa: E402
-from clipshift.ingest import ingest  # noqa: E402
 from clipshift.engines.ray import COMMIT_GROUP  # noqa: E402
+from clipshift.ingest import ingest  # noqa: E402
 
 VARIANTS = 10  # the original and nine augmentations
 PAPER_IMAGES = 13_312
