@@ -47,6 +47,24 @@ def _store_damage(db: str | None, exc: Exception) -> ClipshiftError | None:
         return None
 
 
+class _EngineChoice(click.Choice):
+    """--engine: one of clipshift.ingest.ENGINES, read when first asked for. Importing ingest
+    (the store with it: about 0.5 s here) as the command line starts would slow every command."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from clipshift.ingest import ENGINES
+
+        return tuple(ENGINES)
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass  # click.Choice sets them: they are ENGINES'
+
+
 db_option = click.option(
     "--db",
     default=lambda: os.environ.get("CLIPSHIFT_DB", D.DEFAULT_DB),
@@ -162,7 +180,7 @@ def cli():
     "--engine",
     default="local",
     show_default=True,
-    type=click.Choice(["local", "ray"]),
+    type=_EngineChoice(),
     help="ray: the same stages on the Ray cluster at $RAY_ADDRESS, or a local one "
     '(pip install "clipshift[ray]").',
 )

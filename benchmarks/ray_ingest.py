@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clipshift.defaults import IMAGE_STAGES  # noqa: E402
+from clipshift.engines.ray import COMMIT_GROUP  # noqa: E402
 from clipshift.ingest import ingest  # noqa: E402
-from clipshift.ray_engine import COMMIT_GROUP  # noqa: E402
 
 VARIANTS = 10  # the original and nine augmentations
 PAPER_IMAGES = 13_312
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
     from conftest import make_tiny_clip
     from ingest import write_distinct_photos
 
-    from clipshift import ray_engine
+    from clipshift.engines import ray as ray_engine
 
     tmp = Path(tempfile.mkdtemp(prefix="clipshift-ray-bench-"))
     model = str(make_tiny_clip(tmp / "model"))
