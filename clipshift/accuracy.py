@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ClipshiftError
+from .defaults import DEFAULT_LABELS, DEFAULT_TEMPLATE
 from .query import Rows, connect, named_query
 from .runs import resolve_run
 from .store import Store
-from .zeroshot import DEFAULT_TEMPLATE, ZeroshotResult, check_run_labels, load_labels, zeroshot
+from .zeroshot import ZeroshotResult, check_run_labels, load_labels, zeroshot
 
 # bootstrap resamples behind each 95% CI: the CI's ends move by ~0.01 between seeds at 1,000
 RESAMPLES = 1000
@@ -73,7 +74,7 @@ class AccuracyResult:
 
 def accuracy(
     db: str | os.PathLike,
-    labels: str = "imagenet",
+    labels: str = DEFAULT_LABELS,
     template: str = DEFAULT_TEMPLATE,
     run: str | None = None,
     reference: str | None = None,

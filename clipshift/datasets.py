@@ -32,7 +32,7 @@ from .defaults import (
     IMAGE_COLUMN,
     LABEL_COLUMN,
     LABEL_KEYS,
-    LABEL_NAME_SETS,
+    LABEL_SETS,
     LABELS_FROM,
     SHARD_IMAGE_KEYS,
     TABLE_BATCH_ROWS,
@@ -91,12 +91,12 @@ def label_names(spec: str) -> tuple[str, ...]:
     """The class names of --label-names: a set shipped in clipshift/data/ (imagenet,
     cifar100) or a UTF-8 file of one name a line (blank lines and # comments skipped), in
     class-index order."""
-    if spec in LABEL_NAME_SETS:
+    if spec in LABEL_SETS:
         return tuple((DATA_DIR / f"{spec}.txt").read_text(encoding="utf-8").splitlines())
     path = Path(spec).expanduser()
     if not path.is_file():
         raise ClipshiftError(
-            f"--label-names {spec}: no such file (or one of: {', '.join(LABEL_NAME_SETS)})"
+            f"--label-names {spec}: no such file (or one of: {', '.join(LABEL_SETS)})"
         )
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
