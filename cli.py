@@ -191,6 +191,26 @@ def cli():
     help="--engine ray: model actors (default: one per GPU of the cluster, else one).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option(
+    "--labels-from",
+    type=click.Choice(D.LABELS_FROM),
+    default=None,
+    help="Label each image of a folder by its parent folder's name (class folders).",
+)
+@click.option(
+    "--label-key",
+    type=click.Choice(D.LABEL_KEYS),
+    default=None,
+    help="WebDataset shards: the member holding the label (default: the first present).",
+)
+@click.option("--image-column", default=D.IMAGE_COLUMN, show_default=True, help="Tables: images.")
+@click.option("--label-column", default=None, help="Tables: the label column (default: label).")
+@click.option("--id-column", default=None, help="Tables: a column naming each row in `source`.")
+@click.option(
+    "--label-names",
+    default=None,
+    help="imagenet, cifar100 or a file of one name a line: the names of integer labels.",
+)
 @user_errors
 def ingest(
     paths,
@@ -208,14 +228,31 @@ def ingest(
     engine,
     actors,
     quiet,
+    labels_from,
+    label_key,
+    image_column,
+    label_column,
+    id_column,
+    label_names,
 ):
     """Embed images and their nine augmentations into the store.
 
     PATHS are folders (searched recursively for jpg, jpeg, png, webp, bmp, tif, tiff), image
-    files, text files listing image paths, or s3:// (gs://, az://) prefixes. Running the same
-    command again stores nothing twice and resumes where an interrupted run stopped.
+    files, text files listing image paths, or s3:// (gs://, az://) prefixes; or datasets as
+    they are shipped: WebDataset shards ('shards/{000000..000099}.tar'), Parquet, Arrow or
+    Lance tables of image bytes, `datasets.save_to_disk` folders (labels: --label-key,
+    --label-column, --labels-from folder). Running the same command again stores nothing
+    twice and resumes where an interrupted run stopped.
     """
+    from clipshift.datasets import DatasetOptions
     from clipshift.ingest import ingest as run_ingest
+
+    asked = (labels_from, label_key, label_column, id_column, label_names)
+    dataset = None
+    if any(v is not None for v in asked) or image_column != D.IMAGE_COLUMN:
+        dataset = DatasetOptions(
+            labels_from, label_key, image_column, label_column, id_column, label_names
+        )
 
     bar = _ProgressBar(enabled=not quiet and sys.stderr.isatty())
     try:
@@ -236,6 +273,7 @@ def ingest(
             actors=actors,
             on_start=bar.start,
             on_progress=bar.update,
+            dataset=dataset,
         )
     except KeyboardInterrupt:
         bar.finish()

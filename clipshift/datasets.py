@@ -58,6 +58,9 @@ class Sample:
     error: str | None = None  # why this sample cannot be stored
     stage: str = "read"  # where it failed: read (bytes) or label
 
+    def __str__(self) -> str:  # as a path prints: where the bytes came from
+        return self.source
+
 
 @dataclass(frozen=True)
 class DatasetOptions:
@@ -225,6 +228,14 @@ def samples(paths: Iterable[str | os.PathLike], options: DatasetOptions) -> Iter
             yield from saved_dataset_samples(name, options, labeler)
         else:
             yield from file_samples(listed[name], options, labeler)
+
+
+def is_dataset(name: str) -> bool:
+    """Whether PATH is a dataset as shipped (a shard or brace range of shards, a table, a
+    save_to_disk folder), which `samples` reads and `sources.discover` does not."""
+    if _BRACES.search(name):
+        return True
+    return _kind(name) != "files"
 
 
 def _kind(name: str) -> str:
