@@ -11,7 +11,7 @@ import lance
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from dataset_builders import CLASSES, LABELS, s3_bucket_fixture  # noqa: F401 (s3_bucket)
+from dataset_builders import CLASSES, LABELS, class_tree, s3_bucket_fixture  # noqa: F401 (s3_bucket)
 
 from cli import cli
 from clipshift.accuracy import accuracy
@@ -39,14 +39,19 @@ def set_labels(db, photos) -> None:
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory, tiny_text_model, photos):
-    """Two runs (seeds 0 and 1) of the six photos with three perturbations (two levelled)."""
+    """Two runs (seeds 0 and 1) of the six photos with three perturbations (two levelled),
+    ingested from class folders with their labels."""
+    from clipshift.datasets import DatasetOptions
     from clipshift.ingest import ingest
 
     root = tmp_path_factory.mktemp("labelled")
+    names = root / "names.txt"
+    names.write_text("\n".join(NAMES) + "\n")
+    tree = class_tree(photos, root / "tree")
     db = root / "db"
     runs = [
         ingest(
-            [photos],
+            [tree],
             db,
             str(tiny_text_model),
             augmentations=SPEC,
@@ -54,12 +59,10 @@ def labelled(tmp_path_factory, tiny_text_model, photos):
             keep_pixels=0,
             device="cpu",
             workers=1,
+            dataset=DatasetOptions(labels_from="folder", label_names=str(names)),
         ).run_id
         for seed in (0, 1)
     ]
-    set_labels(db, photos)
-    names = root / "names.txt"
-    names.write_text("\n".join(NAMES) + "\n")
     return db, runs, str(names)
 
 
