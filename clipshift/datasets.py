@@ -37,7 +37,7 @@ from .defaults import (
     SHARD_IMAGE_KEYS,
     TABLE_BATCH_ROWS,
 )
-from .location import Location, _filesystem, is_object_uri
+from .location import Location, is_object_uri
 from .sources import ObjectFile, discover, list_entries
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -279,10 +279,8 @@ def file_samples(
 def _open_stream(name: str):
     """A forward-only binary stream of a local file or an object (one GET, read as it goes)."""
     if is_object_uri(name):
-        location = Location.parse(name)
-        scheme, rest = location.uri.split("://", 1)
-        filesystem = _filesystem(scheme, tuple(sorted(location.storage_options.items())))
-        with filesystem.open_input_stream(rest) as stream:
+        filesystem, path = Location.parse(name).filesystem()
+        with filesystem.open_input_stream(path) as stream:
             yield stream
     else:
         with open(Path(name).expanduser(), "rb") as stream:
@@ -292,10 +290,8 @@ def _open_stream(name: str):
 def _open_random(name: str):
     """A seekable file of a local path or an object (pyarrow reads ranges of it)."""
     if is_object_uri(name):
-        location = Location.parse(name)
-        scheme, rest = location.uri.split("://", 1)
-        filesystem = _filesystem(scheme, tuple(sorted(location.storage_options.items())))
-        return filesystem.open_input_file(rest)
+        filesystem, path = Location.parse(name).filesystem()
+        return filesystem.open_input_file(path)
     return str(Path(name).expanduser())
 
 
