@@ -965,9 +965,9 @@ def accuracy(db, labels, template, run_id, reference, figure, device, fmt):
             + ("" if across.low is None else f" (95% CI {across.low:.4f} to {across.high:.4f})")
         )
     if figure is not None:
-        from clipshift.report.figures import shift_accuracy
+        from clipshift.report.figures import shift_accuracy_plot
 
-        shift_accuracy(result).savefig(figure, dpi=150)
+        shift_accuracy_plot(result).savefig(figure, dpi=150)
         if fmt == "table":
             click.echo(f"figure: {figure}")
 

@@ -28,7 +28,7 @@ import numpy as np
 from . import ClipshiftError
 from .defaults import DEFAULT_LABELS, DEFAULT_TEMPLATE
 from .query import Rows, connect, named_query
-from .runs import resolve_run
+from .runs import Run, resolve_run
 from .store import Store
 from .zeroshot import ZeroshotResult, check_run_labels, load_labels, zeroshot
 
@@ -104,14 +104,37 @@ def accuracy(
             device=device,
             reference=reference,
         )
-    con = connect(db)
-    key = {
-        "run_id": result.rows.run.run_id,
-        "label_set": result.label_set.key,
-        "template": result.template,
-    }
+    key = {"label_set": result.label_set.key, "template": result.template}
+    found = shift_against_accuracy(
+        connect(db), result.rows.run, **key, resamples=resamples, seed=seed
+    )
+    return AccuracyResult(result, found.points, found.per_augmentation, found.across, found.fit)
+
+
+@dataclass
+class ShiftAccuracy:
+    """Shift against accuracy of one run, label set and template (the module docstring)."""
+
+    points: Rows
+    per_augmentation: dict[str, Correlation]
+    across: Correlation
+    fit: Fit | None
+
+
+def shift_against_accuracy(
+    con,
+    run: Run,
+    label_set: str,
+    template: str,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> ShiftAccuracy:
+    """From the stored predictions of `run` against `label_set` (a LabelSet key) and
+    `template`: the points, the per-augmentation correlations and the correlation and fit
+    across augmentations, with their bootstrap CIs. Classifies nothing."""
+    key = {"run_id": run.run_id, "label_set": label_set, "template": template}
     summary = named_query(con, "shift_accuracy_summary", **key)
-    points = Rows([d[0] for d in summary.description], summary.fetchall(), result.rows.run)
+    points = Rows([d[0] for d in summary.description], summary.fetchall(), run)
     per_image = named_query(con, "shift_accuracy", **key).fetchall()
     rng = np.random.default_rng(seed)
     biserial = {r["augmentation"]: r["point_biserial"] for r in points.records()}
@@ -123,7 +146,7 @@ def accuracy(
             _finite(biserial[augmentation]), np.asarray(x), np.asarray(y), resamples, rng
         )
     across, fit = _across(con, key, points, resamples, rng)
-    return AccuracyResult(result, points, per_augmentation, across, fit)
+    return ShiftAccuracy(points, per_augmentation, across, fit)
 
 
 def _across(

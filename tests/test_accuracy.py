@@ -210,6 +210,12 @@ def test_accuracy_command_and_figure(labelled, tmp_path):
     assert out.exit_code == 0, out.output
     rows = json.loads(out.output)
     assert rows[-1]["augmentation"] == "across augmentations"
+    # and the report draws the same figure from the stored predictions
+    from clipshift.report import report
+
+    result = report(db, run=run, out=tmp_path / "report", figures=["shift_accuracy"])
+    (drawn,) = [f for f in result.figures if f.name == "shift_accuracy"]
+    assert drawn.path is not None and drawn.path.stat().st_size > 1000, drawn.note
 
 
 def test_label_not_in_the_set_is_one_line(labelled, tmp_path):

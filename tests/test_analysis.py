@@ -277,6 +277,7 @@ def test_every_named_query_says_what_it_answers_and_runs(ingested_store):
 # the named queries over labelled images (images.label, migration 0007)
 LABELLED_QUERIES = (
     "accuracy",
+    "accuracy_sets",
     "corruption_error",
     "run_labels",
     "shift_accuracy",

@@ -26,7 +26,8 @@ PIXEL_FIGURES = {"augmentations", "attention_grid"}
 SEVERITY_FIGURES = ("severity", "severity_heatmap")
 # need stored zero-shot predictions and a model with a text tower and tokenizer, which the
 # tiny model here lacks: drawn in tests/test_zeroshot.py
-TEXT_FIGURES = {"flip_rate", "alignment"}
+# and shift_accuracy labelled images besides: drawn in tests/test_accuracy.py
+TEXT_FIGURES = {"flip_rate", "alignment", "shift_accuracy"}
 
 
 @pytest.fixture(scope="module")
