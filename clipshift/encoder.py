@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ClipshiftError
-from .defaults import DEVICES, IMAGE_SIZE, PRECISION, PRECISIONS
+from . import ClipshiftError, first_line
+from .defaults import DEVICES, IMAGE_SIZE, PRECISION, PRECISIONS, check_precision
 from .families import Family, family_of
 from .hub import ResolvedModel, folder_revision, load_error, load_pretrained, resolve_model
 
@@ -24,12 +24,7 @@ from .hub import ResolvedModel, folder_revision, load_error, load_pretrained, re
 # docs/metrics.md gives the measured embedding difference of each against fp32.
 # texts per text-encoder forward
 TEXT_BATCH = 256
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ClipshiftError(f"unknown --precision {precision}: choose {', '.join(PRECISIONS)}")
+DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 
 
 @dataclass
@@ -251,7 +246,7 @@ class Encoder:
             except (OSError, ValueError) as exc:
                 raise ClipshiftError(
                     f"cannot load the text tokenizer of {self.model_name}: "
-                    f"{str(exc).splitlines()[0]} (text queries need the model's tokenizer files)"
+                    f"{first_line(exc)} (text queries need the model's tokenizer files)"
                 ) from None
         return self._text_tokenizer
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ClipshiftError
+from . import ClipshiftError, first_line
 
 # How long the hub may take to accept a connection before a model missing from the local
 # cache is reported as unreachable: without this check, transformers retries for ~30 s.
@@ -133,7 +133,7 @@ def require_model(model_name: str) -> None:
 
 def load_error(model_name: str, local: Path, exc: Exception) -> str:
     if local.is_dir():
-        return f"cannot load a model from {local}: {str(exc).splitlines()[0]}"
+        return f"cannot load a model from {local}: {first_line(exc)}"
     if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
         return f"--model {model_name}: no such directory"
     if (
@@ -146,4 +146,4 @@ def load_error(model_name: str, local: Path, exc: Exception) -> str:
             "reached. Download it once where the hub is reachable, or pass --model DIR (a folder "
             "made with save_pretrained)"
         )
-    return f"cannot load model {model_name}: {str(exc).splitlines()[0]}"
+    return f"cannot load model {model_name}: {first_line(exc)}"

@@ -27,7 +27,7 @@ from .defaults import (
     KEEP_PIXELS,
     ORIGINAL,
     PRECISION,
-    PRECISIONS,
+    check_precision,
 )
 from .engines.job import IngestJob, IngestSummary, ProgressCallback
 from .filters import matches, where
@@ -58,7 +58,7 @@ def run_identity(
     the same run_id, so the same command again resumes (or extends) it instead of starting anew.
     The number of workers is not part of it: results do not depend on it."""
     key = {"revision": revision, "image_size": image_size, "seed": seed, "augmentations": aug_hash}
-    if precision != "fp32":
+    if precision != PRECISION:
         key["precision"] = precision  # fp32 runs keep the run_ids they had before precisions
     if revision == "unknown":
         key["model"] = model.name
@@ -181,10 +181,10 @@ def _ingest(
 
     names = [p.label for p in perturbations]
     image_size, seed = settings.image_size, settings.seed
-    store = Store.open(db, create=True)
     config = augmentation_config(perturbations)
     aug_hash = config_hash(config)
     encoder: Encoder | None = None
+    store: Store | None = None
 
     def load_encoder() -> Encoder:
         nonlocal encoder
@@ -206,9 +206,14 @@ def _ingest(
                 f"{encoder.revision} now): run the same command again"
             )
         summary.run_id, summary.model_revision = run_id, encoder.revision
+        if store is not None:
+            register_run(encoder)
+        return encoder
+
+    def register_run(encoder: Encoder) -> None:
         store.ensure_run(
             {
-                "run_id": run_id,
+                "run_id": summary.run_id,
                 **encoder.run_fields(),
                 "seed": seed,
                 "augmentations": json.dumps(config),
@@ -217,7 +222,6 @@ def _ingest(
                 "created_at": datetime.now(timezone.utc),
             }
         )
-        return encoder
 
     summary = IngestSummary(
         db=str(db),
@@ -237,13 +241,18 @@ def _ingest(
     held_run = None
     if model.revision is not None:
         run_id = run_identity(model, model.revision, image_size, seed, aug_hash, precision)
-        held_run = _stored_run(store, run_id)
+        held_run = _held_run(db, run_id)
     if held_run is None:
+        # a new run: the model loads before the store is made, so a model that cannot load
+        # leaves no store behind
         embedding_dim = load_encoder().embedding_dim
     else:
         summary.run_id, summary.model_revision = run_id, model.revision
         embedding_dim = held_run["embedding_dim"]
     run_id = summary.run_id
+    store = Store.open(db, create=True)
+    if encoder is not None:
+        register_run(encoder)
     if on_start:
         on_start(len(files))
 
@@ -320,8 +329,20 @@ def _check_options(
         raise ClipshiftError(f"--keep-pixels {keep_pixels}: use a count, 0 for none or -1 for all")
     if workers < 1:
         raise ClipshiftError(f"--workers {workers}: use 1 or more (1 runs in this process)")
-    if precision not in PRECISIONS:
-        raise ClipshiftError(f"unknown --precision {precision}: choose {', '.join(PRECISIONS)}")
+    check_precision(precision)
+
+
+def _held_run(db: str | Path, run_id: str) -> dict | None:
+    """The `runs` row of `run_id` in the store at `db`, or None: also where there is no store
+    yet, or one that only opens for writing (it needs a migration), so the model loads."""
+    try:
+        store = Store.open(db)
+    except ClipshiftError:
+        return None
+    try:
+        return _stored_run(store, run_id)
+    finally:
+        store.close()
 
 
 def _stored_run(store: Store, run_id: str) -> dict | None:

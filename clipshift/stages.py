@@ -39,8 +39,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from . import first_line
 from .augment import ORIGINAL, Augmenter
-from .defaults import AUGMENTATION_NAMES
+from .defaults import AUGMENTATION_NAMES, IMAGE_SIZE
 from .pixels import IDENTICAL, PixelReference
 from .sources import DecodeError, ObjectFile, Source, decode, read_source
 
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 class PrepareSettings:
     """Everything the CPU stages need besides the path: the same settings, the same bytes."""
 
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     # what --augmentations names (suites, suite files, perturbations; clipshift.suites.resolve)
     augmentations: tuple[str, ...] = AUGMENTATION_NAMES
     seed: int = 0
@@ -220,8 +221,7 @@ def _encode_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - the batch fails, the run goes on
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise EncodeError(f"{type(exc).__name__}: {first_line}") from exc
+        raise EncodeError(first_line(exc, typed=True)) from exc
 
 
 def image_rows(batch: Sequence[Prepared]) -> pa.Table:
