@@ -430,7 +430,7 @@ async function viewMap(root, params) {
   ctx.fillStyle = "#fff";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
   if (lines) {
-    ctx.strokeStyle = "rgba(120, 120, 120, 0.12)";
+    ctx.strokeStyle = `rgba(120, 120, 120, ${n > 5000 ? 0.12 : 0.5})`;
     ctx.lineWidth = 0.5;
     ctx.beginPath();
     for (let i = 0; i < n; i++) {
@@ -442,7 +442,7 @@ async function viewMap(root, params) {
     ctx.stroke();
   }
   // one path per colour: a fill call per point would take seconds at 133k points
-  const size = n > 20000 ? 1.5 : 3;
+  const size = n > 20000 ? 1.5 : n > 2000 ? 3 : 5;
   data.variants.forEach((name, v) => {
     ctx.fillStyle = PALETTE[v % PALETTE.length];
     ctx.beginPath();
