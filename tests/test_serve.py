@@ -256,3 +256,65 @@ def test_the_page_and_its_files_are_served(client):
     assert page.status_code == 200 and "<canvas" in page.text or "app.js" in page.text
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/style.css").status_code == 200
+
+
+def test_a_running_ingest_shows_on_reload(tmp_path, tiny_model):
+    """Each request reads the store's latest version: images ingested while the app runs are
+    in the next answer, and the map's cached projection is recomputed."""
+    from conftest import write_photos
+
+    from clipshift.ingest import ingest
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_photos(first, ("astronaut", "coffee"))
+    write_photos(second, ("camera",))
+    db = tmp_path / "db"
+    options = {"augmentations": "blur,noise", "keep_pixels": 0, "device": "cpu"}
+    ingest([first], db, str(tiny_model), **options)
+    with TestClient(create_app(db), raise_server_exceptions=False) as c:
+        assert c.get("/api/runs").json()[0]["images"] == 2
+        assert len(c.get("/api/map").json()["x"]) == 6
+        page = c.get("/api/images").json()
+        assert page["total"] == 4
+        # no stored pixels: the page shows the file name instead
+        assert not any(r["original_pixels"] or r["variant_pixels"] for r in page["images"])
+        ingest([second], db, str(tiny_model), **options)
+        assert c.get("/api/runs").json()[0]["images"] == 3
+        assert c.get("/api/images").json()["total"] == 6
+        assert len(c.get("/api/map").json()["x"]) == 9
+
+
+def test_serve_command_listens_and_asks_for_a_token_off_loopback(ingested_store):
+    """The real command in a subprocess: it prints its URL, serves, and off 127.0.0.1 refuses
+    a request without the printed token."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, str(root / "cli.py"), "serve", "--db", str(ingested_store)]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    process = subprocess.Popen(
+        [*command, "--host", "0.0.0.0", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = process.stderr.readline()
+        found = re.search(r"http://0\.0\.0\.0:(\d+)/\?token=(\w+)#/runs", line)
+        assert found, line
+        base = f"http://127.0.0.1:{found.group(1)}"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + "/api/runs")
+        assert refused.value.code == 401
+        assert "token" in json.loads(refused.value.read())["error"]
+        with urllib.request.urlopen(f"{base}/api/runs?token={found.group(2)}") as answer:
+            assert json.loads(answer.read())[0]["images"] == 6
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
