@@ -138,6 +138,7 @@ def test_map_projects_every_row_and_caches_it(client):
     first = client.get("/api/map").json()
     assert len(first["x"]) == len(first["y"]) == len(first["image"]) == 60
     assert first["variants"][0] == "original" and len(first["images"]) == 6
+    assert first["pixels"] == [1] * 60  # the store kept every image's pixels
     again = client.get("/api/map").content
     assert json.loads(again) == first  # the cached bytes
 
@@ -273,7 +274,7 @@ def test_a_running_ingest_shows_on_reload(tmp_path, tiny_model):
     ingest([first], db, str(tiny_model), **options)
     with TestClient(create_app(db), raise_server_exceptions=False) as c:
         assert c.get("/api/runs").json()[0]["images"] == 2
-        assert len(c.get("/api/map").json()["x"]) == 6
+        assert c.get("/api/map").json()["pixels"] == [0] * 6
         page = c.get("/api/images").json()
         assert page["total"] == 4
         # no stored pixels: the page shows the file name instead

@@ -206,6 +206,12 @@ def test_runs_gallery_image_map_sql(server, page, tmp_path):
     # a click on a point opens its image
     x, y = page.evaluate("[window.clipshiftMap.px[0], window.clipshiftMap.py[0]]")
     box = page.locator("#map-canvas").bounding_box()
+    # hovering shows the point's thumbnail
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    page.wait_for_function(
+        "(() => { const i = document.querySelector('#map-tip img');"
+        " return i && i.complete && i.naturalWidth > 0; })()"
+    )
     page.mouse.click(box["x"] + x, box["y"] + y)
     settle(page)
     assert "#/image/" in page.url

@@ -308,7 +308,7 @@ def project(store: Store, run: Run, table: str, method: str = "pca") -> dict:
     """Every original and variant embedding of the run in 2-D (unit vectors; PCA through the
     top two eigenvectors of the D x D covariance, or UMAP). Points are columns: x, y, the
     index of the image in `images` and of the variant in `variants`; each variant joins its
-    image's original (variant index 0)."""
+    image's original (variant index 0), and `pixels` (1 where its PNG is stored)."""
     from ..index import load_embeddings
     from ..knn import normalise
 
@@ -338,6 +338,13 @@ def project(store: Store, run: Run, table: str, method: str = "pca") -> dict:
     names, image_index = np.unique(found.image_ids.astype(str), return_inverse=True)
     variant_names = [ORIGINAL] + sorted(set(found.variants.tolist()) - {ORIGINAL})
     lookup = {name: i for i, name in enumerate(variant_names)}
+    kept = store.dataset(table).to_table(
+        columns=["image_id", "variant"],
+        filter=matches(run_id=run.run_id) & pc.field("pixels").is_valid(),
+    )
+    kept = set(
+        zip(kept.column("image_id").to_pylist(), kept.column("variant").to_pylist(), strict=True)
+    )
     return {
         "run_id": run.run_id,
         "method": method,
@@ -348,6 +355,8 @@ def project(store: Store, run: Run, table: str, method: str = "pca") -> dict:
         "y": np.round(points[:, 1], 5).tolist(),
         "image": image_index.tolist(),
         "variant": [lookup[v] for v in found.variants.tolist()],
+        # 1 where the point's PNG is stored (the hover shows it), else 0
+        "pixels": [int(pair in kept) for pair in zip(found.image_ids, found.variants, strict=True)],
     }
 
 

@@ -484,9 +484,8 @@ async function viewMap(root, params) {
     if (i === shown) return;
     shown = i;
     const imageId = data.images[data.image[i]], variant = data.variants[data.variant[i]];
-    const img = el("img", { src: pixelsURL(run, imageId, variant), alt: "" });
-    img.onerror = () => img.remove();
-    tip.replaceChildren(img, el("div", {}, `${imageId.slice(0, 12)} · ${variant}`));
+    const img = data.pixels[i] ? el("img", { src: pixelsURL(run, imageId, variant), alt: "" }) : null;
+    tip.replaceChildren(...[img, el("div", {}, `${imageId.slice(0, 12)} · ${variant}`)].filter(Boolean));
   });
   canvas.addEventListener("mouseleave", () => { tip.hidden = true; shown = -1; });
   canvas.addEventListener("click", (event) => {
