@@ -319,3 +319,32 @@ def test_serve_command_listens_and_asks_for_a_token_off_loopback(ingested_store)
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_levelled_perturbations_filter_by_severity(tmp_path, tiny_model):
+    from conftest import write_photos
+
+    from clipshift.ingest import ingest
+
+    write_photos(tmp_path / "photos", ("astronaut", "coffee"))
+    db = tmp_path / "db"
+    spec = "brightness@1,brightness@3,blur"
+    ingest([tmp_path / "photos"], db, str(tiny_model), augmentations=spec, device="cpu")
+    with TestClient(create_app(db), raise_server_exceptions=False) as c:
+        run = c.get("/api/runs").json()[0]
+        assert sorted(run["perturbations"]) == ["blur", "brightness@1", "brightness@3"]
+        assert run["suite"] == "custom"
+        stats = c.get("/api/stats").json()
+        assert stats["severity"] == command_json(db, "stats", "--part", "severity")
+        both = c.get("/api/images", params={"augmentation": "brightness"}).json()
+        assert both["total"] == 4 and {r["severity"] for r in both["images"]} == {1, 3}
+        one = c.get("/api/images", params={"augmentation": "brightness", "severity": 3}).json()
+        assert one["total"] == 2
+        assert {r["variant"] for r in one["images"]} == {"brightness@3"}
+        detail = c.get(f"/api/images/{one['images'][0]['image_id']}").json()
+        assert [v["variant"] for v in detail["variants"]] == [
+            "original",
+            "blur",
+            "brightness@1",
+            "brightness@3",
+        ]

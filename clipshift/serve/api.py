@@ -122,10 +122,12 @@ def images(db: str | os.PathLike | Store, run: str | None, query: GalleryQuery) 
     store = _store(db)
     chosen = _run(store, run)
     con = connect(store)
+    augmentations = _augmentations(con, chosen)
     found = named_query(
         con,
         "gallery",
         run_id=chosen.run_id,
+        variant=_only_variant(augmentations, query),
         augmentation=query.augmentation,
         severity=query.severity,
         file_name=query.name or None,
@@ -152,7 +154,7 @@ def images(db: str | os.PathLike | Store, run: str | None, query: GalleryQuery) 
         "offset": query.offset,
         "limit": query.limit,
         "total": total,
-        "augmentations": _augmentations(con, chosen),
+        "augmentations": augmentations,
         "labels": [
             r[0]
             for r in con.execute(
@@ -481,6 +483,23 @@ def _augmentations(con, run: Run) -> list[dict]:
             {"run_id": run.run_id},
         )
     )
+
+
+def _only_variant(augmentations: list[dict], query: GalleryQuery) -> str | None:
+    """The stored variant label where the query's augmentation and severity name exactly one
+    (NAME, or NAME@SEVERITY for a levelled perturbation), else None."""
+    if query.augmentation is None:
+        return None
+    chosen = [
+        a
+        for a in augmentations
+        if a["augmentation"] == query.augmentation
+        and (query.severity is None or a["severity"] == query.severity)
+    ]
+    if len(chosen) != 1:
+        return None
+    name, severity = chosen[0]["augmentation"], chosen[0]["severity"]
+    return name if severity is None else f"{name}@{severity}"
 
 
 def _with_pixels(store: Store, run: Run, image_ids: set[str]) -> set[tuple[str, str]]:
