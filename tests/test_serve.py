@@ -274,6 +274,7 @@ def test_a_running_ingest_shows_on_reload(tmp_path, tiny_model):
     ingest([first], db, str(tiny_model), **options)
     with TestClient(create_app(db), raise_server_exceptions=False) as c:
         assert c.get("/api/runs").json()[0]["images"] == 2
+        assert {r["n"] for r in c.get("/api/stats").json()["summary"]} == {2}
         assert c.get("/api/map").json()["pixels"] == [0] * 6
         page = c.get("/api/images").json()
         assert page["total"] == 4
@@ -281,6 +282,8 @@ def test_a_running_ingest_shows_on_reload(tmp_path, tiny_model):
         assert not any(r["original_pixels"] or r["variant_pixels"] for r in page["images"])
         ingest([second], db, str(tiny_model), **options)
         assert c.get("/api/runs").json()[0]["images"] == 3
+        # the kept summary was of the store's earlier version
+        assert {r["n"] for r in c.get("/api/stats").json()["summary"]} == {3}
         assert c.get("/api/images").json()["total"] == 6
         assert len(c.get("/api/map").json()["x"]) == 9
 

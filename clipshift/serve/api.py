@@ -75,18 +75,25 @@ def runs(db: str | os.PathLike | Store) -> list[dict]:
     return records
 
 
-def stats(db: str | os.PathLike | Store, run: str | None = None) -> dict:
+def stats(db: str | os.PathLike | Store, run: str | None = None, memo: Memo | None = None) -> dict:
     """The run and `clipshift stats --format json`'s tables: summary, and where the run has
-    severity levels, severity (the curves) and corruption_mean."""
+    severity levels, severity (the curves) and corruption_mean. With `memo`, kept per store
+    version: the summary is the first page's slowest part (1.2 s at the paper's size)."""
     from ..analysis import stats as run_stats
 
     store = _store(db)
     chosen = _run(store, run)
-    result = run_stats(store, run=chosen.run_id)
-    answer = {"run": _run_record(chosen), "summary": _rows_json(result)}
-    for name, section in result.sections.items():
-        answer[name] = _rows_json(section)
-    return answer
+
+    def compute() -> dict:
+        result = run_stats(store, run=chosen.run_id)
+        answer = {"run": _run_record(chosen), "summary": _rows_json(result)}
+        for name, section in result.sections.items():
+            answer[name] = _rows_json(section)
+        return answer
+
+    if memo is None:
+        return compute()
+    return memo.get(("stats", *table_version(store, chosen)), compute)
 
 
 # -- gallery -----------------------------------------------------------------------------------
@@ -265,14 +272,43 @@ def pixels(db: str | os.PathLike | Store, run: str, image_id: str, variant: str)
 # -- the map -------------------------------------------------------------------------------
 
 
+class Memo:
+    """Answers kept in memory by key, the newest `kept`: the keys name the store version they
+    were computed from (`table_version`), so a changed table is a new key, never a stale
+    answer."""
+
+    def __init__(self, kept: int = PROJECTIONS_KEPT):
+        self._kept = kept
+        self._cache: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, compute):
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        answer = compute()
+        with self._lock:
+            self._cache[key] = answer
+            while len(self._cache) > self._kept:
+                self._cache.popitem(last=False)
+        return answer
+
+
+def table_version(store: Store, run: Run) -> tuple:
+    """What a cached answer about `run` was computed from: the store, the run and the version
+    of the run's variants table (None before its first batch)."""
+    table = store.variants_table_of(run.run_id)
+    version = store.dataset(table).version if table is not None else None
+    return (str(store.path), run.run_id, table, version)
+
+
 class Projections:
     """2-D projections of runs' embeddings, kept per (run, store version, method): the same
     request again is answered from memory until the run's table changes."""
 
     def __init__(self, kept: int = PROJECTIONS_KEPT):
-        self._kept = kept
-        self._cache: OrderedDict[tuple, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        self._memo = Memo(kept)
 
     def get(self, db: str | os.PathLike | Store, run: str | None, method: str = "pca") -> bytes:
         """The projection as JSON bytes (see `project`)."""
@@ -280,21 +316,16 @@ class Projections:
             raise ClipshiftError(f"method {method!r}: one of {', '.join(projection_methods())}")
         store = _store(db)
         chosen = _run(store, run)
-        table = store.variants_table_of(chosen.run_id)
+        key = table_version(store, chosen)
+        table = key[2]
         if table is None:
             raise NotFound(f"run {chosen.run_id} holds no images yet")
-        key = (str(store.path), chosen.run_id, store.dataset(table).version, method)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        answer = json.dumps(project(store, chosen, table, method), separators=(",", ":"))
-        data = answer.encode()
-        with self._lock:
-            self._cache[key] = data
-            while len(self._cache) > self._kept:
-                self._cache.popitem(last=False)
-        return data
+
+        def compute() -> bytes:
+            answer = project(store, chosen, table, method)
+            return json.dumps(answer, separators=(",", ":")).encode()
+
+        return self._memo.get((*key, method), compute)
 
 
 def projection_methods() -> list[str]:

@@ -50,6 +50,7 @@ def create_app(db: str | os.PathLike, run: str | None = None, token: str | None 
     cookie the first page load with ?token= sets), else 401."""
     db = str(db)
     projections = api.Projections()
+    summaries = api.Memo()
 
     def query_run(request: Request) -> str | None:
         return request.query_params.get("run") or None
@@ -75,7 +76,7 @@ def create_app(db: str | os.PathLike, run: str | None = None, token: str | None 
         return JSONResponse(await run_in_threadpool(api.runs, db))
 
     async def stats(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(api.stats, db, query_run(request)))
+        return JSONResponse(await run_in_threadpool(api.stats, db, query_run(request), summaries))
 
     async def images(request: Request) -> Response:
         q = request.query_params
