@@ -351,3 +351,65 @@ def test_levelled_perturbations_filter_by_severity(tmp_path, tiny_model):
             "brightness@1",
             "brightness@3",
         ]
+
+
+def test_zero_shot_flip_label_and_top5(tmp_path, tiny_text_model):
+    """Where `clipshift zeroshot` stored predictions: the gallery's flip and label filters
+    and the image view's top-5, against the stored rows read with `sql`."""
+    from conftest import write_photos
+
+    from clipshift.ingest import ingest
+    from clipshift.zeroshot import zeroshot
+
+    write_photos(tmp_path / "photos", ("astronaut", "coffee", "chelsea", "rocket"))
+    db = tmp_path / "db"
+    ingest(
+        [tmp_path / "photos"],
+        db,
+        str(tiny_text_model),
+        augmentations="blur,noise,horizontal_flip",
+        keep_pixels=0,
+        device="cpu",
+    )
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\nrocket\ncoffee cup\nastronaut\ncamera\nlogo\ntree\n")
+    zeroshot(db, labels=str(labels), device="cpu")
+    flips = command_json(
+        db,
+        "sql",
+        "SELECT z.image_id, z.variant FROM zeroshot AS z JOIN zeroshot AS o "
+        "USING (run_id, label_set, template, image_id) "
+        "WHERE o.variant = 'original' AND z.variant <> 'original' "
+        "AND z.top_labels[1] <> o.top_labels[1] ORDER BY 1, 2",
+    )
+    tops = command_json(
+        db,
+        "sql",
+        "SELECT z.image_id, z.variant, z.top_labels, z.top_probs, l.label AS top1 "
+        "FROM zeroshot AS z JOIN zeroshot_labels AS l "
+        "ON l.label_set = z.label_set AND l.label_index = z.top_labels[1]",
+    )
+    with TestClient(create_app(db), raise_server_exceptions=False) as c:
+        flipped = c.get("/api/images", params={"flip": "true", "limit": 500}).json()
+        assert sorted((r["image_id"], r["variant"]) for r in flipped["images"]) == [
+            (f["image_id"], f["variant"]) for f in flips
+        ]
+        assert all(r["flipped"] and r["label"] != r["variant_label"] for r in flipped["images"])
+        kept = c.get("/api/images", params={"flip": "false", "limit": 500}).json()
+        assert flipped["total"] + kept["total"] == 4 * 3
+        originals = {t["image_id"]: t["top1"] for t in tops if t["variant"] == "original"}
+        assert flipped["labels"] == sorted(set(originals.values()))
+        label = flipped["labels"][0]
+        by_label = c.get("/api/images", params={"label": label, "limit": 500}).json()
+        wanted = sum(v == label for v in originals.values())
+        assert by_label["total"] == 3 * wanted
+        image_id = next(iter(originals))
+        detail = c.get(f"/api/images/{image_id}").json()
+        for variant in detail["variants"]:
+            stored = next(
+                t for t in tops if t["image_id"] == image_id and t["variant"] == variant["variant"]
+            )
+            top5 = variant["zeroshot_top5"]
+            assert [t["label_index"] for t in top5] == stored["top_labels"]
+            assert top5[0]["label"] == stored["top1"]
+            assert [t["probability"] for t in top5] == pytest.approx(stored["top_probs"])
