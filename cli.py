@@ -1000,9 +1000,16 @@ def _drop_empty_severity(columns: list[str], rows: list[tuple]) -> tuple[list[st
     default=None,
     help="The token a request must carry; generated where --host is not a loopback address.",
 )
+@click.option(
+    "--report",
+    default=D.REPORT_OUT,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="A `clipshift report` folder whose figures the runs view shows, where it exists.",
+)
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
 @user_errors
-def serve(db, run_id, host, port, token, open_browser):
+def serve(db, run_id, host, port, token, report, open_browser):
     """Explore the store in the browser: runs and summary, a gallery of the images ranked by
     their shift, each image with its variants and attention maps, a map of the embeddings and
     an SQL console. Read-only; binds 127.0.0.1 unless --host says otherwise (then a token
@@ -1016,7 +1023,7 @@ def serve(db, run_id, host, port, token, open_browser):
 
             webbrowser.open(served.url)
 
-    run_serve(db, run=run_id, host=host, port=port, token=token, ready=ready)
+    run_serve(db, run=run_id, host=host, port=port, token=token, ready=ready, report=report)
 
 
 def main() -> None:

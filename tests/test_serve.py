@@ -413,3 +413,31 @@ def test_zero_shot_flip_label_and_top5(tmp_path, tiny_text_model):
             assert [t["label_index"] for t in top5] == stored["top_labels"]
             assert top5[0]["label"] == stored["top1"]
             assert [t["probability"] for t in top5] == pytest.approx(stored["top_probs"])
+
+
+def test_report_figures_are_served_by_name_only(ingested_store, tmp_path):
+    report = tmp_path / "report"
+    report.mkdir()
+    Image.new("RGB", (8, 8)).save(report / "radar.png")
+    (report / "index.html").write_text("<html></html>")
+    (tmp_path / "secret.png").write_bytes(b"not yours")
+    with TestClient(create_app(ingested_store, report=report)) as c:
+        assert c.get("/api/config").json()["report_figures"] == ["radar.png"]
+        figure = c.get("/api/report/radar.png")
+        assert figure.status_code == 200 and figure.headers["content-type"] == "image/png"
+        one_line_error(c.get("/api/report/index.html"), 404)
+        one_line_error(c.get("/api/report/..%2Fsecret.png"), 404)
+    with TestClient(create_app(ingested_store, report=tmp_path / "none")) as c:
+        assert c.get("/api/config").json()["report_figures"] == []
+
+
+def test_an_internal_failure_is_one_line_without_its_trace(ingested_store, monkeypatch):
+    from clipshift.serve import api
+
+    def broken(db):
+        raise RuntimeError("private detail\nTraceback (most recent call last)")
+
+    monkeypatch.setattr(api, "runs", broken)
+    with TestClient(create_app(ingested_store), raise_server_exceptions=False) as c:
+        message = one_line_error(c.get("/api/runs"), 500)
+    assert message == "internal error (RuntimeError): see the server log"

@@ -64,8 +64,10 @@ def serve(
     port: int = DEFAULT_PORT,
     token: str | None = None,
     ready: Callable[[Served], None] | None = None,
+    report: str | os.PathLike | None = None,
 ) -> None:
-    """Serve the app on host:port until interrupted; `ready` is told the URL once it listens."""
+    """Serve the app on host:port until interrupted; `ready` is told the URL once it listens.
+    `report`: a `clipshift report` folder whose figures the runs view shows."""
     import asyncio
     import importlib
     import threading
@@ -78,7 +80,7 @@ def serve(
     # the image view's neighbour search imports lancedb, about a second: done while the
     # server starts, not in the first request for an image
     threading.Thread(target=importlib.import_module, args=("lancedb",), daemon=True).start()
-    app = create_app(db, run=served.run, token=served.token)
+    app = create_app(db, run=served.run, token=served.token, report=report)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)
 

@@ -96,6 +96,29 @@ def stats(db: str | os.PathLike | Store, run: str | None = None, memo: Memo | No
     return memo.get(("stats", *table_version(store, chosen)), compute)
 
 
+def report_figures(report: str | os.PathLike | None) -> list[str]:
+    """The figure files (PNG, SVG) of a `clipshift report` folder, by name; none without one."""
+    from pathlib import Path
+
+    from ..defaults import REPORT_FORMATS
+
+    folder = Path(report) if report is not None else None
+    if folder is None or not folder.is_dir():
+        return []
+    shown = {f".{fmt}" for fmt in REPORT_FORMATS if fmt != "pdf"}  # a browser draws no PDF
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in shown)
+
+
+def report_figure(report: str | os.PathLike | None, name: str):
+    """The path of one figure of the report folder: only a name `report_figures` lists, so no
+    request reaches any other file."""
+    from pathlib import Path
+
+    if name not in report_figures(report):
+        raise NotFound(f"no report figure {name}")
+    return Path(report) / name
+
+
 # -- gallery -----------------------------------------------------------------------------------
 
 

@@ -44,10 +44,16 @@ def new_token() -> str:
     return secrets.token_hex(24)
 
 
-def create_app(db: str | os.PathLike, run: str | None = None, token: str | None = None):
+def create_app(
+    db: str | os.PathLike,
+    run: str | None = None,
+    token: str | None = None,
+    report: str | os.PathLike | None = None,
+):
     """The ASGI app over the store at `db`. `run` is the run the page opens on (default: the
     latest); with `token`, every request must carry it (?token=, a Bearer header, or the
-    cookie the first page load with ?token= sets), else 401."""
+    cookie the first page load with ?token= sets), else 401. `report` is a `clipshift
+    report` folder whose figures the runs view shows (where it exists)."""
     db = str(db)
     projections = api.Projections()
     summaries = api.Memo()
@@ -69,6 +75,7 @@ def create_app(db: str | os.PathLike, run: str | None = None, token: str | None 
                 "projection_methods": api.projection_methods(),
                 "page_size": api.PAGE_SIZE,
                 "sql_max_rows": api.SQL_MAX_ROWS,
+                "report_figures": api.report_figures(report),
             }
         )
 
@@ -125,6 +132,9 @@ def create_app(db: str | os.PathLike, run: str | None = None, token: str | None 
             )
         return JSONResponse(api.sql_json(result))
 
+    async def figure(request: Request) -> Response:
+        return FileResponse(api.report_figure(report, request.path_params["name"]))
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(404, f"no such page: {request.url.path}")
 
@@ -141,6 +151,7 @@ def create_app(db: str | os.PathLike, run: str | None = None, token: str | None 
         Route("/api/pixels/{run}/{image_id}/{variant}.png", pixels),
         Route("/api/map", projection),
         Route("/api/sql", sql, methods=["POST"]),
+        Route("/api/report/{name}", figure),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(
@@ -203,18 +214,17 @@ class _Guard:
 
         try:
             await self.app(scope, receive, sending)
-        except api.NotFound as exc:
-            if not started:
-                await _error(404, str(exc))(scope, receive, send)
-        except ClipshiftError as exc:
-            if not started:
-                await _error(400, str(exc))(scope, receive, send)
         except Exception as exc:  # noqa: BLE001 - logged here; the browser gets one line
-            log.exception("serving %s", scope.get("path"))
-            if not started:
-                await _error(500, f"internal error ({type(exc).__name__}): see the server log")(
-                    scope, receive, send
-                )
+            if started:  # part of the answer is sent: the server can only drop the connection
+                raise
+            if isinstance(exc, api.NotFound):
+                response = _error(404, str(exc))
+            elif isinstance(exc, ClipshiftError):
+                response = _error(400, str(exc))
+            else:
+                log.exception("serving %s", scope.get("path"))
+                response = _error(500, f"internal error ({type(exc).__name__}): see the server log")
+            await response(scope, receive, send)
 
     def _authorised(self, request: Request) -> bool:
         given = (

@@ -154,7 +154,9 @@ async function viewRuns(root, params) {
     if (y === null) return -1;
     return (x < y ? -1 : 1) * sign;
   });
-  const columns2 = stats.summary.length ? Object.keys(stats.summary[0]).filter((c) => c !== "run_id" && c !== "model") : [];
+  // severity is shown where some row has one, as clipshift stats does
+  const columns2 = stats.summary.length ? Object.keys(stats.summary[0]).filter((c) => c !== "run_id" && c !== "model"
+    && (c !== "severity" || stats.summary.some((r) => r.severity !== null))) : [];
   root.append(
     el("h2", {}, `Summary of run ${run.slice(0, 12)} (${stats.run.model})`),
     el("p", { class: "muted" }, "Per (augmentation, severity), as clipshift stats gives it; click a column to sort, a row to see its images."),
@@ -166,6 +168,11 @@ async function viewRuns(root, params) {
       onRow: (r) => go("gallery", { run, augmentation: r.augmentation, severity: r.severity }),
     }),
   );
+  if (config.report_figures.length) {
+    root.append(el("h2", {}, "Report figures"), el("p", { class: "muted" }, "From the clipshift report folder the server was started with."),
+      el("div", { class: "figures", id: "report-figures" }, config.report_figures.map((name) =>
+        el("figure", {}, el("img", { src: `api/report/${encodeURIComponent(name)}`, alt: name, loading: "lazy" }), el("figcaption", {}, name)))));
+  }
   if (stats.severity && stats.severity.length) {
     root.append(el("h2", {}, "Severity curves (mean cosine, 95% interval)"));
     const canvas = el("canvas", { id: "severity-canvas", width: 720, height: 360 });
