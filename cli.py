@@ -883,6 +883,45 @@ def directions(db, prompts, run_id, matrix, device, fmt):
     click.echo(format_rows(columns, rows, fmt, max_rows=None))
 
 
+# -- serve (clipshift/serve/) ---------------------------------------------------------------
+
+
+@cli.command()
+@db_option
+@run_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
+@click.option("--port", default=8765, show_default=True, type=int, help="The port (0: any free).")
+@click.option(
+    "--token",
+    default=None,
+    help="The token a request must carry; generated where --host is not a loopback address.",
+)
+@click.option(
+    "--report",
+    default=D.REPORT_OUT,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="A `clipshift report` folder whose figures the runs view shows, where it exists.",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+@user_errors
+def serve(db, run_id, host, port, token, report, open_browser):
+    """Explore the store in the browser: runs and summary, a gallery of the images ranked by
+    their shift, each image with its variants and attention maps, a map of the embeddings and
+    an SQL console. Read-only; binds 127.0.0.1 unless --host says otherwise (then a token
+    is required). Stop it with Ctrl-C."""
+    from clipshift.serve import serve as run_serve
+
+    def ready(served):
+        click.echo(f"clipshift serve: {served.url}  (Ctrl-C stops it)", err=True)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(served.url)
+
+    run_serve(db, run=run_id, host=host, port=port, token=token, ready=ready, report=report)
+
+
 def main() -> None:
     cli()
 
