@@ -217,7 +217,8 @@ def references(batch: Sequence[Prepared]) -> np.ndarray:
     """Each row's original's row index in the batch (an image's original comes first): the
     layer metrics compare every variant with it inside the same forward."""
     starts = np.cumsum([0] + [len(p.pixels) for p in batch[:-1]])
-    return np.concatenate([np.full(len(p.pixels), start) for p, start in zip(batch, starts)])
+    rows = [np.full(len(p.pixels), start) for p, start in zip(batch, starts, strict=True)]
+    return np.concatenate(rows)
 
 
 def finish_batch(encoder: Encoder, pending: Pending) -> Encoded:
