@@ -207,8 +207,12 @@ def ingest(
     files, text files listing image paths, or s3:// (gs://, az://) prefixes. Running the same
     command again stores nothing twice and resumes where an interrupted run stopped.
     """
+    from clipshift import ClipshiftError
     from clipshift.ingest import ingest as run_ingest
 
+    if hidden_states and engine != "local":
+        # the Ray engine's model actors do not take the option yet (clipshift/ray_engine.py)
+        raise ClipshiftError("--hidden-states: runs with --engine local only, for now")
     bar = _ProgressBar(enabled=not quiet and sys.stderr.isatty())
     try:
         summary = run_ingest(
