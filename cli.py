@@ -12,8 +12,6 @@ import click
 from clipshift import ClipshiftError, __version__
 from clipshift import defaults as D
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
 
 def user_errors(command):
     """Print a ClipshiftError (a user mistake) on one line and exit 1: never a traceback.
@@ -47,6 +45,24 @@ def _store_damage(db: str | None, exc: Exception) -> ClipshiftError | None:
         return Store(Path(db)).diagnose(exc)
     except Exception:  # noqa: BLE001 - the diagnosis must not hide the original error
         return None
+
+
+class _EngineChoice(click.Choice):
+    """--engine: one of clipshift.ingest.ENGINES, read when first asked for. Importing ingest
+    (the store with it: about 0.5 s here) as the command line starts would slow every command."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from clipshift.ingest import ENGINES
+
+        return tuple(ENGINES)
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass  # click.Choice sets them: they are ENGINES'
 
 
 db_option = click.option(
@@ -164,7 +180,7 @@ def cli():
     "--engine",
     default="local",
     show_default=True,
-    type=click.Choice(["local", "ray"]),
+    type=_EngineChoice(),
     help="ray: the same stages on the Ray cluster at $RAY_ADDRESS, or a local one "
     '(pip install "clipshift[ray]").',
 )
@@ -244,6 +260,8 @@ def ingest(
         sys.exit(130)
     bar.finish()
     if not quiet:
+        from clipshift.formatting import format_ingest_summary
+
         click.echo(format_ingest_summary(summary))
         if hidden_states and summary.run_id:
             from clipshift.layers import hidden_state_bytes
@@ -297,48 +315,6 @@ class _ProgressBar:
             self.bar.__exit__(None, None, None)
 
 
-# duplicate files the ingest summary names, each with the file it repeats; the rest it counts
-SHOWN_DUPLICATES = 10
-
-
-def format_ingest_summary(summary) -> str:
-    lines = [
-        f"run        {summary.run_id}  ({summary.model}, {summary.model_revision})",
-        f"           image size {summary.image_size}, seed {summary.seed}, "
-        f"{len(summary.augmentations)} augmentations",
-        f"stored     {summary.stored} images ({summary.stored * (1 + len(summary.augmentations))} "
-        "variant rows)",
-        f"skipped    {summary.skipped} already in the store"
-        + (f", {summary.duplicates} duplicate files" if summary.duplicates else ""),
-    ]
-    for duplicate in summary.duplicate_files[:SHOWN_DUPLICATES]:
-        lines.append(f"           {duplicate.path}: the same bytes as {duplicate.first}")
-    if summary.duplicates > SHOWN_DUPLICATES:
-        lines.append(f"           ... {summary.duplicates - SHOWN_DUPLICATES} more duplicate files")
-    lines.append(f"failed     {summary.failed}")
-    for failure in summary.failures[:10]:
-        lines.append(f"           {failure.stage}: {failure.path}: {failure.message}")
-    if summary.failed > 10:
-        lines.append(
-            f'           ... {summary.failed - 10} more: clipshift sql "SELECT * FROM '
-            f"errors WHERE run_id = '{summary.run_id}'\""
-        )
-    if summary.retried:
-        lines.append(f"           {summary.retried} images retried after a worker process died")
-    if not summary.model_loaded:
-        lines.append("model      not loaded: nothing new to encode")
-    lines += [
-        f"time       {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s), "
-        f"{summary.workers} worker{'s' if summary.workers > 1 else ''}, {summary.precision}",
-        "stages     "
-        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary.timings.items()),
-        "           (read to png: summed over the images, on every worker at once; "
-        "transfer to write: in this process)",
-        f"store      {summary.db}",
-    ]
-    return "\n".join(lines)
-
-
 @cli.command()
 @click.option(
     "--show",
@@ -352,7 +328,7 @@ def format_ingest_summary(summary) -> str:
     "fmt",
     default="yaml",
     show_default=True,
-    type=click.Choice(["yaml", "json"]),
+    type=click.Choice(D.SUITE_FORMATS),
     help="Format of --show.",
 )
 @user_errors
@@ -388,7 +364,7 @@ def migrate(db):
 @db_option
 @click.option(
     "--repair",
-    type=click.Choice(["rollback", "drop"]),
+    type=click.Choice(D.REPAIRS),
     default=None,
     help="Repair a damaged store: roll each damaged table back to its newest version that "
     "reads in full, or drop its unreadable fragments. Either way the variants of images left "
@@ -606,7 +582,7 @@ def index(db, run):
     "fmt",
     default="png",
     show_default=True,
-    type=click.Choice(D.REPORT_FORMATS),
+    type=click.Choice(D.FIGURE_FORMATS),
     help="File format of the figures.",
 )
 @click.option(
@@ -678,7 +654,7 @@ def report(db, run_id, model, out, figures, samples, fmt, method, reference):
     "--part",
     default="summary",
     show_default=True,
-    type=click.Choice(["summary", "severity", "corruption_mean"]),
+    type=click.Choice(D.STATS_PARTS),
     help="What csv and json carry (the table shows every part the run has).",
 )
 @click.option(
@@ -699,10 +675,8 @@ def stats(db, run_ids, all_runs, model, reference, part, columns, all_columns, f
     With several --run or --all-runs: one row per (augmentation, severity, run), with the
     run's model and model_rank (1 = the model whose embedding moves least there, by mean
     cosine)."""
-    from clipshift import ClipshiftError
-    from clipshift.analysis import STATS_RUNS_TABLE_COLUMNS, STATS_TABLE_COLUMNS
     from clipshift.analysis import stats as run_stats
-    from clipshift.formatting import format_rows, pick_columns
+    from clipshift.formatting import format_stats
 
     wanted = None
     if columns is not None:
@@ -716,53 +690,11 @@ def stats(db, run_ids, all_runs, model, reference, part, columns, all_columns, f
     result = run_stats(
         db, run=list(run_ids) or None, model=model, reference=reference, all_runs=all_runs
     )
-    if fmt != "table":
-        chosen = result if part == "summary" else result.sections.get(part)
-        if chosen is None and result.run is None:
-            raise ClipshiftError(f"--part {part} is of one run: give one --run")
-        if chosen is None:
-            raise ClipshiftError(
-                f"--part {part}: run {result.run.run_id} has no perturbations with severity levels"
-            )
-        names, rows = chosen.columns, chosen.rows
-        if wanted:
-            names, rows = pick_columns(names, rows, wanted)
-        click.echo(format_rows(names, rows, fmt, max_rows=None))
-        return
-    columns, rows = result.columns, result.rows
-    if wanted:
-        names = wanted
-    else:
-        names = list(columns) if all_columns else None
-        if names is None:
-            names = list(STATS_TABLE_COLUMNS if result.run else STATS_RUNS_TABLE_COLUMNS)
-        # severity is shown where some row has one
-        if all(r[columns.index("severity")] is None for r in rows):
-            names.remove("severity")
-    click.echo(format_rows(*pick_columns(columns, rows, names), fmt, max_rows=None))
-    curves = result.sections.get("severity")
-    if curves is not None:
-        shown = [
-            "augmentation",
-            "severity",
-            "n",
-            "cosine_mean",
-            "cosine_ci95",
-            "l2_mean",
-            "patch_similarity_mean",
-        ]
-        keep = [curves.columns.index(c) for c in shown]
-        click.echo("\nseverity curves (mean and 95% interval half-width per severity):")
-        click.echo(
-            format_rows(shown, [tuple(r[i] for i in keep) for r in curves.rows], fmt, max_rows=None)
+    click.echo(
+        format_stats(
+            result, fmt, part=part, wanted=wanted, all_columns=all_columns, reference=reference
         )
-        means = result.sections["corruption_mean"]
-        click.echo(
-            "\ncorruption mean (shift = mean 1 - cosine over severities"
-            + (f"; relative to run {reference}" if reference else "")
-            + "):"
-        )
-        click.echo(format_rows(means.columns, means.rows, fmt, max_rows=None))
+    )
 
 
 @cli.command()
@@ -777,40 +709,12 @@ def compare(run_a, run_b, db, fmt):
     (positive: A moves less), the Wilcoxon signed-rank p-value, and which run is more robust
     at p < 0.05; then the Kendall tau between the two runs' rankings of the augmentations."""
     from clipshift.analysis import compare as run_compare
-    from clipshift.formatting import format_rows
+    from clipshift.formatting import format_comparison
 
     result = run_compare(db, run_a, run_b)
     if result.note:
         click.echo(f"note: {result.note}", err=True)
-    rows = [[row[c] for c in result.columns] for row in result.rows]
-    if fmt == "json":
-        import json
-
-        def run(r):
-            return {k: getattr(r, k) for k in ("run_id", "model", "family")}
-
-        taus = [[metric, tau, p] for metric, (tau, p) in result.kendall_tau.items()]
-        document = {
-            "run_a": run(result.run_a),
-            "run_b": run(result.run_b),
-            "rows": json.loads(format_rows(result.columns, rows, "json")),
-            "kendall_tau": json.loads(format_rows(["metric", "tau", "p"], taus, "json")),
-        }
-        click.echo(json.dumps(document, indent=2))
-        return
-    columns = result.columns
-    if fmt == "table":
-        for label, run in (("A", result.run_a), ("B", result.run_b)):
-            click.echo(f"{label}: run {run.run_id} ({run.model}, {run.family})")
-        if all(row["severity"] is None for row in result.rows):  # no levelled perturbation
-            keep = [i for i, name in enumerate(columns) if name != "severity"]
-            columns, rows = [columns[i] for i in keep], [[r[i] for i in keep] for r in rows]
-    click.echo(format_rows(columns, rows, fmt, max_rows=None))
-    if fmt == "table":
-        taus = ", ".join(
-            f"{metric} {tau:.3f} (p {p:.3g})" for metric, (tau, p) in result.kendall_tau.items()
-        )
-        click.echo(f"Kendall tau of the augmentation rankings: {taus}")
+    click.echo(format_comparison(result, fmt))
 
 
 @cli.command()
@@ -919,7 +823,7 @@ def clusters(db, run_id, model, method, threshold):
 
 
 device_option = click.option(
-    "--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda", "mps"])
+    "--device", default="auto", show_default=True, type=click.Choice(D.DEVICES)
 )
 
 
@@ -927,13 +831,13 @@ device_option = click.option(
 @db_option
 @click.option(
     "--labels",
-    default="imagenet",
+    default=D.DEFAULT_LABELS,
     show_default=True,
     help="imagenet (the 1,000 ImageNet-1k classes), cifar100, or a file of one label per line.",
 )
 @click.option(
     "--template",
-    default="a photo of a {}.",
+    default=D.DEFAULT_TEMPLATE,
     show_default=True,
     help="The prompt of each label; {} is replaced by the label.",
 )
@@ -947,12 +851,12 @@ def zeroshot(db, labels, template, run_id, device, fmt):
     (share of images whose top-1 label changes), top1_prob_drop (mean drop of the original's
     top-1 probability) and top5_retention (share whose original top-1 stays in the top 5).
     Predictions are stored: the same labels and template again read them back."""
-    from clipshift.formatting import format_rows
+    from clipshift.formatting import drop_empty_severity, format_rows
     from clipshift.zeroshot import zeroshot as run_zeroshot
 
     run_id = _pick_run(db, run_id)
     result = run_zeroshot(db, labels=labels, template=template, run=run_id, device=device)
-    columns, rows = _drop_empty_severity(result.rows.columns, result.rows.rows)
+    columns, rows = drop_empty_severity(result.rows.columns, result.rows.rows)
     if fmt == "table":
         run = result.rows.run
         how = (
@@ -989,21 +893,13 @@ def directions(db, prompts, run_id, matrix, device, fmt):
     embed(prompt) - embed("a photo"), and the identification accuracy: how often the
     augmentation's own description is the closest of the run's descriptions."""
     from clipshift.directions import directions as run_directions
-    from clipshift.formatting import format_rows
+    from clipshift.formatting import drop_empty_severity, format_rows
 
     run_id = _pick_run(db, run_id)
     result = run_directions(db, prompts=prompts, run=run_id, device=device)
     shown = result.matrix if matrix else result.summary
-    columns, rows = _drop_empty_severity(shown.columns, shown.rows)
+    columns, rows = drop_empty_severity(shown.columns, shown.rows)
     click.echo(format_rows(columns, rows, fmt, max_rows=None))
-
-
-def _drop_empty_severity(columns: list[str], rows: list[tuple]) -> tuple[list[str], list[tuple]]:
-    """Leave out the severity column where no row has a severity."""
-    where = columns.index("severity")
-    if any(row[where] is not None for row in rows):
-        return columns, rows
-    return columns[:where] + columns[where + 1 :], [row[:where] + row[where + 1 :] for row in rows]
 
 
 @cli.command()
@@ -1024,7 +920,7 @@ def layers(db, run_ids, all_runs, fmt):
     the last layer's) and, for a run ingested with --hidden-states, the linear CKA of the
     originals' and variants' pooled hidden states over the run's images, with the estimator
     used (full or minibatch). docs/metrics.md defines them."""
-    from clipshift.formatting import format_rows
+    from clipshift.formatting import drop_empty_severity, format_rows
     from clipshift.layers import layers as run_layers
 
     if not all_runs and len(run_ids) < 2:
@@ -1033,7 +929,7 @@ def layers(db, run_ids, all_runs, fmt):
     note = result.sections.get("note")
     if note is not None:
         click.echo(f"note: {note.rows[0][0]}", err=True)
-    columns, rows = _drop_empty_severity(result.columns, result.rows)
+    columns, rows = drop_empty_severity(result.columns, result.rows)
     if result.run is not None and fmt == "table":
         keep = [i for i, c in enumerate(columns) if c not in ("run_id", "model")]
         columns, rows = [columns[i] for i in keep], [tuple(r[i] for i in keep) for r in rows]

@@ -38,13 +38,14 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from clipshift.defaults import IMAGE_SIZE  # noqa: E402
 
 VARIANTS = 10  # the original and nine augmentations
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "camera", "cat")
@@ -91,7 +92,7 @@ def transfer_child(args: argparse.Namespace) -> None:
     import multiprocessing as mp
 
     images = args.batches
-    shape = (VARIANTS, 224, 224, 3)
+    shape = (VARIANTS, IMAGE_SIZE, IMAGE_SIZE, 3)
     context = mp.get_context("spawn")
     reader, writer = context.Pipe(duplex=False)
     sender = context.Process(target=_send_pickled, args=(writer, shape, images))
@@ -161,7 +162,7 @@ def stages_child(args: argparse.Namespace) -> None:
     paths = sorted(Path(args.photos).iterdir())
     keep = [False] * len(paths)
     settings = PrepareSettings()
-    with PreparePool(args.workers, settings, (VARIANTS, 224, 224, 3)) as pool:
+    with PreparePool(args.workers, settings, (VARIANTS, IMAGE_SIZE, IMAGE_SIZE, 3)) as pool:
         results = pool.imap(paths, keep)
         # the first `workers` results pay the workers' start-up; time the rest
         for _ in range(args.workers):
@@ -180,7 +181,7 @@ def forward_child(args: argparse.Namespace) -> None:
     encoder = Encoder(args.model, device=args.device)
     rng = np.random.default_rng(0)
     inputs = args.batch_size * VARIANTS
-    images = rng.integers(0, 256, (inputs, 224, 224, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (inputs, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     encoder.encode(images)  # warm-up
     start, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.batches):
@@ -292,7 +293,7 @@ def perturbation_costs(photos: int = 6, repeats: int = 2) -> list[tuple[str, flo
 
     with tempfile.TemporaryDirectory() as tmp:
         write_distinct_photos(Path(tmp), photos)
-        originals = [decode(p.read_bytes(), 224).pixels for p in sorted(Path(tmp).iterdir())]
+        originals = [decode(p.read_bytes(), IMAGE_SIZE).pixels for p in sorted(Path(tmp).iterdir())]
     start = time.perf_counter()
     for index in range(6):
         frost_texture(index, 336, 336)

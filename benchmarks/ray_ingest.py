@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # a single-machine Ray: every process on the loopback address
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -33,8 +32,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clipshift.defaults import IMAGE_STAGES  # noqa: E402
+from clipshift.engines.ray import COMMIT_GROUP  # noqa: E402
 from clipshift.ingest import ingest  # noqa: E402
-from clipshift.ray_engine import COMMIT_GROUP  # noqa: E402
 
 VARIANTS = 10  # the original and nine augmentations
 PAPER_IMAGES = 13_312
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
     from conftest import make_tiny_clip
     from ingest import write_distinct_photos
 
-    from clipshift import ray_engine
+    from clipshift.engines import ray as ray_engine
 
     tmp = Path(tempfile.mkdtemp(prefix="clipshift-ray-bench-"))
     model = str(make_tiny_clip(tmp / "model"))

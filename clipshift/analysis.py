@@ -24,30 +24,6 @@ from .store import Store
 
 # -- stats -----------------------------------------------------------------------------------
 
-# what `clipshift stats` shows in a table by default: the every-score table was about 250
-# characters wide; these fit 100 with the longest augmentation name. --columns picks others,
-# --all-columns shows all; CSV and JSON carry every column of sql/summary.sql
-STATS_TABLE_COLUMNS = (
-    "augmentation",
-    "severity",
-    "n",
-    "cosine_mean",
-    "cosine_std",
-    "l2_mean",
-    "overall",
-    "rank",
-)
-# the same with several runs (sql/summary_runs.sql): the run before its figures
-STATS_RUNS_TABLE_COLUMNS = (
-    "augmentation",
-    "severity",
-    "run_id",
-    "model",
-    "model_rank",
-    "cosine_mean",
-    "overall",
-)
-
 
 def stats(
     db: str | os.PathLike | Store,

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A
+import numpy as np
 
-import albumentations as A  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .defaults import ORIGINAL  # noqa: E402
-from .suites import Perturbation, resolve  # noqa: E402
+from .defaults import ORIGINAL
+from .suites import Perturbation, resolve
 
 __all__ = ["ORIGINAL", "Augmented", "Augmenter", "augmentation_config", "config_hash"]
 # Arrays in the applied parameters larger than this are stored as a summary, not in full

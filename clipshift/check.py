@@ -26,14 +26,12 @@ import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import ClipshiftError
+from . import ClipshiftError, first_line
+from .defaults import REPAIRS
 from .filters import where
 from .location import Location
 from .store import MIGRATIONS_TABLE, Store, latest_schema_version
 from .store.core import now
-from .store.damage import first_line
-
-REPAIRS = ("rollback", "drop")
 
 
 @dataclass
@@ -151,7 +149,7 @@ def _check_table(location: Location, name: str) -> TableReport:
         ds = _dataset(location, name)
         fragments = ds.get_fragments()
     except Exception as exc:  # noqa: BLE001 - any failure to open is the damage reported
-        report.problems.append(f"its manifest cannot be read ({first_line(exc)})")
+        report.problems.append(f"its manifest cannot be read ({first_line(exc, typed=True)})")
         return report
     report.version, report.versions = ds.version, len(ds.versions())
     report.rows = sum(f.metadata.num_rows for f in fragments)
@@ -192,7 +190,7 @@ def _unreadable_fragments(ds, sizes: dict[str, int], problems: list[str]) -> lis
                 for _ in fragment.to_batches(batch_size=4096):
                     pass
             except Exception as exc:  # noqa: BLE001 - any read failure is damage
-                problem = f"cannot be read ({first_line(exc)})"
+                problem = f"cannot be read ({first_line(exc, typed=True)})"
         if problem:
             bad.append(fragment.fragment_id)
             rows = fragment.metadata.num_rows

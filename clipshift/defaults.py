@@ -67,6 +67,8 @@ PRECISION = "fp32"
 # -- output ------------------------------------------------------------------------------------
 FORMATS = ("table", "csv", "json")
 SQL_FORMATS = (*FORMATS, "parquet")
+# `clipshift suites --show`: the formats a suite file is written in
+SUITE_FORMATS = ("yaml", "json")
 DEFAULT_MAX_ROWS = 50
 
 # -- analysis and report -----------------------------------------------------------------------
@@ -81,14 +83,27 @@ METRICS = (
 )
 # the paper's five scores (radar, heatmap, rank); overall is their plain mean
 SCORES = tuple(m for m in METRICS if m != "l2")
+# `stats --part`: the summary, then the sections a run with severity levels adds
+STATS_PARTS = ("summary", "severity", "corruption_mean")
 LINKAGE_METHODS = ("ward", "average", "complete", "single")
 DEFAULT_LINKAGE = "ward"  # the paper's
 REPORT_OUT = "clipshift-report"
-REPORT_FORMATS = ("png", "svg", "pdf")
+# the figures' file formats (beside FORMATS, the rows' text formats)
+FIGURE_FORMATS = ("png", "svg", "pdf")
 REPORT_SAMPLES = 4
 # images in the cosine heatmap figure
 HEATMAP_IMAGES = 50
 
-# -- neighbours --------------------------------------------------------------------------------
+# -- neighbors ---------------------------------------------------------------------------------
 DEFAULT_KS = (1, 5, 10)
 AMONG = ("originals", "all")
+
+# -- zeroshot ----------------------------------------------------------------------------------
+# the label sets shipped in clipshift/data, the default first
+LABEL_SETS = ("imagenet", "cifar100")
+DEFAULT_LABELS = LABEL_SETS[0]
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+# -- check -------------------------------------------------------------------------------------
+# `check --repair`: roll each damaged table back, or drop its unreadable fragments
+REPAIRS = ("rollback", "drop")

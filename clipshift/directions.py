@@ -18,11 +18,12 @@ import numpy as np
 import pyarrow as pa
 
 from . import ClipshiftError
+from .knn import normalise
 from .query import Rows, connect, named_query, require_augmented_rows
 from .runs import Run, resolve_run
 from .store import Store
 from .suites import BASE_PROMPT, DEFAULT_PROMPT, perturbations_of_run
-from .zeroshot import read_lines, unit
+from .zeroshot import read_lines
 
 # the one-line summary per augmentation; the matrix has a row per (augmentation, prompt)
 SUMMARY_COLUMNS = (
@@ -91,7 +92,7 @@ def run_prompts(run: Run, path: str | os.PathLike | None = None) -> list[Prompt]
 
 def text_directions(encoder, prompts: list[Prompt]) -> pa.Table:
     """The `text_directions` table sql/directions.sql reads: prompt, describes, direction."""
-    vectors = unit(encoder.encode_text([BASE_PROMPT] + [p.text for p in prompts]))
+    vectors = normalise(encoder.encode_text([BASE_PROMPT] + [p.text for p in prompts]))
     directions = vectors[1:] - vectors[0]
     dim = directions.shape[1]
     return pa.table(

@@ -18,7 +18,7 @@ import torch
 from . import ClipshiftError
 from .defaults import DEVICES, IMAGE_SIZE, PRECISION, PRECISIONS
 from .families import Family, LayerOutput, family_of
-from .hub import folder_revision, load_error, load_pretrained, require_model
+from .hub import ResolvedModel, folder_revision, load_error, load_pretrained, resolve_model
 
 # --precision: the dtype of the weights and activations. Outputs are float32 whatever it is;
 # docs/metrics.md gives the measured embedding difference of each against fp32.
@@ -76,7 +76,7 @@ class Encoder:
 
     def __init__(
         self,
-        model_name: str,
+        model: str | ResolvedModel,
         device: str = "auto",
         image_size: int = IMAGE_SIZE,
         precision: str = PRECISION,
@@ -85,14 +85,15 @@ class Encoder:
         check_precision(precision)
         # --hidden-states: keep every layer's pooled hidden state (float16) beside the metrics
         self.hidden_states = hidden_states
-        self.model_name = model_name
         self.precision = precision
         self.dtype = DTYPES[precision]
         self.device = resolve_device(device)
+        # offline: a model neither local nor cached fails at once, before transformers loads
+        resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
+        model_name = self.model_name = resolved.name
+        self.source = source = resolved.source
+        self.local_dir = resolved.local_dir
         local = Path(model_name).expanduser()
-        self.local_dir = local.resolve() if local.is_dir() else None
-        source = str(self.local_dir) if self.local_dir else model_name
-        require_model(model_name)  # offline: fail at once, before importing transformers
 
         from transformers.utils import logging as hf_logging
 
@@ -138,6 +139,20 @@ class Encoder:
         (read on first use: hashing ViT-B/32's 600 MB takes half a second, and only ingest,
         which names a run by it, needs it)."""
         return _revision(self.model, self.local_dir)
+
+    def run_fields(self) -> dict:
+        """What this model at this image size records in its run's `runs` row."""
+        return {
+            "model": self.source,
+            "model_revision": self.revision,
+            "family": self.family.name,
+            "preprocessing": self.preprocessing_json(),
+            "attention_maps": self.family.attention_maps,
+            "embedding_dim": self.embedding_dim,
+            "patch_grid": self.patch_grid,
+            "num_layers": self.num_layers,
+            "image_size": self.image_size,
+        }
 
     def preprocessing_json(self) -> str:
         """What `runs.preprocessing` records for this model at this image size."""
@@ -245,7 +260,7 @@ class Encoder:
         if getattr(self, "_text_tokenizer", None) is None:
             from transformers import AutoTokenizer
 
-            source = str(self.local_dir) if self.local_dir else self.model_name
+            source = self.source
             # transformers builds an empty-vocabulary CLIP tokenizer for a folder without
             # tokenizer files, which would silently turn every text into unknown tokens
             if self.local_dir and not any(
@@ -311,7 +326,7 @@ def _revision(model, local_dir: Path | None) -> str:
 
 def _cached_file(source: str, filename: str, **kwargs):
     """transformers' cached_file from the local cache (or folder) first, then the hub (reached
-    only when `require_model` found it reachable)."""
+    only when `resolve_model` found it reachable)."""
     from transformers.utils import cached_file
 
     try:

@@ -1,6 +1,11 @@
 """One formatter for the commands that print rows: an aligned table for people, CSV and JSON for
 programs. Only the table is truncated (past `max_rows` rows, with a note saying so); CSV and JSON
-always carry every row at full precision."""
+always carry every row at full precision.
+
+Also what a command's result looks like printed, where that is more than one call of
+`format_rows`: the ingest summary, the stats table with its sections, compare's document. The
+CLI parses options and prints these; the shaping lives here, beside the formatter.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,44 @@ from .defaults import DEFAULT_MAX_ROWS, FORMATS
 
 # a cell wider than this is cut (an embedding would otherwise fill the screen)
 MAX_CELL_WIDTH = 48
+# duplicate files the ingest summary names, each with the file it repeats; the rest it counts
+SHOWN_DUPLICATES = 10
+# failed files the ingest summary names; the rest it counts (and says where they are listed)
+SHOWN_FAILURES = 10
+
+# what `clipshift stats` shows in a table by default: the every-score table was about 250
+# characters wide; these fit 100 with the longest augmentation name. --columns picks others,
+# --all-columns shows all; CSV and JSON carry every column of sql/summary.sql
+STATS_TABLE_COLUMNS = (
+    "augmentation",
+    "severity",
+    "n",
+    "cosine_mean",
+    "cosine_std",
+    "l2_mean",
+    "overall",
+    "rank",
+)
+# the same with several runs (sql/summary_runs.sql): the run before its figures
+STATS_RUNS_TABLE_COLUMNS = (
+    "augmentation",
+    "severity",
+    "run_id",
+    "model",
+    "model_rank",
+    "cosine_mean",
+    "overall",
+)
+# the columns of the severity curves the stats table shows
+SEVERITY_CURVE_COLUMNS = (
+    "augmentation",
+    "severity",
+    "n",
+    "cosine_mean",
+    "cosine_ci95",
+    "l2_mean",
+    "patch_similarity_mean",
+)
 
 
 def format_rows(
@@ -59,6 +102,151 @@ def pick_columns(
         )
     keep = [list(columns).index(name) for name in wanted]
     return list(wanted), [tuple(row[i] for i in keep) for row in rows]
+
+
+def drop_empty_severity(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> tuple[list[str], list[tuple]]:
+    """Leave out the severity column where no row has a severity (a run without levelled
+    perturbations); `columns` without one come back as they are."""
+    columns = list(columns)
+    if "severity" not in columns:
+        return columns, [tuple(row) for row in rows]
+    where = columns.index("severity")
+    if any(row[where] is not None for row in rows):
+        return columns, [tuple(row) for row in rows]
+    return (
+        columns[:where] + columns[where + 1 :],
+        [tuple(row[:where]) + tuple(row[where + 1 :]) for row in rows],
+    )
+
+
+def format_ingest_summary(summary) -> str:
+    """What `clipshift ingest` prints when it is done (an ingest.IngestSummary)."""
+    lines = [
+        f"run        {summary.run_id}  ({summary.model}, {summary.model_revision})",
+        f"           image size {summary.image_size}, seed {summary.seed}, "
+        f"{len(summary.augmentations)} augmentations",
+        f"stored     {summary.stored} images ({summary.stored * (1 + len(summary.augmentations))} "
+        "variant rows)",
+        f"skipped    {summary.skipped} already in the store"
+        + (f", {summary.duplicates} duplicate files" if summary.duplicates else ""),
+    ]
+    for duplicate in summary.duplicate_files[:SHOWN_DUPLICATES]:
+        lines.append(f"           {duplicate.path}: the same bytes as {duplicate.first}")
+    if summary.duplicates > SHOWN_DUPLICATES:
+        lines.append(f"           ... {summary.duplicates - SHOWN_DUPLICATES} more duplicate files")
+    lines.append(f"failed     {summary.failed}")
+    for failure in summary.failures[:SHOWN_FAILURES]:
+        lines.append(f"           {failure.stage}: {failure.path}: {failure.message}")
+    if summary.failed > SHOWN_FAILURES:
+        lines.append(
+            f'           ... {summary.failed - SHOWN_FAILURES} more: clipshift sql "SELECT * FROM '
+            f"errors WHERE run_id = '{summary.run_id}'\""
+        )
+    if summary.retried:
+        lines.append(f"           {summary.retried} images retried after a worker process died")
+    if not summary.model_loaded:
+        lines.append("model      not loaded: nothing new to encode")
+    lines += [
+        f"time       {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s), "
+        f"{summary.workers} worker{'s' if summary.workers > 1 else ''}, {summary.precision}",
+        "stages     "
+        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary.timings.items()),
+        "           (read to png: summed over the images, on every worker at once; "
+        "transfer to write: in this process)",
+        f"store      {summary.db}",
+    ]
+    return "\n".join(lines)
+
+
+def format_stats(
+    result,
+    fmt: str,
+    *,
+    part: str = "summary",
+    wanted: Sequence[str] | None = None,
+    all_columns: bool = False,
+    reference: str | None = None,
+) -> str:
+    """`clipshift stats`'s output for an analysis.stats result (a query.Rows).
+
+    csv and json carry `part` (the summary or one of its sections) with every column, or the
+    `wanted` ones. The table shows the compact STATS_TABLE_COLUMNS (one run) or
+    STATS_RUNS_TABLE_COLUMNS (several), every column with `all_columns`, or the `wanted`; the
+    severity column only where some row has one; then, for a run with severity levels, its
+    severity curves and its corruption mean (relative to `reference` where one is named).
+    """
+    if fmt != "table":
+        chosen = result if part == "summary" else result.sections.get(part)
+        if chosen is None and result.run is None:
+            raise ClipshiftError(f"--part {part} is of one run: give one --run")
+        if chosen is None:
+            raise ClipshiftError(
+                f"--part {part}: run {result.run.run_id} has no perturbations with severity levels"
+            )
+        names, rows = chosen.columns, chosen.rows
+        if wanted:
+            names, rows = pick_columns(names, rows, wanted)
+        return format_rows(names, rows, fmt, max_rows=None)
+    if wanted:
+        shown = pick_columns(result.columns, result.rows, wanted)
+    else:
+        names = list(result.columns) if all_columns else None
+        if names is None:
+            names = list(STATS_TABLE_COLUMNS if result.run else STATS_RUNS_TABLE_COLUMNS)
+        shown = drop_empty_severity(*pick_columns(result.columns, result.rows, names))
+    blocks = [format_rows(*shown, fmt, max_rows=None)]
+    curves = result.sections.get("severity")
+    if curves is not None:
+        blocks += [
+            "\nseverity curves (mean and 95% interval half-width per severity):",
+            format_rows(
+                *pick_columns(curves.columns, curves.rows, SEVERITY_CURVE_COLUMNS),
+                fmt,
+                max_rows=None,
+            ),
+        ]
+        means = result.sections["corruption_mean"]
+        blocks += [
+            "\ncorruption mean (shift = mean 1 - cosine over severities"
+            + (f"; relative to run {reference}" if reference else "")
+            + "):",
+            format_rows(means.columns, means.rows, fmt, max_rows=None),
+        ]
+    return "\n".join(blocks)
+
+
+def format_comparison(result, fmt: str) -> str:
+    """`clipshift compare`'s output for an analysis.Comparison. json: one document with both
+    runs, the rows and the Kendall taus; the table names the runs first, leaves out an empty
+    severity column and ends with the taus; csv is the rows."""
+    rows = [[row[c] for c in result.columns] for row in result.rows]
+    if fmt == "json":
+
+        def run(r) -> dict:
+            return {k: getattr(r, k) for k in ("run_id", "model", "family")}
+
+        taus = [[metric, tau, p] for metric, (tau, p) in result.kendall_tau.items()]
+        document = {
+            "run_a": run(result.run_a),
+            "run_b": run(result.run_b),
+            "rows": json.loads(format_rows(result.columns, rows, "json")),
+            "kendall_tau": json.loads(format_rows(["metric", "tau", "p"], taus, "json")),
+        }
+        return json.dumps(document, indent=2)
+    if fmt != "table":
+        return format_rows(result.columns, rows, fmt, max_rows=None)
+    lines = [
+        f"{label}: run {run.run_id} ({run.model}, {run.family})"
+        for label, run in (("A", result.run_a), ("B", result.run_b))
+    ]
+    lines.append(format_rows(*drop_empty_severity(result.columns, rows), fmt, max_rows=None))
+    taus = ", ".join(
+        f"{metric} {tau:.3f} (p {p:.3g})" for metric, (tau, p) in result.kendall_tau.items()
+    )
+    lines.append(f"Kendall tau of the augmentation rankings: {taus}")
+    return "\n".join(lines)
 
 
 def _plain(value: Any) -> Any:

@@ -4,8 +4,10 @@ can refuse an unavailable model before paying for those imports."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import ClipshiftError
@@ -90,6 +92,32 @@ def folder_revision(folder: Path) -> str:
             while chunk := handle.read(1 << 24):
                 digest.update(chunk)
     return "sha256:" + digest.hexdigest()[:16] if weights else "unknown"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """--model resolved once: where its weights load from, and their identity read without
+    loading them. The encoder loads it and ingest names the run by it, neither asking the hub
+    again."""
+
+    name: str  # as given: it names a run whose weights have no identity ("unknown")
+    source: str  # what from_pretrained loads, and what a run records: a folder's full path
+    local_dir: Path | None  # the folder, or None for a hub id
+
+    @functools.cached_property
+    def revision(self) -> str | None:
+        """`weights_revision`, read on first use: hashing a folder's weights takes time
+        (half a second for ViT-B/32) that only ingest, which names a run by it, spends."""
+        return weights_revision(self.name)
+
+
+def resolve_model(model_name: str) -> ResolvedModel:
+    """`model_name` as a ResolvedModel; a ClipshiftError at once where it is neither a folder
+    nor cached and the hub cannot be reached (`require_model`)."""
+    require_model(model_name)
+    local = Path(model_name).expanduser()
+    local_dir = local.resolve() if local.is_dir() else None
+    return ResolvedModel(model_name, str(local_dir) if local_dir else model_name, local_dir)
 
 
 def require_model(model_name: str) -> None:

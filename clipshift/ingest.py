@@ -1,25 +1,21 @@
 """Ingest: discover -> read -> decode -> augment -> pixel metrics -> encode -> write.
 
-The stages themselves live in `clipshift.stages` (one function per image or per batch); this
-module is the local engine that orchestrates them: it keeps discovery order, resolves skipped
-and duplicate files, batches, and writes. A batch is written in one commit; an image is stored
-when, and only when, all its variant rows are.
+The stages themselves live in `clipshift.stages` (one function per image or per batch) and the
+engines that orchestrate them in `clipshift.engines` (ENGINES). This module checks the options,
+resolves the model once, names the run (`run_identity`), and hands the engine its job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import importlib
 import json
 import os
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from . import ClipshiftError, __version__
 from .defaults import (
@@ -32,10 +28,10 @@ from .defaults import (
     ORIGINAL,
     PRECISION,
     PRECISIONS,
-    STAGES,
 )
+from .engines.job import IngestJob, IngestSummary, ProgressCallback
 from .filters import matches, where
-from .hub import require_model, weights_revision
+from .hub import ResolvedModel, resolve_model
 from .sources import discover
 from .store import Store
 from .workers import PreparePool, default_workers
@@ -44,60 +40,19 @@ from .workers import PreparePool, default_workers
 # imported once the cheap checks have passed, so that a wrong path, --db or an unreachable model
 # fails at once (issue 13: offline, within about 2 s).
 if TYPE_CHECKING:
-    from .encoder import Pending
-    from .stages import Duplicate, Failure, Prepared, PrepareSettings
+    from .stages import PrepareSettings
     from .suites import Perturbation
 
-T = TypeVar("T")
-
-
-@dataclass
-class IngestSummary:
-    db: str
-    run_id: str
-    model: str
-    model_revision: str
-    image_size: int
-    seed: int
-    augmentations: list[str]
-    discovered: int = 0
-    stored: int = 0
-    skipped: int = 0  # already held by the run (stored earlier, or by another writer)
-    duplicate_files: list[Duplicate] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
-    seconds: float = 0.0
-    workers: int = 1
-    precision: str = PRECISION
-    retried: int = 0  # images retried after their worker process died
-    # seconds spent in each stage (STAGES); the per-image CPU stages are summed over images
-    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    # whether this process loaded the model: a rerun with nothing new to encode does not
-    model_loaded: bool = False
-
-    @property
-    def failed(self) -> int:
-        return len(self.failures)
-
-    @property
-    def duplicates(self) -> int:
-        return len(self.duplicate_files)
-
-    @property
-    def held(self) -> int:
-        """Images of the given files that the run holds after this ingest, whoever stored
-        them: the nightly rerun of a folder with a few unreadable files still succeeds."""
-        return self.stored + self.skipped
-
-    @property
-    def images_per_second(self) -> float:
-        return self.stored / self.seconds if self.seconds > 0 else 0.0
-
-
-ProgressCallback = Callable[[int, "IngestSummary"], None]
+__all__ = ["ENGINES", "IngestJob", "IngestSummary", "ingest", "run_identity"]
 
 
 def run_identity(
-    model: str, revision: str, image_size: int, seed: int, aug_hash: str, precision: str = PRECISION
+    model: ResolvedModel,
+    revision: str,
+    image_size: int,
+    seed: int,
+    aug_hash: str,
+    precision: str = PRECISION,
 ) -> str:
     """A run is a configuration: the same weights, size, seed, augmentations and precision give
     the same run_id, so the same command again resumes (or extends) it instead of starting anew.
@@ -106,7 +61,7 @@ def run_identity(
     if precision != "fp32":
         key["precision"] = precision  # fp32 runs keep the run_ids they had before precisions
     if revision == "unknown":
-        key["model"] = model
+        key["model"] = model.name
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -142,7 +97,7 @@ def ingest(
     stages; 1 runs them in a thread of this process. The results do not depend on it.
     `precision` (fp32, bf16, fp16) is the model's compute precision, part of the run's identity.
     `engine` "local" runs here; "ray" runs the same stages on a Ray cluster
-    (clipshift.ray_engine) with `actors` model actors (default: one per GPU of the cluster,
+    (clipshift.engines.ray) with `actors` model actors (default: one per GPU of the cluster,
     else one); `workers` applies to the local engine only.
     """
     started = time.perf_counter()
@@ -150,10 +105,6 @@ def ingest(
     _check_options(image_size, batch_size, limit, keep_pixels, workers, precision)
     if engine not in ENGINES:
         raise ClipshiftError(f"--engine {engine}: one of {', '.join(ENGINES)}")
-    if engine != "local" and precision != PRECISION:
-        raise ClipshiftError(
-            f"--precision {precision}: --engine {engine} runs the model in {PRECISION}"
-        )
     files = list(discover(paths))
     Store.check_location(db)
     if not files:
@@ -165,7 +116,7 @@ def ingest(
         files = files[:limit]
     # offline, a model neither local nor cached fails here at once (no hub retries), before
     # transformers is imported and before any worker starts
-    require_model(model)
+    resolved = resolve_model(model)
     # The model's idle OpenMP threads sleep instead of spinning, so that they leave the cores to
     # the preparing thread or the worker processes beside them (benchmarks/ingest.py: end to
     # end with the tiny CLIP 10-30% faster; the full-size forward alone unchanged). It takes
@@ -189,7 +140,7 @@ def ingest(
         return _ingest(
             files,
             db,
-            model,
+            resolved,
             settings,
             perturbations,
             pool,
@@ -211,7 +162,7 @@ def ingest(
 def _ingest(
     files: list[Path],
     db: str | Path,
-    model: str,
+    model: ResolvedModel,
     settings: PrepareSettings,
     perturbations: list[Perturbation],
     pool: PreparePool | None,
@@ -228,27 +179,18 @@ def _ingest(
 ) -> IngestSummary:
     from .augment import augmentation_config, config_hash
     from .encoder import Encoder
-    from .stages import (
-        Duplicate,
-        EncodeError,
-        Failure,
-        Skipped,
-        finish_batch,
-        image_rows,
-        prepare_image,
-        start_batch,
-        variant_rows,
-    )
 
     names = [p.label for p in perturbations]
     image_size, seed = settings.image_size, settings.seed
     store = Store.open(db, create=True)
     config = augmentation_config(perturbations)
     aug_hash = config_hash(config)
-    local = Path(model).expanduser()
-    model_id = str(local.resolve()) if local.is_dir() else model  # a folder by its full path
+    encoder: Encoder | None = None
 
     def load_encoder() -> Encoder:
+        nonlocal encoder
+        if encoder is not None:
+            return encoder
         # under another engine the model runs elsewhere: here it only names the run
         encoder = Encoder(
             model,
@@ -262,22 +204,14 @@ def _ingest(
         if summary.run_id and run_id != summary.run_id:
             # its weight files changed after they were hashed above
             raise ClipshiftError(
-                f"--model {model} changed while this ingest ran (its weights are "
+                f"--model {model.name} changed while this ingest ran (its weights are "
                 f"{encoder.revision} now): run the same command again"
             )
         summary.run_id, summary.model_revision = run_id, encoder.revision
         store.ensure_run(
             {
                 "run_id": run_id,
-                "model": model_id,
-                "model_revision": encoder.revision,
-                "family": encoder.family.name,
-                "preprocessing": encoder.preprocessing_json(),
-                "attention_maps": encoder.family.attention_maps,
-                "embedding_dim": encoder.embedding_dim,
-                "patch_grid": encoder.patch_grid,
-                "num_layers": encoder.num_layers,
-                "image_size": image_size,
+                **encoder.run_fields(),
                 "seed": seed,
                 "augmentations": json.dumps(config),
                 "augmentation_hash": aug_hash,
@@ -290,7 +224,7 @@ def _ingest(
     summary = IngestSummary(
         db=str(db),
         run_id="",
-        model=model_id,
+        model=model.source,
         model_revision="",
         image_size=image_size,
         seed=seed,
@@ -302,195 +236,70 @@ def _ingest(
     # A run the store already holds is found by the weights' identity, read without loading
     # the model (a folder's weight files hashed, or the cached hub commit): the model loads
     # only once an image needs encoding, so a rerun with nothing new skips loading it.
-    revision = weights_revision(model)
     held_run = None
-    if revision is not None:
-        run_id = run_identity(model, revision, image_size, seed, aug_hash, precision)
+    if model.revision is not None:
+        run_id = run_identity(model, model.revision, image_size, seed, aug_hash, precision)
         held_run = _stored_run(store, run_id)
-    encoder: Encoder | None = None
     if held_run is None:
-        encoder = load_encoder()
-        embedding_dim = encoder.embedding_dim
+        embedding_dim = load_encoder().embedding_dim
     else:
-        summary.run_id, summary.model_revision = run_id, revision
+        summary.run_id, summary.model_revision = run_id, model.revision
         embedding_dim = held_run["embedding_dim"]
     run_id = summary.run_id
     if on_start:
         on_start(len(files))
 
     already = store.stored_images(run_id)
-    failed_before = _failed_paths(store, run_id)
-    keep = _keep_pixels(store, run_id, files, already, keep_pixels)
-    if engine != "local":
-        job = IngestJob(
-            files=files,
-            keep=keep,
-            settings=settings,
-            store=store,
-            model=model,
-            device=device,
-            run_id=run_id,
-            embedding_dim=embedding_dim,
-            batch_size=batch_size,
-            already=already,
-            failed_before=failed_before,
-            summary=summary,
-            started=started,
-            on_progress=on_progress,
-        )
+    job = IngestJob(
+        files=files,
+        keep=_keep_pixels(store, run_id, files, already, keep_pixels),
+        settings=settings,
+        store=store,
+        model=model,
+        device=device,
+        precision=precision,
+        run_id=run_id,
+        embedding_dim=embedding_dim,
+        batch_size=batch_size,
+        already=already,
+        failed_before=_failed_paths(store, run_id),
+        summary=summary,
+        started=started,
+        on_progress=on_progress,
+        encoder=load_encoder,
+        pool=pool,
+        actors=actors,
+    )
+    if engine == "local":
+        ENGINES[engine](job)
+    else:
         # the engine's workers write fragment files that its driver commits later, and a
         # compaction deletes every file no version uses: the run holds the store's lock (the
         # lease on object storage) throughout, so no other writer compacts meanwhile
         summary.model_loaded = True  # by the engine's model actors, whatever is new
         with store.lock():
-            ENGINES[engine](job, actors)
-        return _finish(store, summary, started, on_progress, len(files))
-    batch: list[Prepared] = []
-    failures: list[Failure] = []
-    seen: dict[str, str] = {}  # image_id -> the first file with its bytes
-
-    # The batch whose forward pass is queued on the device: it is written after the next
-    # batch's forward has been queued, so an accelerator never waits on a write.
-    in_flight: tuple[list[Prepared], Pending] | None = None
-
-    def timed(stage: str, work: Callable[[], T]) -> T:
-        clock = time.perf_counter()
-        try:
-            return work()
-        finally:
-            summary.timings[stage] += time.perf_counter() - clock
-
-    def write(batch: list[Prepared], pending: Pending) -> None:
-        try:
-            encoded = timed("encode", lambda: finish_batch(encoder, pending))
-        except EncodeError as exc:
-            failures.extend(Failure(p.path, "encode", str(exc), p.image_id) for p in batch)
-            return
-        clock = time.perf_counter()
-        variants = variant_rows(run_id, batch, encoded, encoder.embedding_dim)
-        written = store.write_batch(run_id, image_rows(batch), variants)
-        summary.stored += len(written)
-        summary.skipped += len(batch) - len(written)  # another writer stored them
-        recovered = [p.path for p in batch if p.image_id in written]
-        store.clear_errors(run_id, [p for p in recovered if p in failed_before])
-        summary.timings["write"] += time.perf_counter() - clock
-
-    def flush(last: bool = False) -> None:
-        nonlocal batch, failures, in_flight, encoder
-        started_now = None
-        if batch and encoder is None:
-            encoder = load_encoder()
-        if batch:
-            try:
-                started_now = (batch, timed("encode", lambda: start_batch(encoder, batch)))
-            except EncodeError as exc:
-                failures.extend(Failure(p.path, "encode", str(exc), p.image_id) for p in batch)
-        if in_flight:
-            write(*in_flight)
-        in_flight = started_now
-        if last and in_flight:
-            write(*in_flight)
-            in_flight = None
-        record_failures(store, summary, failures)
-        batch, failures = [], []
-
-    if pool is not None:
-        pool.set_skip(already)
-        items = pool.imap(files, keep)
-    else:
-        items = (prepare_image(path, settings, keep[i], already) for i, path in enumerate(files))
-    # a batch's worth and more prepared while the model runs on the current one; closed
-    # (its thread stopped) before the caller closes the pool, whatever ends the loop
-    with contextlib.closing(in_background(items, depth=2 * batch_size)) as prepared:
-        for done, item in enumerate(prepared, start=1):
-            for stage, seconds in item.timings.items():
-                summary.timings[stage] += seconds
-            if isinstance(item, Skipped):
-                summary.skipped += 1
-            elif item.image_id is not None and item.image_id in seen:
-                # the first file with these bytes is the one stored
-                summary.duplicate_files.append(Duplicate(item.path, seen[item.image_id]))
-            elif isinstance(item, Failure):
-                if item.image_id is not None:
-                    seen[item.image_id] = item.path
-                failures.append(item)
-            else:
-                seen[item.image_id] = item.path
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    flush()
-                    if on_progress:
-                        summary.seconds = time.perf_counter() - started
-                        on_progress(done, summary)
-    flush(last=True)
-    if pool is not None:
-        summary.retried = pool.retried
-    return _finish(store, summary, started, on_progress, len(files))
-
-
-def _finish(
-    store: Store,
-    summary: IngestSummary,
-    started: float,
-    on_progress: ProgressCallback | None,
-    files: int,
-) -> IngestSummary:
+            ENGINES[engine](job)
     store.compact()
     store.close()
     summary.seconds = time.perf_counter() - started
     if on_progress:
-        on_progress(files, summary)
+        on_progress(len(files), summary)
     return summary
 
 
-@dataclass
-class IngestJob:
-    """One run handed to an engine other than the in-process one: what to ingest, where,
-    and the summary the engine fills in. The engine calls clipshift.stages, never its own
-    version of a stage."""
+def _engine(name: str) -> Engine:
+    """The run function of clipshift.engines.<name>, imported when it runs: an engine imports
+    the stages, and with them torch (about 5 s here); the ray engine imports Ray as it starts."""
 
-    files: list
-    keep: list[bool]  # keep the PNG pixels of files[i]
-    settings: PrepareSettings
-    store: Store
-    model: str
-    device: str
-    run_id: str
-    embedding_dim: int
-    batch_size: int
-    already: set[str]  # image_ids this run holds: skipped
-    failed_before: set[str]  # paths with an `errors` row, cleared once stored
-    summary: IngestSummary
-    started: float
-    on_progress: ProgressCallback | None
+    def run(job: IngestJob) -> None:
+        importlib.import_module(f".engines.{name}", __package__).run(job)
 
-    def record_failures(self, failures: list[Failure]) -> None:
-        record_failures(self.store, self.summary, failures)
+    return run
 
 
-def record_failures(store: Store, summary: IngestSummary, failures: list[Failure]) -> None:
-    """Record failures in `errors` and in the summary: every engine the same way."""
-    if failures:
-        store.record_errors(
-            [
-                {"path": f.path, "stage": f.stage, "message": f.message, "run_id": summary.run_id}
-                for f in failures
-            ]
-        )
-        summary.failures.extend(failures)
-
-
-def _ray_engine(job: IngestJob, actors: int | None) -> None:
-    from .ray_engine import run  # imports Ray: only when asked for
-
-    run(job, actors)
-
-
-# the engines besides "local" (the loop in ingest): each runs an IngestJob to completion
-ENGINES: dict[str, Callable[[IngestJob, int | None], None] | None] = {
-    "local": None,
-    "ray": _ray_engine,
-}
+Engine = Callable[[IngestJob], None]
+# --engine: each runs an IngestJob to completion, filling in its summary
+ENGINES: dict[str, Engine] = {"local": _engine("local"), "ray": _engine("ray")}
 
 
 def _check_options(
@@ -554,49 +363,3 @@ def _keep_pixels(
 def _failed_paths(store: Store, run_id: str) -> set[str]:
     errors = store.dataset("errors").to_table(columns=["path"], filter=matches(run_id=run_id))
     return set(errors.column("path").to_pylist())
-
-
-def in_background(items: Iterator[T], depth: int) -> Iterator[T]:
-    """Iterate `items` in a worker thread, up to `depth` items ahead of the consumer.
-
-    The CPU stages of the next batch then overlap the model's forward pass of this one (numpy,
-    OpenCV and torch release the GIL). An exception in the worker is raised in the consumer;
-    a consumer that stops early stops the worker.
-    """
-    channel: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    finished = object()
-
-    def offer(item) -> bool:
-        while not stop.is_set():
-            try:
-                channel.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not offer(item):
-                    return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            offer(_Raised(exc))
-        offer(finished)
-
-    worker = threading.Thread(target=work, name="clipshift-prepare", daemon=True)
-    worker.start()
-    try:
-        while (item := channel.get()) is not finished:
-            if isinstance(item, _Raised):
-                raise item.exception
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-
-
-@dataclass
-class _Raised:
-    exception: BaseException

@@ -24,9 +24,11 @@ REFINE_BLOCK = 128
 
 
 def normalise(vectors: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), as `dtype`."""
-    vectors = vectors.astype(dtype, copy=False)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    """Vectors (the last axis) scaled to unit length, as `dtype`: the one normaliser of
+    retrieval, neighbors, zero-shot and directions. A zero vector stays zero rather than
+    becoming NaN (its cosine with anything is then 0)."""
+    vectors = np.asarray(vectors, dtype=dtype)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return (vectors / np.where(norms == 0, 1, norms)).astype(dtype, copy=False)
 
 

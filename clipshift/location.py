@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import ClipshiftError
+from . import ClipshiftError, first_line
 
 # object stores Lance reaches with the same storage options (and pyarrow lists and reads)
 OBJECT_SCHEMES = ("s3", "gs", "az")
@@ -113,7 +113,7 @@ class Location:
                 raise ClipshiftError(f"no such file or folder: {self.uri}")
             found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
         except (OSError, ValueError) as exc:
-            raise ClipshiftError(f"cannot list {self.uri}: {_first_line(exc)}") from None
+            raise ClipshiftError(f"cannot list {self.uri}: {first_line(exc)}") from None
         return sorted(f"{scheme}://{f.path}" for f in found if f.type == pafs.FileType.File)
 
     def list_dirs(self) -> list[str]:
@@ -124,7 +124,7 @@ class Location:
         try:
             found = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         except (OSError, ValueError) as exc:
-            raise ClipshiftError(f"cannot list {self.uri}: {_first_line(exc)}") from None
+            raise ClipshiftError(f"cannot list {self.uri}: {first_line(exc)}") from None
         return sorted(f.base_name for f in found if f.type == pafs.FileType.Directory)
 
     def file_sizes(self, name: str = "") -> dict[str, int]:
@@ -147,7 +147,7 @@ class Location:
                 pafs.FileSelector(root, recursive=True, allow_not_found=True)
             )
         except (OSError, ValueError) as exc:
-            raise ClipshiftError(f"cannot list {self.uri}: {_first_line(exc)}") from None
+            raise ClipshiftError(f"cannot list {self.uri}: {first_line(exc)}") from None
         return {f.path[len(root) + 1 :]: f.size for f in found if f.type == pafs.FileType.File}
 
     def remove(self, name: str) -> None:
@@ -246,8 +246,3 @@ def _filesystem(scheme: str, options: tuple[tuple[str, str], ...]):
             account_name=account, account_key=os.environ.get("AZURE_STORAGE_ACCOUNT_KEY")
         )
     raise ClipshiftError(f"{scheme}:// is not supported")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

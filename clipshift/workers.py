@@ -63,6 +63,8 @@ ATTEMPTS = 2  # the first try and one retry
 # 300 s is a hundred times the slowest image tried here: a 100-megapixel PNG through the 84
 # variants of the paper and corruptions suites took 3.2 s (as a JPEG, 0.6 s).
 HANG_SECONDS = 300.0
+# a worker's first message, once its stages are imported (never a pickled result)
+READY = b"ready"
 # The pool is the parallelism: each worker runs its libraries on one thread. Left to
 # themselves, OpenBLAS (the pixel metrics' grey conversion) and OpenCV (the augmentations)
 # start a thread per core in every worker, and N workers beside the model's threads contend
@@ -94,6 +96,9 @@ class _Worker:
     exclusive: bool = False  # holds a retried task: nothing else goes to it meanwhile
     returned: bool = False  # has returned at least one result
     dead: bool = False  # a send failed: its EOF is yet to be handled
+    # has imported its stages: start-up (albumentations and OpenCV, 1-2 s, over 5 s on a loaded
+    # machine) is not a hang
+    started: bool = False
     silent: float = 0.0  # seconds the main process has waited on it in vain, holding tasks
     hung: bool = False  # killed for hanging
 
@@ -236,6 +241,9 @@ class PreparePool:
                 except (EOFError, OSError):
                     self._replace(worker, retry, done)
                     continue
+                if message == READY:
+                    worker.started = True
+                    continue
                 index, result = pickle.loads(message)
                 task = worker.tasks.pop(index)
                 if getattr(result, "pixels", None) is not None and result.pixels.size == 0:
@@ -251,7 +259,7 @@ class PreparePool:
         EOF then comes through `_replace`, as for a worker that died). Only time spent waiting
         counts: a worker blocked on a full socket while the model ran is not hung."""
         for worker in self._workers:
-            if worker.conn in ready or not worker.tasks:
+            if worker.conn in ready or not worker.tasks or not worker.started:
                 worker.silent = 0.0
                 continue
             worker.silent += waited
@@ -366,6 +374,7 @@ def _serve(fd: int) -> None:
         slot_bytes = int(np.prod(shape))
         shm = mmap.mmap(shm_fd, os.fstat(shm_fd).st_size)
         prepare, settings = pickle.loads(conn.recv_bytes())
+        conn.send_bytes(READY)
     except (EOFError, OSError):
         return  # the main process went away while this worker started
     skip: frozenset[str] = frozenset()

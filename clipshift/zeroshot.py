@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import ClipshiftError
+from .defaults import DEFAULT_LABELS, DEFAULT_TEMPLATE, LABEL_SETS
+from .knn import normalise
 from .query import (
     Rows,
     connect,
@@ -39,8 +41,6 @@ from .runs import Run, resolve_run
 from .sources import list_entries
 from .store import Store
 
-DEFAULT_TEMPLATE = "a photo of a {}."
-BUILTIN_LABEL_SETS = ("imagenet", "cifar100")
 TOP_K = 5
 # images classified per matrix product: 8,192 rows x 1,000 labels is a 33 MB logit block
 CHUNK_ROWS = 8192
@@ -79,7 +79,7 @@ def load_labels(spec: str) -> LabelSet:
     label, a byte that is not UTF-8 or fewer than two labels is refused with a one-line
     ClipshiftError naming the line.
     """
-    if spec in BUILTIN_LABEL_SETS:
+    if spec in LABEL_SETS:
         text = (DATA_DIR / f"{spec}.txt").read_text(encoding="utf-8")
         return LabelSet(spec, tuple(text.splitlines()), spec)
     labels = read_lines(spec, what="label")
@@ -92,7 +92,7 @@ def read_lines(path: str | os.PathLike, what: str) -> list[str]:
     (sources.list_entries: blank lines and # comments skipped, surrounding spaces dropped),
     checked: no repeat, no byte that is not UTF-8, at least two entries."""
     path = Path(path).expanduser()
-    builtin = f" (or one of: {', '.join(BUILTIN_LABEL_SETS)})" if what == "label" else ""
+    builtin = f" (or one of: {', '.join(LABEL_SETS)})" if what == "label" else ""
     if not path.is_file():
         raise ClipshiftError(f"no {what} file {path}{builtin}")
     try:
@@ -138,14 +138,9 @@ def check_template(template: str) -> str:
 # -- classification --------------------------------------------------------------------------
 
 
-def unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-
-
 def encode_prompts(encoder, prompts: list[str]) -> np.ndarray:
     """(len(prompts), D) unit text embeddings."""
-    return unit(encoder.encode_text(prompts))
+    return normalise(encoder.encode_text(prompts))
 
 
 def classify(
@@ -180,7 +175,7 @@ def classify(
             chunk = rows[start : start + CHUNK_ROWS]
             wanted = None if original else original_top1[image_index[chunk]]
             labels, probs, wanted_probs = _classify_chunk(
-                unit(embeddings[chunk]), texts, scale, bias, k, wanted
+                normalise(embeddings[chunk]), texts, scale, bias, k, wanted
             )
             top_labels[chunk], top_probs[chunk] = labels, probs
             if original:
@@ -235,7 +230,7 @@ class ZeroshotResult:
 
 def zeroshot(
     db: str | os.PathLike,
-    labels: str = "imagenet",
+    labels: str = DEFAULT_LABELS,
     template: str = DEFAULT_TEMPLATE,
     run: str | None = None,
     device: str = "auto",

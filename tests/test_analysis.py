@@ -16,8 +16,8 @@ from scipy.spatial.distance import squareform
 
 from cli import cli
 from clipshift import ClipshiftError
-from clipshift.analysis import STATS_TABLE_COLUMNS, clusters, sql, sql_arrow, stats
-from clipshift.formatting import format_rows
+from clipshift.analysis import clusters, sql, sql_arrow, stats
+from clipshift.formatting import STATS_TABLE_COLUMNS, format_rows
 from clipshift.query import connect, named_query, query_names
 from clipshift.runs import resolve_run
 from clipshift.store import Store

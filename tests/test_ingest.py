@@ -14,9 +14,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import SHOWN_DUPLICATES, cli, format_ingest_summary
+from cli import cli
 from clipshift.augment import Augmenter
 from clipshift.defaults import DEFAULT_SUITE
+from clipshift.formatting import SHOWN_DUPLICATES, format_ingest_summary
 from clipshift.ingest import IngestSummary, ingest
 from clipshift.stages import Duplicate
 from clipshift.store import Store
@@ -207,12 +208,14 @@ def test_a_model_of_another_embedding_width_gets_its_own_table(tmp_path, tiny_mo
 
 
 def test_precision_is_part_of_the_run_identity_but_fp32_keeps_its_run_ids(tmp_path, tiny_model):
+    from clipshift.hub import ResolvedModel
     from clipshift.ingest import run_identity
 
+    m = ResolvedModel("m", "m", None)
     # the run_id this configuration had before --precision existed
-    assert run_identity("m", "sha256:abc", 224, 0, "h") == "657b36a90e3e"
-    assert run_identity("m", "sha256:abc", 224, 0, "h", "fp32") == "657b36a90e3e"
-    assert run_identity("m", "sha256:abc", 224, 0, "h", "bf16") != "657b36a90e3e"
+    assert run_identity(m, "sha256:abc", 224, 0, "h") == "657b36a90e3e"
+    assert run_identity(m, "sha256:abc", 224, 0, "h", "fp32") == "657b36a90e3e"
+    assert run_identity(m, "sha256:abc", 224, 0, "h", "bf16") != "657b36a90e3e"
 
 
 def test_bf16_ingest_is_another_run_with_close_embeddings(tmp_path, tiny_model, photos):

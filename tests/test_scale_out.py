@@ -191,8 +191,29 @@ def test_ray_engine_equals_local_engine(ray_cluster, tmp_path, tiny_model, corpu
     assert_same_store(tmp_path / "local", tmp_path / "ray")
 
 
+def test_ray_bf16_run_is_the_local_bf16_run(ray_cluster, tmp_path, tiny_model, photos):
+    """The actors run the model in the run's precision: the same run_id as the local engine's,
+    and embeddings far closer to its bf16 ones than fp32's are."""
+    options = dict(augmentations="noise", limit=2, device="cpu", image_size=64, keep_pixels=0)
+    fp32 = ingest([photos], tmp_path / "fp32", str(tiny_model), **options)
+    local = ingest([photos], tmp_path / "local", str(tiny_model), precision="bf16", **options)
+    distributed = ingest(
+        [photos], tmp_path / "ray", str(tiny_model), engine="ray", precision="bf16", **options
+    )
+    assert distributed.run_id == local.run_id != fp32.run_id
+    assert distributed.stored == local.stored == 2
+
+    def embeddings(db):
+        rows = read_variants(db).sort_by([("image_id", "ascending"), ("variant", "ascending")])
+        return np.asarray(rows["embedding"].to_pylist(), dtype=np.float64)
+
+    reference = embeddings(tmp_path / "local")
+    precision_gap = np.abs(embeddings(tmp_path / "fp32") - reference).max()
+    assert np.abs(embeddings(tmp_path / "ray") - reference).max() < precision_gap / 10
+
+
 def test_ray_driver_killed_then_rerun(ray_cluster, tmp_path, tiny_model, corpus):
-    from clipshift.ray_engine import COMMIT_GROUP
+    from clipshift.engines.ray import COMMIT_GROUP
 
     db = tmp_path / "db"
     command = [sys.executable, str(ROOT / "cli.py"), "ingest", str(corpus), "--db", str(db)]
@@ -238,7 +259,7 @@ def test_ray_engine_without_ray_is_one_line(monkeypatch, tmp_path, tiny_model, p
 # A driver that starts a local cluster as clipshift does, and reports what it started.
 LOCAL_DRIVER = """
 import json, time
-from clipshift.ray_engine import _descendants, _import_ray, _proc_cmdline, connect
+from clipshift.engines.ray import _descendants, _import_ray, _proc_cmdline, connect
 ray = _import_ray()
 connect(ray)
 processes = {pid: _proc_cmdline(pid) for pid in _descendants(os.getpid())}

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from .. import ClipshiftError
-from ..defaults import SCORES
+from ..defaults import DEFAULT_LABELS, DEFAULT_TEMPLATE, SCORES
 from ..query import named_query
 from ..runs import Run
 from ..store import Store
@@ -188,9 +188,7 @@ class ReportData:
     def zeroshot_models(self) -> dict[str, np.ndarray]:
         """Stored zero-shot flip rates of every run sharing this run's label set and template
         (ImageNet with the default template where the run has them)."""
-        from ..zeroshot import DEFAULT_TEMPLATE
-
-        rows = self.query("zeroshot_models", label_set="imagenet", template=DEFAULT_TEMPLATE)
+        rows = self.query("zeroshot_models", label_set=DEFAULT_LABELS, template=DEFAULT_TEMPLATE)
         if not len(rows["run_id"]):
             raise FigureUnavailable(
                 "no zero-shot predictions stored for this run: run `clipshift zeroshot "

@@ -17,9 +17,9 @@ from PIL import Image
 from .. import ClipshiftError
 from ..defaults import (
     DEFAULT_LINKAGE,
+    FIGURE_FORMATS,
     HEATMAP_IMAGES,
     LINKAGE_METHODS,
-    REPORT_FORMATS,
     REPORT_OUT,
     REPORT_SAMPLES,
 )
@@ -32,7 +32,6 @@ from .figures import FIGURES, FigureSpec
 from .page import render_page
 from .style import DPI, RC
 
-FORMATS = REPORT_FORMATS
 # the per-run figures, then the model comparison (drawn by default when the store holds 2+ runs)
 ALL_FIGURES: dict[str, FigureSpec] = {**FIGURES, **MODEL_FIGURES}
 
@@ -81,8 +80,8 @@ def report(
     once this one is complete: it is drawn in a hidden folder beside `out`, so a report that
     fails or is killed midway leaves the earlier one whole.
     """
-    if fmt not in FORMATS:
-        raise ClipshiftError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    if fmt not in FIGURE_FORMATS:
+        raise ClipshiftError(f"--format {fmt}: use one of {', '.join(FIGURE_FORMATS)}")
     if samples < 1:
         raise ClipshiftError(f"--samples {samples}: use at least 1")
     if method not in LINKAGE_METHODS:
@@ -222,7 +221,7 @@ def _alive(pid: int) -> bool:
 def _report_files(folder: Path) -> set[str]:
     """The names of the files a report writes that are in `folder` (other files are the
     user's, left alone)."""
-    names = {f"{name}.{fmt}" for name in ALL_FIGURES for fmt in FORMATS} | {"index.html"}
+    names = {f"{name}.{fmt}" for name in ALL_FIGURES for fmt in FIGURE_FORMATS} | {"index.html"}
     return {name for name in names if (folder / name).is_file()}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lance
 
-from .. import ClipshiftError
+from .. import ClipshiftError, first_line
 
 
 class StoreDamaged(ClipshiftError):
@@ -43,7 +43,7 @@ def table_damage(table_dir: Path) -> str | None:
         ds = lance.dataset(str(table_dir))
         fragments = ds.get_fragments()
     except Exception as exc:  # noqa: BLE001 - any failure to open is the damage reported
-        return f"its manifest cannot be read ({first_line(exc)})"
+        return f"its manifest cannot be read ({first_line(exc, typed=True)})"
     for fragment in fragments:
         for data_file in fragment.metadata.files:
             file = table_dir / "data" / data_file.path
@@ -65,24 +65,19 @@ def ever_committed(table_dir: Path) -> bool:
     return versions.is_dir() and any(versions.iterdir())
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def object_damage(dataset, name: str, *, read: bool) -> str | None:
     """What is wrong with the table `name` of an object-storage store (`dataset` opens it):
     its manifest cannot be read, or with `read`, a fragment cannot."""
     try:
         fragments = dataset(name).get_fragments()
     except Exception as exc:  # noqa: BLE001 - any failure to open is the damage reported
-        return f"its manifest cannot be read ({first_line(exc)})"
+        return f"its manifest cannot be read ({first_line(exc, typed=True)})"
     for fragment in fragments if read else []:
         try:
             for _ in fragment.to_batches(batch_size=4096):
                 pass
         except Exception as exc:  # noqa: BLE001 - any read failure is the damage reported
-            return f"fragment {fragment.fragment_id} cannot be read: {first_line(exc)}"
+            return f"fragment {fragment.fragment_id} cannot be read: {first_line(exc, typed=True)}"
     return None
 
 
@@ -97,5 +92,6 @@ def read_damage(table_dir: Path) -> str | None:
                 pass
         except Exception as exc:  # noqa: BLE001 - any read failure is the damage reported
             files = ", ".join(f"data/{f.path}" for f in fragment.metadata.files)
-            return f"fragment {fragment.fragment_id} ({files}) cannot be read: {first_line(exc)}"
+            problem = first_line(exc, typed=True)
+            return f"fragment {fragment.fragment_id} ({files}) cannot be read: {problem}"
     return None

@@ -14,10 +14,12 @@ local engine calls:
   first, then variants, as the local engine does). A crash loses at most the uncommitted group
   (its fragment files stay unreferenced); a rerun of the same command resumes, idempotent by
   (run_id, image_id) since tasks skip what the run already holds.
-- Duplicate files and failures are resolved by the driver in discovery order, and failures are
-  recorded in `errors` exactly as the local engine records them.
+- Duplicate files and failures are resolved by the driver in discovery order, by the triage
+  the local engine uses too (clipshift.engines.job), and failures are recorded in `errors`
+  alike.
 
-Ray is imported only here, and this module only when `--engine ray` is asked for.
+Ray is imported only when this engine runs, and this module only when `--engine ray` is asked
+for.
 """
 
 from __future__ import annotations
@@ -32,9 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import ClipshiftError
-from .stages import (
-    Duplicate,
+from .. import ClipshiftError
+from ..stages import (
     EncodeError,
     Failure,
     Prepared,
@@ -45,11 +46,12 @@ from .stages import (
     prepare_image,
     variant_rows,
 )
-from .store import variants_table_name
+from ..store import variants_table_name
+from .job import IngestJob, Triage
 
 if TYPE_CHECKING:
-    from .ingest import IngestJob
-    from .location import Location
+    from ..hub import ResolvedModel
+    from ..location import Location
 
 # Batches per driver commit: a crash loses at most this many batches' work; fewer commits keep
 # the store's fragment count (and its compaction) down.
@@ -236,18 +238,19 @@ class _Embedder:
 
     def __init__(
         self,
-        model: str,
+        model: ResolvedModel,
         device: str,
         image_size: int,
+        precision: str,
         run_id: str,
         store: Location,
         variants_table: str,
     ):
         import lance
 
-        from .encoder import Encoder
+        from ..encoder import Encoder
 
-        self.encoder = Encoder(model, device=device, image_size=image_size)
+        self.encoder = Encoder(model, device=device, image_size=image_size, precision=precision)
         self.run_id = run_id
         self.store = store
         self.images_uri = store.child("images.lance")
@@ -291,14 +294,14 @@ class _Embedder:
         return result
 
 
-def run(job: IngestJob, actors: int | None = None) -> None:
+def run(job: IngestJob) -> None:
     """Run `job` on Ray, filling in job.summary; see the module docstring."""
     ray = _import_ray()
     clock = time.perf_counter()
     connected_here = connect(ray)
     try:
         job.summary.timings["ray_connect"] = time.perf_counter() - clock
-        _run(ray, job, actors)
+        _run(ray, job, job.actors)
     finally:
         if connected_here:
             ray.shutdown()
@@ -318,7 +321,13 @@ def _run(ray, job: IngestJob, actors: int | None) -> None:
     variants_table = variants_table_name(job.embedding_dim)
     pool = [
         embedder.remote(
-            job.model, job.device, settings.image_size, job.run_id, location, variants_table
+            job.model,
+            job.device,
+            settings.image_size,
+            job.precision,
+            job.run_id,
+            location,
+            variants_table,
         )
         for _ in range(actors or gpus or 1)
     ]
@@ -346,38 +355,27 @@ def _pipeline(ray, job: IngestJob, pool: list, cpus: int) -> None:
     encoding: dict = {}  # result ref -> actor index
     load = [0] * len(pool)
     group: list[_BatchResult] = []
-    failures: list[Failure] = []
-    seen: dict[str, str] = {}  # image_id -> the first file with its bytes
+    triage = Triage(summary)
     done = 0
     waited = 0.0
 
     def commit() -> None:
-        nonlocal group, failures
+        nonlocal group
         clock = time.perf_counter()
         written, left = store.commit_fragments(
             job.run_id, [(r.image_ids, r.images, r.variants) for r in group]
         )
-        summary.stored += len(written)
-        summary.skipped += sum(len(r.image_ids) for r in group) - len(written) - len(left)
-        failures.extend(
+        files = [pair for r in group for pair in zip(r.paths, r.image_ids, strict=True)]
+        triage.failures.extend(
             Failure(path, "write", "another writer was storing this batch: rerun to store it", i)
-            for r in group
-            for path, i in zip(r.paths, r.image_ids, strict=True)
+            for path, i in files
             if i in left
         )
-        recovered = [
-            path
-            for r in group
-            for path, i in zip(r.paths, r.image_ids, strict=True)
-            if i in written and path in job.failed_before
-        ]
-        store.clear_errors(job.run_id, recovered)
-        job.record_failures(failures)
+        job.count_written(len(files), [path for path, i in files if i in written], len(left))
+        job.record_failures(triage.take_failures())
         timings["commit"] = timings.get("commit", 0.0) + time.perf_counter() - clock
-        group, failures = [], []
-        if job.on_progress:
-            summary.seconds = time.perf_counter() - job.started
-            job.on_progress(done, summary)
+        group = []
+        job.progress(done)
 
     while pending or preparing or encoding:
         while pending and len(preparing) < 2 * cpus:
@@ -397,7 +395,7 @@ def _pipeline(ray, job: IngestJob, pool: list, cpus: int) -> None:
             result = ray.get(ref)
             for stage, seconds in result.timings.items():
                 timings[stage] = timings.get(stage, 0.0) + seconds
-            failures.extend(result.failures)
+            triage.failures.extend(result.failures)
             if result.variants:
                 group.append(result)
             if len(group) >= COMMIT_GROUP:
@@ -407,25 +405,13 @@ def _pipeline(ray, job: IngestJob, pool: list, cpus: int) -> None:
         keep_ids = []
         for item in ray.get(ref):
             done += 1
-            for stage, seconds in item.timings.items():
-                timings[stage] = timings.get(stage, 0.0) + seconds
-            if isinstance(item.outcome, Skipped):
-                summary.skipped += 1
-            elif item.image_id is not None and item.image_id in seen:
-                # the first file with these bytes is the one stored
-                summary.duplicate_files.append(Duplicate(item.path, seen[item.image_id]))
-            elif isinstance(item.outcome, Failure):
-                if item.image_id is not None:
-                    seen[item.image_id] = item.path
-                failures.append(item.outcome)
-            else:
-                seen[item.image_id] = item.path
+            if triage.keeps(item.path, item.image_id, item.outcome, item.timings):
                 keep_ids.append(item.image_id)
         if keep_ids:
             new_images = {i for i in keep_ids if i not in known_images}
             known_images.update(new_images)
             load[free] += 1
             encoding[pool[free].encode_and_write.remote(prepared_ref, keep_ids, new_images)] = free
-    if group or failures:
+    if group or triage.failures:
         commit()
     timings["driver_wait"] = waited
