@@ -17,7 +17,9 @@ from scipy.stats import ortho_group
 from cli import cli
 from clipshift.ingest import ingest
 from clipshift.layers import layers, linear_cka, minibatch_cka
+from clipshift.report.render import report
 from clipshift.store import Store
+from clipshift.synthetic import build_synthetic_store
 
 LAYER_COLUMNS = ["layer_cosine", "token_drift", "token_drift_layers", "hidden_states"]
 
@@ -129,3 +131,18 @@ def test_layer_metrics_identical_across_workers(tmp_path, tiny_model, photos):
         )
         tables.append(table.sort_by([("image_id", "ascending"), ("variant", "ascending")]))
     assert tables[0].equals(tables[1])
+
+
+def test_figures_of_two_models_of_different_depths(tmp_path):
+    db = tmp_path / "db"
+    build_synthetic_store(db, n_images=40, dim=16, layers=4, chunk=40, seed=0, hidden_width=8)
+    build_synthetic_store(db, n_images=40, dim=16, layers=2, chunk=40, seed=1)
+    names = ["representation_drift", "layer_cka", "model_layer_drift"]
+    result = report(db, run="synthetic000", out=tmp_path / "out", figures=names)
+    assert [f.name for f in result.figures if f.path] == names
+    # the run without hidden states says why it has no CKA figure
+    other = report(db, run="synthetic001", out=tmp_path / "other", figures=["layer_cka"])
+    assert "--hidden-states" in other.figures[0].note
+    rows = layers(db, all_runs=True).records()
+    assert {r["run_id"] for r in rows} == {"synthetic000", "synthetic001"}
+    assert {r["depth"] for r in rows if r["run_id"] == "synthetic001"} == {0.0, 0.5, 1.0}
