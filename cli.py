@@ -190,6 +190,13 @@ def cli():
     default=None,
     help="--engine ray: model actors (default: one per GPU of the cluster, else one).",
 )
+@click.option(
+    "--hidden-states",
+    is_flag=True,
+    help="Also store every layer's pooled hidden state (float16), for CKA in `clipshift "
+    "layers` and your own analyses: (layers + 1) x width x 2 bytes a row, about 19.5 KB for "
+    "ViT-B/32.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @user_errors
 def ingest(
@@ -207,6 +214,7 @@ def ingest(
     precision,
     engine,
     actors,
+    hidden_states,
     quiet,
 ):
     """Embed images and their nine augmentations into the store.
@@ -215,8 +223,12 @@ def ingest(
     files, text files listing image paths, or s3:// (gs://, az://) prefixes. Running the same
     command again stores nothing twice and resumes where an interrupted run stopped.
     """
+    from clipshift import ClipshiftError
     from clipshift.ingest import ingest as run_ingest
 
+    if hidden_states and engine != "local":
+        # the Ray engine's model actors do not take the option yet (clipshift/ray_engine.py)
+        raise ClipshiftError("--hidden-states: runs with --engine local only, for now")
     bar = _ProgressBar(enabled=not quiet and sys.stderr.isatty())
     try:
         summary = run_ingest(
@@ -236,6 +248,7 @@ def ingest(
             actors=actors,
             on_start=bar.start,
             on_progress=bar.update,
+            hidden_states=hidden_states,
         )
     except KeyboardInterrupt:
         bar.finish()
@@ -250,6 +263,12 @@ def ingest(
         from clipshift.formatting import format_ingest_summary
 
         click.echo(format_ingest_summary(summary))
+        if hidden_states and summary.run_id:
+            from clipshift.layers import hidden_state_bytes
+
+            per_row = hidden_state_bytes(db, summary.run_id)
+            if per_row:
+                click.echo(f"--hidden-states: {per_row:,} bytes a row")
     if summary.held == 0 and summary.failed:
         # none of the given images is in the store, not even from an earlier run: a failure.
         # A rerun whose new files all fail (the nightly one over a folder with a few
@@ -920,6 +939,40 @@ def serve(db, run_id, host, port, token, report, open_browser):
             webbrowser.open(served.url)
 
     run_serve(db, run=run_id, host=host, port=port, token=token, ready=ready, report=report)
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--run",
+    "run_ids",
+    multiple=True,
+    help="A run_id (or a unique prefix); default: the latest run. Give it again for several.",
+)
+@click.option("--all-runs", is_flag=True, help="Every run of the store, side by side.")
+@format_option
+@user_errors
+def layers(db, run_ids, all_runs, fmt):
+    """Where inside the model does each augmentation's shift appear? Per augmentation (and
+    severity) and layer: the mean cosine of the pooled token with the original's and its 95%
+    interval, the drift (1 - mean cosine), the onset layer (the first whose drift reaches half
+    the last layer's) and, for a run ingested with --hidden-states, the linear CKA of the
+    originals' and variants' pooled hidden states over the run's images, with the estimator
+    used (full or minibatch). docs/metrics.md defines them."""
+    from clipshift.formatting import drop_empty_severity, format_rows
+    from clipshift.layers import layers as run_layers
+
+    if not all_runs and len(run_ids) < 2:
+        run_ids = [_pick_run(db, run_ids[0] if run_ids else None)]
+    result = run_layers(db, run=list(run_ids), all_runs=all_runs)
+    note = result.sections.get("note")
+    if note is not None:
+        click.echo(f"note: {note.rows[0][0]}", err=True)
+    columns, rows = drop_empty_severity(result.columns, result.rows)
+    if result.run is not None and fmt == "table":
+        keep = [i for i, c in enumerate(columns) if c not in ("run_id", "model")]
+        columns, rows = [columns[i] for i in keep], [tuple(r[i] for i in keep) for r in rows]
+    click.echo(format_rows(columns, rows, fmt, max_rows=None))
 
 
 def main() -> None:

@@ -83,6 +83,7 @@ def ingest(
     actors: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_progress: ProgressCallback | None = None,
+    hidden_states: bool = False,
 ) -> IngestSummary:
     """Embed every image under `paths`, original and augmented, into the store at `db`.
 
@@ -128,7 +129,7 @@ def ingest(
     names = [p.label for p in perturbations]
     # the spec, not the labels: a worker resolves it to the same perturbations (a user suite
     # file included, by its absolute path)
-    settings = PrepareSettings(image_size, spec_items(augmentations), seed)
+    settings = PrepareSettings(image_size, spec_items(augmentations), seed, hidden_states)
     # started before the model loads, so that the workers' own start-up overlaps it
     pool = None
     if engine == "local" and workers > 1 and len(files) > 1:
@@ -196,6 +197,7 @@ def _ingest(
             device=device if engine == "local" else "cpu",
             image_size=image_size,
             precision=precision,
+            hidden_states=settings.hidden_states,
         )
         summary.model_loaded = True
         run_id = run_identity(model, encoder.revision, image_size, seed, aug_hash, precision)
