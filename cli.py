@@ -528,7 +528,27 @@ def retrieval(db, ks, exact, run_id, fmt):
     from clipshift.formatting import format_rows
     from clipshift.retrieval import retrieval as evaluate
 
-    result = evaluate(db, ks, exact=exact, run=_pick_run(db, run_id))
+    bar = None
+    shown = 0
+
+    def progress(done: int, total: int) -> None:
+        # a bar on a terminal only: 1.33M queries at the paper's 133k images take minutes
+        nonlocal bar, shown
+        if not sys.stderr.isatty():
+            return
+        if bar is None:
+            bar = click.progressbar(
+                length=total, label="retrieval queries", file=sys.stderr, show_pos=True
+            )
+            bar.__enter__()
+        bar.update(done - shown)
+        shown = done
+
+    try:
+        result = evaluate(db, ks, exact=exact, run=_pick_run(db, run_id), on_progress=progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     rows = [[row[c] for c in result.columns] for row in result.rows]
