@@ -13,7 +13,8 @@ Everything side by side in one run, on one machine, each measurement in a fresh 
     fixed start-up cost: imports, model load, workers' start), and the CPU time per image
     spent outside the model (difference of runs of N and 2N images: start-up cancels);
   - full-size ViT-B/32 with random weights (the cost of openai/clip-vit-base-patch32):
-    steady-state ingest against the bare forward pass at the same batch;
+    steady-state ingest with the default --workers (printed, as is the tiny model's) against
+    the bare forward pass at the same batch;
   - peak RSS of the main process and of a worker, for N and 2N images, 1..cores workers;
   - precision: the embedding difference of bf16 and fp16 against fp32 (full-size ViT-B/32,
     random weights, real photos);
