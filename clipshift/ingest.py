@@ -109,7 +109,9 @@ def ingest(
     else one); `workers` applies to the local engine only.
     """
     started = time.perf_counter()
-    _check_options(image_size, batch_size, limit, keep_pixels, workers or 1, precision)
+    _check_options(
+        image_size, batch_size, limit, keep_pixels, 1 if workers is None else workers, precision
+    )
     if engine not in ENGINES:
         raise ClipshiftError(f"--engine {engine}: one of {', '.join(ENGINES)}")
     files = list(discover(paths))
