@@ -164,7 +164,7 @@ def cli():
     "--workers",
     type=int,
     default=None,
-    show_default="the cores this process may use",
+    show_default="one per core; 1 for a costly model on the CPU",
     help="Processes that read, decode, augment and measure images while the model runs; "
     "1 does it in this process. Results do not depend on it.",
 )

@@ -111,6 +111,29 @@ class ResolvedModel:
         return weights_revision(self.name)
 
 
+def model_config(model: ResolvedModel) -> dict | None:
+    """The model's config.json, from its folder or the local cache, without transformers; None
+    where neither has it (a model that is yet to be downloaded) or it does not parse."""
+    import json
+
+    if model.local_dir is not None:
+        path = model.local_dir / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(model.source, "config.json")
+        except Exception:  # noqa: BLE001 - as in_hub_cache
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def resolve_model(model_name: str) -> ResolvedModel:
     """`model_name` as a ResolvedModel; a ClipshiftError at once where it is neither a folder
     nor cached and the hub cannot be reached (`require_model`)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -31,10 +32,17 @@ from .defaults import (
 )
 from .engines.job import IngestJob, IngestSummary, ProgressCallback
 from .filters import matches, where
-from .hub import ResolvedModel, resolve_model
+from .hub import ResolvedModel, model_config, resolve_model
 from .sources import discover
 from .store import Store
-from .workers import PreparePool, default_workers
+from .workers import (
+    CPU_GFLOPS_PER_CORE,
+    PREPARE_SECONDS_PER_INPUT,
+    PreparePool,
+    available_cores,
+    default_workers,
+    inference_gflop,
+)
 
 # The stages and the suites import albumentations, and with it torch (about 5 s here): they are
 # imported once the cheap checks have passed, so that a wrong path, --db or an unreachable model
@@ -93,16 +101,18 @@ def ingest(
     holds with pixels. `on_start(total)` is called once the paths are known,
     `on_progress(images_done, summary)` after each batch.
 
-    `workers` processes (default: one per core this process may use) run the per-image CPU
-    stages; 1 runs them in a thread of this process. The results do not depend on it.
+    `workers` processes run the per-image CPU stages; 1 runs them in a thread of this process.
+    The results do not depend on it. The default (`_default_workers`) leaves the cores to a
+    model that runs on the CPU, and gives them to the CPU stages where it runs elsewhere.
     `precision` (fp32, bf16, fp16) is the model's compute precision, part of the run's identity.
     `engine` "local" runs here; "ray" runs the same stages on a Ray cluster
     (clipshift.engines.ray) with `actors` model actors (default: one per GPU of the cluster,
     else one); `workers` applies to the local engine only.
     """
     started = time.perf_counter()
-    workers = default_workers() if workers is None else workers
-    _check_options(image_size, batch_size, limit, keep_pixels, workers, precision)
+    _check_options(
+        image_size, batch_size, limit, keep_pixels, 1 if workers is None else workers, precision
+    )
     if engine not in ENGINES:
         raise ClipshiftError(f"--engine {engine}: one of {', '.join(ENGINES)}")
     files = list(discover(paths))
@@ -127,6 +137,12 @@ def ingest(
 
     perturbations = resolve(augmentations)
     names = [p.label for p in perturbations]
+    if workers is None:  # the other engines do not use it
+        workers = (
+            _default_workers(resolved, device, image_size, 1 + len(names))
+            if engine == "local"
+            else 1
+        )
     # the spec, not the labels: a worker resolves it to the same perturbations (a user suite
     # file included, by its absolute path)
     settings = PrepareSettings(image_size, spec_items(augmentations), seed, hidden_states)
@@ -157,6 +173,24 @@ def ingest(
     finally:
         if pool is not None:
             pool.close()
+
+
+def _default_workers(model: ResolvedModel, device: str, image_size: int, variants: int) -> int:
+    """`default_workers` for this model and device, the model's cost estimated from its config
+    (an unknown cost on the CPU is taken as the model's, which leaves the cores to it)."""
+    from .encoder import resolve_device
+
+    kind = resolve_device(device).type
+    config = model_config(model) or {}
+    vision = config.get("vision_config")
+    if not isinstance(vision, dict):
+        model_seconds = math.inf
+    else:
+        gflop = inference_gflop(vision, image_size)
+        model_seconds = variants * gflop / CPU_GFLOPS_PER_CORE
+    return default_workers(
+        kind, available_cores(), model_seconds, variants * PREPARE_SECONDS_PER_INPUT
+    )
 
 
 def _ingest(
