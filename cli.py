@@ -164,7 +164,7 @@ def cli():
     "--workers",
     type=int,
     default=None,
-    show_default="the cores this process may use",
+    show_default="one per core; 1 for a costly model on the CPU",
     help="Processes that read, decode, augment and measure images while the model runs; "
     "1 does it in this process. Results do not depend on it.",
 )
@@ -189,6 +189,13 @@ def cli():
     type=int,
     default=None,
     help="--engine ray: model actors (default: one per GPU of the cluster, else one).",
+)
+@click.option(
+    "--hidden-states",
+    is_flag=True,
+    help="Also store every layer's pooled hidden state (float16), for CKA in `clipshift "
+    "layers` and your own analyses: (layers + 1) x width x 2 bytes a row, about 19.5 KB for "
+    "ViT-B/32.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option(
@@ -227,6 +234,7 @@ def ingest(
     precision,
     engine,
     actors,
+    hidden_states,
     quiet,
     labels_from,
     label_key,
@@ -244,9 +252,13 @@ def ingest(
     --label-column, --labels-from folder). Running the same command again stores nothing
     twice and resumes where an interrupted run stopped.
     """
+    from clipshift import ClipshiftError
     from clipshift.datasets import DatasetOptions
     from clipshift.ingest import ingest as run_ingest
 
+    if hidden_states and engine != "local":
+        # the Ray engine's model actors do not take the option yet (clipshift/ray_engine.py)
+        raise ClipshiftError("--hidden-states: runs with --engine local only, for now")
     asked = (labels_from, label_key, label_column, id_column, label_names)
     dataset = None
     if any(v is not None for v in asked) or image_column != D.IMAGE_COLUMN:
@@ -274,6 +286,7 @@ def ingest(
             on_start=bar.start,
             on_progress=bar.update,
             dataset=dataset,
+            hidden_states=hidden_states,
         )
     except KeyboardInterrupt:
         bar.finish()
@@ -288,6 +301,12 @@ def ingest(
         from clipshift.formatting import format_ingest_summary
 
         click.echo(format_ingest_summary(summary))
+        if hidden_states and summary.run_id:
+            from clipshift.layers import hidden_state_bytes
+
+            per_row = hidden_state_bytes(db, summary.run_id)
+            if per_row:
+                click.echo(f"--hidden-states: {per_row:,} bytes a row")
     if summary.held == 0 and summary.failed:
         # none of the given images is in the store, not even from an earlier run: a failure.
         # A rerun whose new files all fail (the nightly one over a folder with a few
@@ -547,7 +566,27 @@ def retrieval(db, ks, exact, run_id, fmt):
     from clipshift.formatting import format_rows
     from clipshift.retrieval import retrieval as evaluate
 
-    result = evaluate(db, ks, exact=exact, run=_pick_run(db, run_id))
+    bar = None
+    shown = 0
+
+    def progress(done: int, total: int) -> None:
+        # a bar on a terminal only: 1.33M queries at the paper's 133k images take minutes
+        nonlocal bar, shown
+        if not sys.stderr.isatty():
+            return
+        if bar is None:
+            bar = click.progressbar(
+                length=total, label="retrieval queries", file=sys.stderr, show_pos=True
+            )
+            bar.__enter__()
+        bar.update(done - shown)
+        shown = done
+
+    try:
+        result = evaluate(db, ks, exact=exact, run=_pick_run(db, run_id), on_progress=progress)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     rows = [[row[c] for c in result.columns] for row in result.rows]
@@ -1000,6 +1039,79 @@ def directions(db, prompts, run_id, matrix, device, fmt):
     result = run_directions(db, prompts=prompts, run=run_id, device=device)
     shown = result.matrix if matrix else result.summary
     columns, rows = drop_empty_severity(shown.columns, shown.rows)
+    click.echo(format_rows(columns, rows, fmt, max_rows=None))
+
+
+# -- serve (clipshift/serve/) ---------------------------------------------------------------
+
+
+@cli.command()
+@db_option
+@run_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to bind.")
+@click.option("--port", default=8765, show_default=True, type=int, help="The port (0: any free).")
+@click.option(
+    "--token",
+    default=None,
+    help="The token a request must carry; generated where --host is not a loopback address.",
+)
+@click.option(
+    "--report",
+    default=D.REPORT_OUT,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="A `clipshift report` folder whose figures the runs view shows, where it exists.",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+@user_errors
+def serve(db, run_id, host, port, token, report, open_browser):
+    """Explore the store in the browser: runs and summary, a gallery of the images ranked by
+    their shift, each image with its variants and attention maps, a map of the embeddings and
+    an SQL console. Read-only; binds 127.0.0.1 unless --host says otherwise (then a token
+    is required). Stop it with Ctrl-C."""
+    from clipshift.serve import serve as run_serve
+
+    def ready(served):
+        click.echo(f"clipshift serve: {served.url}  (Ctrl-C stops it)", err=True)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(served.url)
+
+    run_serve(db, run=run_id, host=host, port=port, token=token, ready=ready, report=report)
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--run",
+    "run_ids",
+    multiple=True,
+    help="A run_id (or a unique prefix); default: the latest run. Give it again for several.",
+)
+@click.option("--all-runs", is_flag=True, help="Every run of the store, side by side.")
+@format_option
+@user_errors
+def layers(db, run_ids, all_runs, fmt):
+    """Where inside the model does each augmentation's shift appear? Per augmentation (and
+    severity) and layer: the mean cosine of the pooled token with the original's and its 95%
+    interval, the drift (1 - mean cosine), the onset layer (the first whose drift reaches half
+    the last layer's) and, for a run ingested with --hidden-states, the linear CKA of the
+    originals' and variants' pooled hidden states over the run's images, with the estimator
+    used (full or minibatch). docs/metrics.md defines them."""
+    from clipshift.formatting import drop_empty_severity, format_rows
+    from clipshift.layers import layers as run_layers
+
+    if not all_runs and len(run_ids) < 2:
+        run_ids = [_pick_run(db, run_ids[0] if run_ids else None)]
+    result = run_layers(db, run=list(run_ids), all_runs=all_runs)
+    note = result.sections.get("note")
+    if note is not None:
+        click.echo(f"note: {note.rows[0][0]}", err=True)
+    columns, rows = drop_empty_severity(result.columns, result.rows)
+    if result.run is not None and fmt == "table":
+        keep = [i for i, c in enumerate(columns) if c not in ("run_id", "model")]
+        columns, rows = [columns[i] for i in keep], [tuple(r[i] for i in keep) for r in rows]
     click.echo(format_rows(columns, rows, fmt, max_rows=None))
 
 

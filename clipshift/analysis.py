@@ -179,8 +179,13 @@ def _kendall(kendalltau, pairs: list[tuple[float, float]]) -> tuple[float, float
 # -- ad hoc SQL ------------------------------------------------------------------------------
 
 
-def sql(db: str | os.PathLike | Store, query: str, max_rows: int | None = None) -> Rows:
+def sql(
+    db: str | os.PathLike | Store | duckdb.DuckDBPyConnection,
+    query: str,
+    max_rows: int | None = None,
+) -> Rows:
     """Run the user's `query` over the views; read-only towards the store (see `connect`).
+    `db` may be a connection from `connect` (`clipshift serve` interrupts it past a time limit).
 
     With `max_rows`, only that many rows are fetched into Python and `total_rows` counts
     them all (the rest stay in Arrow), so a query over every embedding is cheap to preview.
@@ -188,7 +193,7 @@ def sql(db: str | os.PathLike | Store, query: str, max_rows: int | None = None) 
     """
     if max_rows is not None and max_rows < 0:
         raise ClipshiftError(f"--max-rows {max_rows}: give 0 or more")
-    con = connect(db)
+    con = db if isinstance(db, duckdb.DuckDBPyConnection) else connect(db)
     relation = _run_user_query(con, query)
     if relation is None:  # a statement without rows (CREATE VIEW, SET, ...)
         return Rows([], [])

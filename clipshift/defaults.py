@@ -64,6 +64,16 @@ STAGES = IMAGE_STAGES + BATCH_STAGES
 PRECISIONS = ("fp32", "bf16", "fp16")
 PRECISION = "fp32"
 
+
+def check_precision(precision: str) -> None:
+    """The one check of a --precision, made before torch is imported (ingest) and again by the
+    encoder for library callers."""
+    if precision not in PRECISIONS:
+        from . import ClipshiftError  # clipshift/__init__ imports this module first
+
+        raise ClipshiftError(f"unknown --precision {precision}: choose {', '.join(PRECISIONS)}")
+
+
 # -- output ------------------------------------------------------------------------------------
 FORMATS = ("table", "csv", "json")
 SQL_FORMATS = (*FORMATS, "parquet")

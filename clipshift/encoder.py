@@ -15,27 +15,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ClipshiftError
-from .defaults import DEVICES, IMAGE_SIZE, PRECISION, PRECISIONS
-from .families import Family, family_of
+from . import ClipshiftError, first_line
+from .defaults import DEVICES, IMAGE_SIZE, PRECISION, PRECISIONS, check_precision
+from .families import Family, LayerOutput, family_of
 from .hub import ResolvedModel, folder_revision, load_error, load_pretrained, resolve_model
 
 # --precision: the dtype of the weights and activations. Outputs are float32 whatever it is;
 # docs/metrics.md gives the measured embedding difference of each against fp32.
 # texts per text-encoder forward
 TEXT_BATCH = 256
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ClipshiftError(f"unknown --precision {precision}: choose {', '.join(PRECISIONS)}")
+DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 
 
 @dataclass
 class Encoded:
     embeddings: np.ndarray  # (N, D) float32, un-normalised
     attention: np.ndarray  # (N, maps, g*g) float32: the family's maps (docs/metrics.md)
+    # the layer metrics (docs/metrics.md), where `start` was given each row's original
+    layer_cosine: np.ndarray | None = None  # (N, L + 1) float32; SigLIP (N, L + 2)
+    token_drift: np.ndarray | None = None  # (N, L, g*g) float32
+    hidden_states: np.ndarray | None = None  # (N, L + 1, width) float16, with hidden_states
 
 
 @dataclass
@@ -44,6 +43,7 @@ class Pending:
 
     embeddings: torch.Tensor
     attention: torch.Tensor
+    layers: LayerOutput | None = None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -75,8 +75,11 @@ class Encoder:
         device: str = "auto",
         image_size: int = IMAGE_SIZE,
         precision: str = PRECISION,
+        hidden_states: bool = False,
     ):
         check_precision(precision)
+        # --hidden-states: keep every layer's pooled hidden state (float16) beside the metrics
+        self.hidden_states = hidden_states
         self.precision = precision
         self.dtype = DTYPES[precision]
         self.device = resolve_device(device)
@@ -175,23 +178,41 @@ class Encoder:
         return pinned
 
     @torch.inference_mode()
-    def start(self, images: np.ndarray) -> Pending:
+    def start(self, images: np.ndarray, references: np.ndarray | None = None) -> Pending:
         """Queue the forward pass of (N, S, S, 3) uint8 images; on CUDA this returns before
-        the device is done, so the caller can prepare (and start) the next batch meanwhile."""
-        output = self.family.encode_images(self.model, self.pixel_values(images), self._interpolate)
-        return Pending(output.embeddings, output.attention)
+        the device is done, so the caller can prepare (and start) the next batch meanwhile.
+        `references` (N,): each row's original's row index in `images` (its own for an
+        original), for the layer metrics; None computes none."""
+        if references is not None:
+            references = torch.as_tensor(references, dtype=torch.long, device=self.device)
+        output = self.family.encode_images(
+            self.model,
+            self.pixel_values(images),
+            self._interpolate,
+            references,
+            keep_hidden=self.hidden_states,
+        )
+        return Pending(output.embeddings, output.attention, output.layers)
 
     @torch.inference_mode()
     def finish(self, pending: Pending) -> Encoded:
-        """Wait for a queued forward pass; its outputs as float32 arrays."""
-        return Encoded(
+        """Wait for a queued forward pass; its outputs as float32 arrays (hidden states float16)."""
+        encoded = Encoded(
             pending.embeddings.float().cpu().numpy(),
             pending.attention.float().cpu().numpy(),
         )
+        layers = pending.layers
+        if layers is not None:
+            encoded.layer_cosine = layers.layer_cosine.cpu().numpy()
+            encoded.token_drift = layers.token_drift.cpu().numpy()
+            if layers.hidden_states is not None:
+                encoded.hidden_states = layers.hidden_states.cpu().numpy()
+        return encoded
 
-    def encode(self, images: np.ndarray) -> Encoded:
-        """Embeddings and attention of (N, S, S, 3) uint8 images."""
-        return self.finish(self.start(images))
+    def encode(self, images: np.ndarray, references: np.ndarray | None = None) -> Encoded:
+        """Embeddings and attention of (N, S, S, 3) uint8 images (and the layer metrics, given
+        each row's original: `start`)."""
+        return self.finish(self.start(images, references))
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> np.ndarray:
@@ -251,7 +272,7 @@ class Encoder:
             except (OSError, ValueError) as exc:
                 raise ClipshiftError(
                     f"cannot load the text tokenizer of {self.model_name}: "
-                    f"{str(exc).splitlines()[0]} (text queries need the model's tokenizer files)"
+                    f"{first_line(exc)} (text queries need the model's tokenizer files)"
                 ) from None
         return self._text_tokenizer
 

@@ -18,6 +18,12 @@ SDPA's output and one row of scores; SigLIP's, whose map needs every score, comp
 a block of queries at a time.
 CLIPSHIFT_ATTENTION=eager selects transformers' eager forward instead (the fallback, also
 taken for any model whose vision layers are not the classes the loop re-implements).
+
+Layer metrics (docs/metrics.md): given each row's original (`references`, the row index of
+its image's original in the same batch), a `LayerProbe` compares every row's hidden states
+with its original's at the output of each layer, inside the forward: the pooled token's
+cosine (`layer_cosine`) and each patch token's 1 - cosine (`token_drift`). Nothing is kept
+between layers but those few floats a row, so no second pass and no stored tokens.
 """
 
 from __future__ import annotations
@@ -89,9 +95,77 @@ class Preprocessing:
 
 
 @dataclass
+class LayerOutput:
+    """The layer metrics of one batch (docs/metrics.md), from `LayerProbe.result`."""
+
+    layer_cosine: torch.Tensor  # (N, L + 1), SigLIP (N, L + 2): float32
+    token_drift: torch.Tensor  # (N, L, g*g) float32: 1 - cosine per patch, layers 1..L
+    hidden_states: torch.Tensor | None  # (N, L + 1, width) float16, with --hidden-states
+
+
+@dataclass
 class ImageOutput:
     embeddings: torch.Tensor  # (N, D)
     attention: torch.Tensor  # (N, maps, g*g)
+    layers: LayerOutput | None = None
+
+
+class LayerProbe:
+    """Compares each row's hidden states with its image original's, layer by layer, as the
+    forward produces them: `observe(hidden)` once for the embedding layer's output and once per
+    layer, then `head(pooled)` for a pooling head's output (SigLIP). `pool` gives a row's pooled
+    token from its (T, width) hidden states (CLIP: the CLS token; SigLIP: the mean of the patch
+    tokens) and `first_patch` the index of the first patch token. Cosines are computed in
+    float32 whatever the model's precision; an original's rows get exactly 1 and 0."""
+
+    def __init__(
+        self,
+        references: torch.Tensor,
+        pool: Callable[[torch.Tensor], torch.Tensor],
+        first_patch: int,
+        keep_hidden: bool = False,
+    ):
+        self.references = references
+        self.pool = pool
+        self.first_patch = first_patch
+        self.keep_hidden = keep_hidden
+        self.cosines: list[torch.Tensor] = []
+        self.drift: list[torch.Tensor] = []
+        self.hidden: list[torch.Tensor] = []
+
+    def observe(self, hidden: torch.Tensor) -> None:
+        hidden = hidden.float()
+        pooled = self.pool(hidden)
+        self.cosines.append(_cosine(pooled, pooled[self.references]))
+        if self.keep_hidden:
+            self.hidden.append(pooled.half())
+        if len(self.cosines) > 1:  # token drift from the first layer's output on
+            tokens = hidden[:, self.first_patch :]
+            self.drift.append(1.0 - _cosine(tokens, tokens[self.references]))
+
+    def head(self, pooled: torch.Tensor) -> None:
+        pooled = pooled.float()
+        self.cosines.append(_cosine(pooled, pooled[self.references]))
+
+    def result(self) -> LayerOutput:
+        own = self.references == torch.arange(len(self.references), device=self.references.device)
+        cosines = torch.stack(self.cosines, 1).masked_fill(own[:, None], 1.0)
+        drift = torch.stack(self.drift, 1).masked_fill(own[:, None, None], 0.0)
+        hidden = torch.stack(self.hidden, 1) if self.keep_hidden else None
+        return LayerOutput(cosines, drift, hidden)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine along the last axis (torch's, with its 1e-8 floor on each norm)."""
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1)
+
+
+def cls_token(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 0]
+
+
+def mean_token(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden.mean(dim=1)
 
 
 class Family:
@@ -172,16 +246,33 @@ class Family:
         """Attention maps per image: one per layer, plus any pooling head's."""
         return self.vision_config(model).num_hidden_layers
 
-    def encode_images(self, model, pixel_values: torch.Tensor, interpolate: bool) -> ImageOutput:
-        """The embeddings and the family's attention maps of one batch, in one forward."""
-        if self.fast_attention(model):
-            return self._encode_fast(model, pixel_values, interpolate)
-        return self._encode_eager(model, pixel_values, interpolate)
+    def layer_probe(self, references: torch.Tensor, keep_hidden: bool) -> LayerProbe:
+        """The family's pooled token and patch tokens (docs/metrics.md, layer metrics)."""
+        return LayerProbe(references, mean_token, 0, keep_hidden)
 
-    def _encode_fast(self, model, pixel_values, interpolate) -> ImageOutput:
+    def encode_images(
+        self,
+        model,
+        pixel_values: torch.Tensor,
+        interpolate: bool,
+        references: torch.Tensor | None = None,
+        keep_hidden: bool = False,
+    ) -> ImageOutput:
+        """The embeddings and the family's attention maps of one batch, in one forward; with
+        `references` (each row's original's row index in the batch), its layer metrics too."""
+        probe = None if references is None else self.layer_probe(references, keep_hidden)
+        if self.fast_attention(model):
+            output = self._encode_fast(model, pixel_values, interpolate, probe)
+        else:
+            output = self._encode_eager(model, pixel_values, interpolate, probe)
+        if probe is not None:
+            output.layers = probe.result()
+        return output
+
+    def _encode_fast(self, model, pixel_values, interpolate, probe) -> ImageOutput:
         raise NotImplementedError
 
-    def _encode_eager(self, model, pixel_values, interpolate) -> ImageOutput:
+    def _encode_eager(self, model, pixel_values, interpolate, probe) -> ImageOutput:
         raise NotImplementedError
 
     def tokenize(self, tokenizer, texts: list[str], max_length: int) -> dict:
@@ -219,20 +310,29 @@ class CLIPFamily(Family):
             return model.get_text_features(**tokens).pooler_output
         return encode_text_after_prefix(model, ids, eos, shared)
 
-    def _encode_fast(self, model, pixel_values, interpolate):
+    def layer_probe(self, references, keep_hidden):
+        return LayerProbe(references, cls_token, 1, keep_hidden)
+
+    def _encode_fast(self, model, pixel_values, interpolate, probe):
         vision = model.vision_model
         hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=interpolate)
         hidden, maps = vision_layers(
-            vision.encoder.layers, vision.pre_layrnorm(hidden), attend_cls_row
+            vision.encoder.layers, vision.pre_layrnorm(hidden), attend_cls_row, probe
         )
         embeddings = model.visual_projection(vision.post_layernorm(hidden[:, 0, :]))
         return ImageOutput(embeddings, torch.stack(maps, 1))
 
-    def _encode_eager(self, model, pixel_values, interpolate):
+    def _encode_eager(self, model, pixel_values, interpolate, probe):
         outputs = model.vision_model(
-            pixel_values=pixel_values, output_attentions=True, interpolate_pos_encoding=interpolate
+            pixel_values=pixel_values,
+            output_attentions=True,
+            output_hidden_states=probe is not None,
+            interpolate_pos_encoding=interpolate,
         )
         embeddings = model.visual_projection(outputs.pooler_output)
+        if probe is not None:
+            for hidden in outputs.hidden_states:
+                probe.observe(hidden)
         # each layer: (N, heads, 1 + g*g, 1 + g*g) -> CLS row over the patch tokens
         maps = torch.stack([layer[:, :, 0, 1:].mean(dim=1) for layer in outputs.attentions], 1)
         return ImageOutput(embeddings, maps)
@@ -311,15 +411,21 @@ def _attend(layer, query, keys, values, mask, residual: torch.Tensor) -> torch.T
 
 
 def vision_layers(
-    layers, hidden: torch.Tensor, attend: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    layers,
+    hidden: torch.Tensor,
+    attend: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    probe: LayerProbe | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The vision tower's encoder layers (CLIPEncoderLayer's computation, which SigLIP's and
     SigLIP 2's layers share: pre-norm attention, then a pre-norm MLP, each added back; no
     dropout in eval) over `hidden`, with no attention mask (every token of clipshift's S x S
     images is real). `attend(query, keys, values, scale)` gives each layer's attention output
     and the map stored for that layer, from the same queries and keys: the (heads x T x T)
-    weights are never kept. Returns the last hidden states and the maps, one a layer."""
+    weights are never kept. `probe` (layer metrics) sees the input and each layer's output.
+    Returns the last hidden states and the maps, one a layer."""
     maps = []
+    if probe is not None:
+        probe.observe(hidden)
     for layer in layers:
         attention = layer.self_attn
         normed = layer.layer_norm1(hidden)
@@ -330,6 +436,8 @@ def vision_layers(
         maps.append(attention_map)
         hidden = hidden + attention.out_proj(out.transpose(1, 2).reshape(hidden.shape))
         hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
+        if probe is not None:
+            probe.observe(hidden)
     return hidden, maps
 
 
@@ -392,15 +500,17 @@ class SiglipFamily(Family):
     def _vision_inputs(self, model, pixel_values, interpolate) -> dict:
         return {"pixel_values": pixel_values, "interpolate_pos_encoding": interpolate}
 
-    def _encode_fast(self, model, pixel_values, interpolate):
+    def _encode_fast(self, model, pixel_values, interpolate, probe):
         vision = model.vision_model
         inputs = self._vision_inputs(model, pixel_values, interpolate)
         hidden, maps = vision_layers(
-            vision.encoder.layers, self._embed(vision, inputs), attend_received
+            vision.encoder.layers, self._embed(vision, inputs), attend_received, probe
         )
         hidden = vision.post_layernorm(hidden)
-        pooled, probe = self._pool(vision, hidden, inputs)
-        return ImageOutput(pooled, torch.stack([*maps, probe], 1))
+        pooled, probe_map = self._pool(vision, hidden, inputs)
+        if probe is not None:
+            probe.head(pooled)
+        return ImageOutput(pooled, torch.stack([*maps, probe_map], 1))
 
     def _embed(self, vision, inputs: dict) -> torch.Tensor:
         return vision.embeddings(
@@ -426,13 +536,22 @@ class SiglipFamily(Family):
             raise RuntimeError("the pooling head returned no attention weights")
         return output, probe[0][:, 0, :]  # (N, 1, g*g) -> (N, g*g)
 
-    def _encode_eager(self, model, pixel_values, interpolate):
+    def _encode_eager(self, model, pixel_values, interpolate, probe):
         vision = model.vision_model
         inputs = self._vision_inputs(model, pixel_values, interpolate)
-        outputs, probe = self._probed(lambda: vision(**inputs, output_attentions=True), vision)
+        outputs, probe_map = self._probed(
+            lambda: vision(
+                **inputs, output_attentions=True, output_hidden_states=probe is not None
+            ),
+            vision,
+        )
         # each layer: (N, heads, g*g, g*g) -> mean over heads and queries: what each key receives
         maps = [layer.mean(dim=(1, 2)) for layer in outputs.attentions]
-        return ImageOutput(outputs.pooler_output, torch.stack([*maps, probe], 1))
+        if probe is not None:
+            for hidden in outputs.hidden_states:
+                probe.observe(hidden)
+            probe.head(outputs.pooler_output)
+        return ImageOutput(outputs.pooler_output, torch.stack([*maps, probe_map], 1))
 
     def tokenize(self, tokenizer, texts, max_length):
         # SigLIP was trained on texts padded to max_length and pools the last token, without

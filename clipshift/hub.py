@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ClipshiftError
+from . import ClipshiftError, first_line
 
 # How long the hub may take to accept a connection before a model missing from the local
 # cache is reported as unreachable: without this check, transformers retries for ~30 s.
@@ -111,6 +111,29 @@ class ResolvedModel:
         return weights_revision(self.name)
 
 
+def model_config(model: ResolvedModel) -> dict | None:
+    """The model's config.json, from its folder or the local cache, without transformers; None
+    where neither has it (a model that is yet to be downloaded) or it does not parse."""
+    import json
+
+    if model.local_dir is not None:
+        path = model.local_dir / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(model.source, "config.json")
+        except Exception:  # noqa: BLE001 - as in_hub_cache
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def resolve_model(model_name: str) -> ResolvedModel:
     """`model_name` as a ResolvedModel; a ClipshiftError at once where it is neither a folder
     nor cached and the hub cannot be reached (`require_model`)."""
@@ -133,7 +156,7 @@ def require_model(model_name: str) -> None:
 
 def load_error(model_name: str, local: Path, exc: Exception) -> str:
     if local.is_dir():
-        return f"cannot load a model from {local}: {str(exc).splitlines()[0]}"
+        return f"cannot load a model from {local}: {first_line(exc)}"
     if model_name.startswith((".", "/", "~")) or model_name.count("/") > 1:
         return f"--model {model_name}: no such directory"
     if (
@@ -146,4 +169,4 @@ def load_error(model_name: str, local: Path, exc: Exception) -> str:
             "reached. Download it once where the hub is reachable, or pass --model DIR (a folder "
             "made with save_pretrained)"
         )
-    return f"cannot load model {model_name}: {str(exc).splitlines()[0]}"
+    return f"cannot load model {model_name}: {first_line(exc)}"

@@ -8,10 +8,11 @@ neighbors.md has the measurements behind each threshold here.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import ClipshiftError
@@ -75,6 +76,26 @@ def load_embeddings(store: Store, variants_table: str, rows: pc.Expression) -> E
     table = store.dataset(variants_table).to_table(
         columns=["image_id", "variant", "embedding"], filter=rows
     )
+    return _embeddings(table)
+
+
+def stream_embeddings(
+    store: Store, variants_table: str, rows: pc.Expression, block: int
+) -> Iterator[Embeddings]:
+    """`load_embeddings` in blocks of at most `block` rows, in the same order: one block in
+    memory at a time (a run's 1.2M augmented rows are 2.4 GB as float32)."""
+    for batch in store.dataset(variants_table).to_batches(
+        columns=["image_id", "variant", "embedding"], filter=rows, batch_size=block
+    ):
+        if batch.num_rows:
+            yield _embeddings(pa.Table.from_batches([batch]))
+
+
+def count_embeddings(store: Store, variants_table: str, rows: pc.Expression) -> int:
+    return store.dataset(variants_table).count_rows(filter=rows)
+
+
+def _embeddings(table) -> Embeddings:
     dim = table.schema.field("embedding").type.list_size
     flat = table.column("embedding").combine_chunks()
     vectors = flat.values.to_numpy(zero_copy_only=False).reshape(table.num_rows, dim)
@@ -194,16 +215,20 @@ def ann_recall(
     k: int = 10,
     sample: int = ANN_RECALL_SAMPLE,
     seed: int = 0,
+    *,
+    queries: np.ndarray | None = None,
+    originals: Embeddings | None = None,
 ) -> tuple[float, int]:
-    """Share of the exact top-k originals that the index returns, over augmented queries."""
-    augmented = load_embeddings(store, variants_table, augmented_rows(run_id))
-    if not len(augmented.vectors):
+    """Share of the exact top-k originals that the index returns, over augmented queries:
+    `queries` when given (a caller that streams the run's rows picks them with
+    `ann_sample_rows`), else a sample of them loaded here."""
+    if queries is None:
+        augmented = load_embeddings(store, variants_table, augmented_rows(run_id))
+        queries = augmented.vectors[ann_sample_rows(len(augmented.vectors), sample, seed)]
+    if not len(queries):
         return float("nan"), 0
-    picked = np.random.default_rng(seed).choice(
-        len(augmented.vectors), min(sample, len(augmented.vectors)), replace=False
-    )
-    queries = augmented.vectors[picked]
-    originals = load_embeddings(store, variants_table, matches(**run_filter(run_id)))
+    if originals is None:
+        originals = load_embeddings(store, variants_table, matches(**run_filter(run_id)))
     similarities = normalise(queries) @ originals.normalised().T
     k = min(k, len(originals.vectors))
     exact = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
@@ -214,3 +239,8 @@ def ann_recall(
         len(set(ids[index == q]) & set(originals.image_ids[exact[q]])) for q in range(len(queries))
     ]
     return float(np.sum(hits) / (k * len(queries))), len(queries)
+
+
+def ann_sample_rows(rows: int, sample: int = ANN_RECALL_SAMPLE, seed: int = 0) -> np.ndarray:
+    """The positions, among a run's augmented rows, of the queries `ann_recall` samples."""
+    return np.random.default_rng(seed).choice(rows, min(sample, rows), replace=False)

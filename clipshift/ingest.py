@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import itertools
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,14 +30,21 @@ from .defaults import (
     KEEP_PIXELS,
     ORIGINAL,
     PRECISION,
-    PRECISIONS,
+    check_precision,
 )
 from .engines.job import IngestJob, IngestSummary, ProgressCallback
 from .filters import matches, where
-from .hub import ResolvedModel, resolve_model
+from .hub import ResolvedModel, model_config, resolve_model
 from .sources import discover
 from .store import Store
-from .workers import PreparePool, default_workers
+from .workers import (
+    CPU_GFLOPS_PER_CORE,
+    PREPARE_SECONDS_PER_INPUT,
+    PreparePool,
+    available_cores,
+    default_workers,
+    inference_gflop,
+)
 
 # The stages and the suites import albumentations, and with it torch (about 5 s here): they are
 # imported once the cheap checks have passed, so that a wrong path, --db or an unreachable model
@@ -65,7 +73,7 @@ def run_identity(
     the same run_id, so the same command again resumes (or extends) it instead of starting anew.
     The number of workers is not part of it: results do not depend on it."""
     key = {"revision": revision, "image_size": image_size, "seed": seed, "augmentations": aug_hash}
-    if precision != "fp32":
+    if precision != PRECISION:
         key["precision"] = precision  # fp32 runs keep the run_ids they had before precisions
     if revision == "unknown":
         key["model"] = model.name
@@ -90,6 +98,7 @@ def ingest(
     actors: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_progress: ProgressCallback | None = None,
+    hidden_states: bool = False,
     dataset: DatasetOptions | None = None,
 ) -> IngestSummary:
     """Embed every image under `paths`, original and augmented, into the store at `db`.
@@ -100,8 +109,9 @@ def ingest(
     holds with pixels. `on_start(total)` is called once the paths are known,
     `on_progress(images_done, summary)` after each batch.
 
-    `workers` processes (default: one per core this process may use) run the per-image CPU
-    stages; 1 runs them in a thread of this process. The results do not depend on it.
+    `workers` processes run the per-image CPU stages; 1 runs them in a thread of this process.
+    The results do not depend on it. The default (`_default_workers`) leaves the cores to a
+    model that runs on the CPU, and gives them to the CPU stages where it runs elsewhere.
     `precision` (fp32, bf16, fp16) is the model's compute precision, part of the run's identity.
     `engine` "local" runs here; "ray" runs the same stages on a Ray cluster
     (clipshift.engines.ray) with `actors` model actors (default: one per GPU of the cluster,
@@ -113,8 +123,9 @@ def ingest(
     stored in `images`; `on_start` then gets 0 (the total is not known ahead).
     """
     started = time.perf_counter()
-    workers = default_workers() if workers is None else workers
-    _check_options(image_size, batch_size, limit, keep_pixels, workers, precision)
+    _check_options(
+        image_size, batch_size, limit, keep_pixels, 1 if workers is None else workers, precision
+    )
     if engine not in ENGINES:
         raise ClipshiftError(f"--engine {engine}: one of {', '.join(ENGINES)}")
     rest: Iterator | None = None
@@ -148,9 +159,15 @@ def ingest(
 
     perturbations = resolve(augmentations)
     names = [p.label for p in perturbations]
+    if workers is None:  # the other engines do not use it
+        workers = (
+            _default_workers(resolved, device, image_size, 1 + len(names))
+            if engine == "local"
+            else 1
+        )
     # the spec, not the labels: a worker resolves it to the same perturbations (a user suite
     # file included, by its absolute path)
-    settings = PrepareSettings(image_size, spec_items(augmentations), seed)
+    settings = PrepareSettings(image_size, spec_items(augmentations), seed, hidden_states)
     # started before the model loads, so that the workers' own start-up overlaps it
     pool = None
     if engine == "local" and workers > 1 and len(files) > 1:
@@ -188,6 +205,24 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
+def _default_workers(model: ResolvedModel, device: str, image_size: int, variants: int) -> int:
+    """`default_workers` for this model and device, the model's cost estimated from its config
+    (an unknown cost on the CPU is taken as the model's, which leaves the cores to it)."""
+    from .encoder import resolve_device
+
+    kind = resolve_device(device).type
+    config = model_config(model) or {}
+    vision = config.get("vision_config")
+    if not isinstance(vision, dict):
+        model_seconds = math.inf
+    else:
+        gflop = inference_gflop(vision, image_size)
+        model_seconds = variants * gflop / CPU_GFLOPS_PER_CORE
+    return default_workers(
+        kind, available_cores(), model_seconds, variants * PREPARE_SECONDS_PER_INPUT
+    )
+
+
 def _ingest(
     files: list[Path],
     db: str | Path,
@@ -212,10 +247,10 @@ def _ingest(
 
     names = [p.label for p in perturbations]
     image_size, seed = settings.image_size, settings.seed
-    store = Store.open(db, create=True)
     config = augmentation_config(perturbations)
     aug_hash = config_hash(config)
     encoder: Encoder | None = None
+    store: Store | None = None
 
     def load_encoder() -> Encoder:
         nonlocal encoder
@@ -227,6 +262,7 @@ def _ingest(
             device=device if engine == "local" else "cpu",
             image_size=image_size,
             precision=precision,
+            hidden_states=settings.hidden_states,
         )
         summary.model_loaded = True
         run_id = run_identity(model, encoder.revision, image_size, seed, aug_hash, precision)
@@ -237,9 +273,14 @@ def _ingest(
                 f"{encoder.revision} now): run the same command again"
             )
         summary.run_id, summary.model_revision = run_id, encoder.revision
+        if store is not None:
+            register_run(encoder)
+        return encoder
+
+    def register_run(encoder: Encoder) -> None:
         store.ensure_run(
             {
-                "run_id": run_id,
+                "run_id": summary.run_id,
                 **encoder.run_fields(),
                 "seed": seed,
                 "augmentations": json.dumps(config),
@@ -248,7 +289,6 @@ def _ingest(
                 "created_at": datetime.now(timezone.utc),
             }
         )
-        return encoder
 
     summary = IngestSummary(
         db=str(db),
@@ -268,13 +308,18 @@ def _ingest(
     held_run = None
     if model.revision is not None:
         run_id = run_identity(model, model.revision, image_size, seed, aug_hash, precision)
-        held_run = _stored_run(store, run_id)
+        held_run = _held_run(db, run_id)
     if held_run is None:
+        # a new run: the model loads before the store is made, so a model that cannot load
+        # leaves no store behind
         embedding_dim = load_encoder().embedding_dim
     else:
         summary.run_id, summary.model_revision = run_id, model.revision
         embedding_dim = held_run["embedding_dim"]
     run_id = summary.run_id
+    store = Store.open(db, create=True)
+    if encoder is not None:
+        register_run(encoder)
     if on_start:
         on_start(0 if rest is not None else len(files))
 
@@ -366,8 +411,20 @@ def _check_options(
         raise ClipshiftError(f"--keep-pixels {keep_pixels}: use a count, 0 for none or -1 for all")
     if workers < 1:
         raise ClipshiftError(f"--workers {workers}: use 1 or more (1 runs in this process)")
-    if precision not in PRECISIONS:
-        raise ClipshiftError(f"unknown --precision {precision}: choose {', '.join(PRECISIONS)}")
+    check_precision(precision)
+
+
+def _held_run(db: str | Path, run_id: str) -> dict | None:
+    """The `runs` row of `run_id` in the store at `db`, or None: also where there is no store
+    yet, or one that only opens for writing (it needs a migration), so the model loads."""
+    try:
+        store = Store.open(db)
+    except ClipshiftError:
+        return None
+    try:
+        return _stored_run(store, run_id)
+    finally:
+        store.close()
 
 
 def _stored_run(store: Store, run_id: str) -> dict | None:

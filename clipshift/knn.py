@@ -45,42 +45,60 @@ def exact_neighbors(
     candidates hold every original more similar than its own and its exact top `depth` is
     recomputed in full in float32 (`full_rows`, the plain method). On a CPU without native
     bfloat16 arithmetic every query takes that plain path."""
-    from concurrent.futures import ThreadPoolExecutor
+    return ExactSearch(originals)(queries, own, depth)
 
-    import torch
 
-    originals_t = torch.from_numpy(originals)
-    screen = Bf16Screen(originals_t) if native_bf16() else None
-    ranks = np.empty(len(queries), np.int64)
-    knn = np.empty((len(queries), depth), np.int64)
-    rows = max(1, min(EXACT_BLOCK, EXACT_BLOCK_BYTES // (4 * len(originals))))
+class ExactSearch:
+    """`exact_neighbors` over fixed originals, for queries that come in blocks: the originals'
+    bfloat16 copy is made once, not once per block of a streamed retrieval."""
 
-    def one_block(start: int) -> None:
-        stop = min(start + rows, len(queries))
-        block, own_block = torch.from_numpy(queries[start:stop]), torch.from_numpy(own[start:stop])
-        if screen is None:
-            block_ranks, block_knn = full_rows(originals_t, block, own_block, depth)
-        else:
-            block_ranks, block_knn = _block_neighbors(originals_t, screen, block, own_block, depth)
-        ranks[start:stop] = block_ranks.numpy()
-        knn[start:stop] = block_knn.numpy()
+    def __init__(self, originals: np.ndarray):
+        import torch
 
-    # Blocks go to one worker per core, each running torch single-threaded: two-thread torch
-    # ops stall at every barrier while another process holds a core (up to 20x slower on the
-    # gathers and top-k here), whereas a worker per core only loses its own share.
-    workers = torch.get_num_threads()
+        self.originals = torch.from_numpy(originals)
+        self.screen = Bf16Screen(self.originals) if native_bf16() else None
 
-    def single_threaded(start: int) -> None:
+    def __call__(
+        self, queries: np.ndarray, own: np.ndarray, depth: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        originals_t, screen = self.originals, self.screen
+        ranks = np.empty(len(queries), np.int64)
+        knn = np.empty((len(queries), depth), np.int64)
+        rows = max(1, min(EXACT_BLOCK, EXACT_BLOCK_BYTES // (4 * len(originals_t))))
+
+        def one_block(start: int) -> None:
+            stop = min(start + rows, len(queries))
+            block = torch.from_numpy(queries[start:stop])
+            own_block = torch.from_numpy(own[start:stop])
+            if screen is None:
+                block_ranks, block_knn = full_rows(originals_t, block, own_block, depth)
+            else:
+                block_ranks, block_knn = _block_neighbors(
+                    originals_t, screen, block, own_block, depth
+                )
+            ranks[start:stop] = block_ranks.numpy()
+            knn[start:stop] = block_knn.numpy()
+
+        # Blocks go to one worker per core, each running torch single-threaded: two-thread
+        # torch ops stall at every barrier while another process holds a core (up to 20x slower
+        # on the gathers and top-k here), whereas a worker per core only loses its own share.
+        workers = torch.get_num_threads()
+
+        def single_threaded(start: int) -> None:
+            torch.set_num_threads(1)
+            one_block(start)
+
         torch.set_num_threads(1)
-        one_block(start)
-
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(single_threaded, range(0, len(queries), rows)))
-    finally:
-        torch.set_num_threads(workers)
-    return ranks, knn
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(single_threaded, range(0, len(queries), rows)))
+        finally:
+            torch.set_num_threads(workers)
+        return ranks, knn
 
 
 def native_bf16() -> bool:

@@ -13,7 +13,7 @@ queries; docs/neighbors.md has the measurements behind each threshold here.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,17 +22,19 @@ from . import ClipshiftError
 from .defaults import DEFAULT_KS
 from .filters import matches, where
 from .index import (
-    Embeddings,
     ann_recall,
+    ann_sample_rows,
     augmented_rows,
+    count_embeddings,
     ensure_index,
     load_embeddings,
     open_run,
     query_index,
     run_filter,
     search,
+    stream_embeddings,
 )
-from .knn import exact_neighbors, normalise
+from .knn import ExactSearch, normalise
 from .store import Store
 
 # Bulk retrieval through the index costs ~100x the exact search per query at 13k originals
@@ -40,6 +42,9 @@ from .store import Store
 # pays for the bulk evaluation of a run with about this many originals.
 RETRIEVAL_INDEX_MIN_ORIGINALS = 1_000_000
 ANN_BLOCK = 512
+# augmented queries read from the store and searched at a time: 32,768 x 512-d float32 is
+# 64 MB (plus its normalised copy), while the whole of a 133k-image run's is 2.4 GB
+RETRIEVAL_BLOCK = 32_768
 
 
 @dataclass
@@ -88,11 +93,15 @@ def retrieval(
     *,
     exact: bool | None = None,
     run: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> RetrievalResult:
     """Per augmentation: recall@k and MRR of the own original, and k-NN overlap, querying with
     every augmented embedding of the run against all its originals.
 
-    `exact=None` chooses: the index when the run has enough originals for it to pay."""
+    `exact=None` chooses: the index when the run has enough originals for it to pay. The
+    augmented queries stream from the store in blocks of `RETRIEVAL_BLOCK`, each reduced to
+    running sums before the next is read, so memory holds the originals and one block
+    (`on_progress(queries_done, queries_total)` after each)."""
     import time
 
     started = time.perf_counter()
@@ -103,49 +112,69 @@ def retrieval(
     originals = load_embeddings(store, table, matches(**run_filter(run_id)))
     if not len(originals.vectors):
         raise ClipshiftError(f"run {run_id} has no stored images yet")
+    notes = [chosen.selection_note] if chosen.selection_note else []
     if exact is None:
         exact = len(originals.vectors) < RETRIEVAL_INDEX_MIN_ORIGINALS
-    notes = [chosen.selection_note] if chosen.selection_note else []
+        if not exact:
+            notes.append(
+                f"{len(originals.vectors):,} originals: searching through the vector index "
+                f"(exact search pays below {RETRIEVAL_INDEX_MIN_ORIGINALS:,}); --exact for "
+                "exact figures"
+            )
     ks, capped = _cap_ks(ks, len(originals.vectors))
     if capped:
         notes.append(capped)
     use_index = not exact and ensure_index(store, chosen, notes)
-    augmented = load_embeddings(store, table, augmented_rows(run_id))
     position = {image_id: i for i, image_id in enumerate(originals.image_ids)}
-    own = np.fromiter(
-        (position[i] for i in augmented.image_ids), np.int64, len(augmented.image_ids)
-    )
     depth = min(max(ks), len(originals.vectors) - 1)
     if use_index:
-        ranks, aug_knn = _ann_neighbors(
-            store, table, run_id, originals, augmented.vectors, own, depth
-        )
-        _, orig_knn = _ann_neighbors(
-            store,
-            table,
-            run_id,
-            originals,
-            originals.vectors,
-            np.arange(len(originals.vectors)),
-            depth,
-        )
+
+        def neighbors(queries: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return _ann_neighbors(store, table, run_id, position, queries, own, depth)
+
+        unit = None
     else:
         unit = originals.normalised()
-        ranks, aug_knn = exact_neighbors(unit, normalise(augmented.vectors), own, depth)
-        _, orig_knn = exact_neighbors(unit, unit, np.arange(len(unit)), depth)
+        search_exact = ExactSearch(unit)
 
-    rows = []
-    for name in dict.fromkeys(augmented.variants):
-        mask = augmented.variants == name
-        row = {"augmentation": name, "n": int(mask.sum())}
-        rank = ranks[mask]
-        for k in ks:
-            row[f"recall_at_{k}"] = float(np.mean((rank >= 1) & (rank <= k)))
-        reciprocal = np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0)
-        row["mrr"] = float(np.mean(reciprocal))
-        for k in ks:
-            row[f"overlap_at_{k}"] = _mean_jaccard(aug_knn[mask], orig_knn[own[mask]], k)
-        rows.append(row)
+        def neighbors(queries: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return search_exact(normalise(queries), own, depth)
+
+    selected = augmented_rows(run_id)
+    total = count_embeddings(store, table, selected) + len(originals.vectors)
+    done = 0
+    orig_knn = np.empty((len(originals.vectors), depth), np.int64)
+    for start in range(0, len(originals.vectors), RETRIEVAL_BLOCK):
+        stop = min(start + RETRIEVAL_BLOCK, len(originals.vectors))
+        queries = unit[start:stop] if unit is not None else originals.vectors[start:stop]
+        _, orig_knn[start:stop] = neighbors(queries, np.arange(start, stop))
+        done += stop - start
+        if on_progress:
+            on_progress(done, total)
+
+    sampled = ann_sample_rows(total - len(originals.vectors)) if use_index else None
+    sample = None
+    sums: dict[str, _Sums] = {}
+    seen = 0
+    for block in stream_embeddings(store, table, selected, RETRIEVAL_BLOCK):
+        own = np.fromiter((position[i] for i in block.image_ids), np.int64, len(block.image_ids))
+        ranks, aug_knn = neighbors(block.vectors, own)
+        for name in dict.fromkeys(block.variants):
+            mask = block.variants == name
+            sums.setdefault(name, _Sums.empty(ks)).add(
+                ranks[mask], aug_knn[mask], orig_knn[own[mask]]
+            )
+        if sampled is not None:
+            if sample is None:
+                sample = np.empty((len(sampled), block.vectors.shape[1]), np.float32)
+            inside = (sampled >= seen) & (sampled < seen + len(block.vectors))
+            sample[inside] = block.vectors[sampled[inside] - seen]
+        seen += len(block.vectors)
+        done += len(block.vectors)
+        if on_progress:
+            on_progress(done, total)
+
+    rows = [{"augmentation": name, **entry.row(ks, depth)} for name, entry in sums.items()]
     columns = ["augmentation", "n", *(f"recall_at_{k}" for k in ks), "mrr"]
     columns += [f"overlap_at_{k}" for k in ks]
     result = RetrievalResult(
@@ -157,16 +186,50 @@ def retrieval(
         columns=columns,
     )
     if use_index:
-        result.ann_recall_at_10, result.ann_sample = ann_recall(store, table, run_id)
+        result.ann_recall_at_10, result.ann_sample = ann_recall(
+            store, table, run_id, queries=sample, originals=originals
+        )
     result.seconds = time.perf_counter() - started
     return result
+
+
+@dataclass
+class _Sums:
+    """One augmentation's running sums over its queries: what its row of figures averages."""
+
+    n: int
+    hits: dict[int, int]  # queries whose own original ranks within k
+    reciprocal: float
+    jaccard: dict[int, float]
+
+    @classmethod
+    def empty(cls, ks: list[int]) -> _Sums:
+        return cls(0, dict.fromkeys(ks, 0), 0.0, dict.fromkeys(ks, 0.0))
+
+    def add(self, rank: np.ndarray, aug_knn: np.ndarray, orig_knn: np.ndarray) -> None:
+        self.n += len(rank)
+        for k in self.hits:
+            self.hits[k] += int(np.sum((rank >= 1) & (rank <= k)))
+            if aug_knn.shape[1]:
+                self.jaccard[k] += float(np.sum(_jaccard(aug_knn, orig_knn, k)))
+        self.reciprocal += float(np.sum(np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0)))
+
+    def row(self, ks: list[int], depth: int) -> dict:
+        row = {"n": self.n}
+        row.update({f"recall_at_{k}": self.hits[k] / self.n for k in ks})
+        row["mrr"] = self.reciprocal / self.n
+        # no other original (a run of one): no neighbourhood to overlap
+        row.update(
+            {f"overlap_at_{k}": self.jaccard[k] / self.n if depth else float("nan") for k in ks}
+        )
+        return row
 
 
 def _ann_neighbors(
     store: Store,
     variants_table: str,
     run_id: str,
-    originals: Embeddings,
+    position: dict[str, int],
     queries: np.ndarray,
     own: np.ndarray,
     depth: int,
@@ -174,7 +237,6 @@ def _ann_neighbors(
     """As `knn.exact_neighbors`, through the index. The own original's rank is its position in
     the depth + 1 nearest the index returns; beyond that it counts as 0 (reciprocal rank 0,
     not within any k). Missing neighbours (the index found fewer) are -1."""
-    position = {image_id: i for i, image_id in enumerate(originals.image_ids)}
     ranks = np.zeros(len(queries), np.int64)
     knn = np.full((len(queries), depth), -1, np.int64)
     prefilter = where(**run_filter(run_id))
@@ -197,12 +259,10 @@ def _ann_neighbors(
     return ranks, knn
 
 
-def _mean_jaccard(a: np.ndarray, b: np.ndarray, k: int) -> float:
-    """Mean over rows of |A & B| / |A | B| for the first k columns of a and b (-1 = none);
-    each row holds distinct indices, so the intersection is a count of equal pairs."""
-    if not len(a) or a.shape[1] == 0:
-        return float("nan")
+def _jaccard(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """Per row, |A & B| / |A | B| for the first k columns of a and b (-1 = none); each row
+    holds distinct indices, so the intersection is a count of equal pairs."""
     a, b = a[:, :k], b[:, :k]
     common = ((a[:, :, None] == b[:, None, :]) & (a[:, :, None] >= 0)).sum(axis=(1, 2))
     union = (a >= 0).sum(1) + (b >= 0).sum(1) - common
-    return float(np.mean(np.where(union > 0, common / np.maximum(union, 1), 1.0)))
+    return np.where(union > 0, common / np.maximum(union, 1), 1.0)

@@ -40,8 +40,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from . import first_line
 from .augment import ORIGINAL, Augmenter
-from .defaults import AUGMENTATION_NAMES
+from .defaults import AUGMENTATION_NAMES, IMAGE_SIZE
 from .pixels import IDENTICAL, PixelReference
 from .sources import DecodeError, ObjectFile, Source, decode, read_source
 
@@ -54,10 +55,13 @@ if TYPE_CHECKING:
 class PrepareSettings:
     """Everything the CPU stages need besides the path: the same settings, the same bytes."""
 
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     # what --augmentations names (suites, suite files, perturbations; clipshift.suites.resolve)
     augmentations: tuple[str, ...] = AUGMENTATION_NAMES
     seed: int = 0
+    # --hidden-states: the encoder also keeps every layer's pooled hidden state (the CPU
+    # stages ignore it)
+    hidden_states: bool = False
 
 
 @dataclass
@@ -236,7 +240,15 @@ def start_batch(encoder: Encoder, batch: Sequence[Prepared]) -> Pending:
     """`encode_batch` in two halves: queue the forward pass (on an accelerator it runs while
     the caller goes on), then `finish_batch` waits for its outputs."""
     with _encode_errors():
-        return encoder.start(np.concatenate([p.pixels for p in batch]))
+        return encoder.start(np.concatenate([p.pixels for p in batch]), references(batch))
+
+
+def references(batch: Sequence[Prepared]) -> np.ndarray:
+    """Each row's original's row index in the batch (an image's original comes first): the
+    layer metrics compare every variant with it inside the same forward."""
+    starts = np.cumsum([0] + [len(p.pixels) for p in batch[:-1]])
+    rows = [np.full(len(p.pixels), start) for p, start in zip(batch, starts, strict=True)]
+    return np.concatenate(rows)
 
 
 def finish_batch(encoder: Encoder, pending: Pending) -> Encoded:
@@ -249,8 +261,7 @@ def _encode_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - the batch fails, the run goes on
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise EncodeError(f"{type(exc).__name__}: {first_line}") from exc
+        raise EncodeError(first_line(exc, typed=True)) from exc
 
 
 def image_rows(batch: Sequence[Prepared]) -> pa.Table:
@@ -292,6 +303,19 @@ def variant_rows(run_id: str, batch: Sequence[Prepared], encoded: Encoded, dim: 
     embeddings = pa.FixedSizeListArray.from_arrays(
         pa.array(encoded.embeddings.reshape(-1), pa.float32()), dim
     )
+    nulls = pa.nulls(n, pa.list_(pa.float32()))
+    layer_cosine = token_drift = token_drift_layers = nulls
+    if encoded.layer_cosine is not None:
+        layer_cosine = float_lists(encoded.layer_cosine, encoded.layer_cosine.shape[1])
+        drift_layers = encoded.token_drift.shape[1]
+        token_drift = float_lists(encoded.token_drift[:, -1], cells)
+        token_drift_layers = float_lists(encoded.token_drift, drift_layers * cells)
+    hidden_states = pa.nulls(n, pa.binary())
+    if encoded.hidden_states is not None:
+        # little-endian float16, (L + 1) x width a row: DuckDB has no 16-bit float type
+        hidden_states = pa.array(
+            [row.astype("<f2").tobytes() for row in encoded.hidden_states], pa.binary()
+        )
     return pa.table(
         {
             "run_id": [run_id] * n,
@@ -308,6 +332,10 @@ def variant_rows(run_id: str, batch: Sequence[Prepared], encoded: Encoded, dim: 
             "severity": pa.array(
                 [p.severities[i] if p.severities else None for p, i in rows], pa.int32()
             ),
+            "layer_cosine": layer_cosine,
+            "token_drift": token_drift,
+            "token_drift_layers": token_drift_layers,
+            "hidden_states": hidden_states,
         },
         schema=variants_schema(dim),
     )

@@ -36,10 +36,13 @@ def build_synthetic_store(
     seed: int = 0,
     chunk: int = 2048,
     model: str = SYNTHETIC_MODEL,
+    hidden_width: int | None = None,
 ) -> str:
     """Create the store at `db` and return its run_id. `model` is what the run records as
     its model: "synthetic" (no model at all), or a local folder whose text tower the text
-    commands (zeroshot, directions) then use."""
+    commands (zeroshot, directions) then use. Every row gets layer metrics, a shift growing
+    with depth; `hidden_width` also stores pooled hidden states of that width (as ingest
+    --hidden-states; ViT-B/32's is 768)."""
     rng = np.random.default_rng(seed)
     names = list(AUGMENTATION_NAMES)
     config = augmentation_config(resolve(names))
@@ -74,6 +77,7 @@ def build_synthetic_store(
         rows = count * len(variants)
         emb = np.stack(embeddings, axis=1).reshape(rows, dim)
         attention = rng.dirichlet(np.ones(cells), size=(rows, layers)).astype(np.float32)
+        layer_metrics = _layer_metrics(rng, names, count, layers, cells, hidden_width)
         metric = {}
         for key, low in (
             ("patch_similarity", 0.8),
@@ -113,6 +117,7 @@ def build_synthetic_store(
                 "params": ["{}"] * rows,
                 "pixels": pa.nulls(rows, pa.binary()),
                 "severity": pa.nulls(rows, pa.int32()),
+                **layer_metrics,
             },
             schema=variants_schema(dim),
         )
@@ -168,3 +173,43 @@ def save_tiny_tokenizer(folder: str | Path, words: tuple[str, ...] | list[str] =
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def _layer_metrics(
+    rng: np.random.Generator,
+    names: list[str],
+    count: int,
+    layers: int,
+    cells: int,
+    hidden_width: int | None,
+) -> dict[str, pa.Array]:
+    """layer_cosine, token_drift(_layers) and hidden_states of `count` images x (original +
+    names), rows image by image: each augmentation's drift grows with depth, to about its
+    SHIFT^2 / 2 at the last layer; the originals hold 1 and 0."""
+    rows = count * (1 + len(names))
+    depth = np.arange(layers + 1) / layers
+    final = np.array([0.0] + [SHIFT[name] ** 2 / 2 for name in names])
+    drift = final[None, :, None] * depth[None, None, :] ** 2
+    drift = drift * rng.uniform(0.8, 1.2, (count, 1 + len(names), 1))
+    cosine = (1 - drift).reshape(rows, layers + 1).astype(np.float32)
+    spread = rng.uniform(0.5, 1.5, (rows, 1, cells))
+    tokens = (drift.reshape(rows, layers + 1)[:, 1:, None] * spread).astype(np.float32)
+
+    def lists(values: np.ndarray) -> pa.Array:
+        width = values[0].size
+        offsets = np.arange(0, rows * width + 1, width, dtype=np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)))
+
+    hidden = pa.nulls(rows, pa.binary())
+    if hidden_width:
+        base = rng.normal(0, 1, (count, 1, layers + 1, hidden_width))
+        scale = np.array([0.0] + [SHIFT[name] for name in names])[None, :, None, None]
+        noise = rng.normal(0, 1, (count, 1 + len(names), layers + 1, hidden_width))
+        states = (base + noise * scale * depth[None, None, :, None]).astype("<f2")
+        hidden = pa.array([row.tobytes() for row in states.reshape(rows, -1)], pa.binary())
+    return {
+        "layer_cosine": lists(cosine),
+        "token_drift": lists(tokens[:, -1]),
+        "token_drift_layers": lists(tokens),
+        "hidden_states": hidden,
+    }

@@ -233,7 +233,7 @@ def test_report_adds_model_comparison_figures(two_families, tmp_path):
     result = report(db, run=siglip_run, out=tmp_path / "out", samples=1)
     drawn = {f.name: f for f in result.figures}
     assert result.run.run_id == siglip_run
-    for name in ("model_bars", "model_rank_agreement"):
+    for name in ("model_bars", "model_layer_drift", "model_rank_agreement"):
         assert drawn[name].path is not None and drawn[name].path.stat().st_size > 10_000
     assert drawn["attention_grid"].path is not None  # the per-run figures of --run
     page = result.index.read_text()

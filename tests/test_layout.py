@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "clipshift"
 
@@ -118,3 +120,17 @@ def test_the_import_graph_has_no_cycle():
     for name in graph:
         graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_wheel_lists_every_package():
+    """setuptools is given its packages by name (sql/ and migrations/ are mapped into the
+    package): one left out of pyproject.toml installs without its modules."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in PACKAGE.rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert found <= set(config["packages"]), found - set(config["packages"])

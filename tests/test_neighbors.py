@@ -18,6 +18,7 @@ from clipshift import neighbors as nb
 from clipshift import retrieval as rt
 from clipshift.query import connect
 from clipshift.runs import resolve_run
+from clipshift.store import Store
 
 KS = [1, 2, 3]
 
@@ -81,6 +82,24 @@ def test_exact_retrieval_matches_numpy(ingested_store):
             assert row[f"recall_at_{k}"] == expected[f"recall_at_{k}"]
             assert row[f"overlap_at_{k}"] == pytest.approx(expected[f"overlap_at_{k}"], abs=1e-12)
         assert row["mrr"] == pytest.approx(expected["mrr"], abs=1e-12)
+
+
+def test_exact_retrieval_is_the_same_in_many_blocks(ingested_store, monkeypatch):
+    """Streamed 4 queries at a time (14 store blocks, each split over the kernel's workers),
+    exact retrieval gives the figures of one pass, and reports its progress up to the total."""
+    whole = rt.retrieval(ingested_store, KS, exact=True)
+    monkeypatch.setattr(rt, "RETRIEVAL_BLOCK", 4)
+    monkeypatch.setattr(kernel, "EXACT_BLOCK", 2)
+    progress = []
+    blocks = rt.retrieval(ingested_store, KS, exact=True, on_progress=lambda *p: progress.append(p))
+    assert blocks.method == "exact" and blocks.columns == whole.columns
+    for row, expected in zip(blocks.rows, whole.rows, strict=True):
+        assert row["augmentation"] == expected["augmentation"] and row["n"] == expected["n"]
+        for key in whole.columns[2:]:
+            assert row[key] == pytest.approx(expected[key], abs=1e-12), key
+    total = 6 + 9 * 6  # the originals against themselves, then every augmented query
+    assert progress[-1] == (total, total) and len(progress) >= 2 + 14
+    assert [done for done, _ in progress] == sorted({done for done, _ in progress})
 
 
 def test_retrieval_cli_json_keys(ingested_store):
@@ -341,10 +360,24 @@ def test_index_search_agrees_with_exact(tmp_path, monkeypatch):
     build_synthetic_store(db, n_images=400, dim=32, grid=2, layers=1)
     monkeypatch.setattr(vector_index, "INDEX_MIN_ROWS", 1000)
     monkeypatch.setattr(rt, "RETRIEVAL_INDEX_MIN_ORIGINALS", 100)
+    monkeypatch.setattr(rt, "RETRIEVAL_BLOCK", 500)  # the recall sample spans the blocks
     ann = rt.retrieval(db, [1, 10])
     exact = rt.retrieval(db, [1, 10], exact=True)
     assert ann.method == "index" and exact.method == "exact"
     assert ann.ann_recall_at_10 >= 0.9 and ann.ann_sample == 200
+    # the sample streamed past is the one ann_recall loads itself
+    store = Store.open(db)
+    table = store.variants_table_of(ann.run_id)
+    assert ann.ann_recall_at_10 == vector_index.ann_recall(store, table, ann.run_id)[0]
+    assert any("searching through the vector index" in note for note in ann.notes)
+    assert not any("vector index" in note for note in exact.notes)
+    by_default = CliRunner().invoke(cli, ["retrieval", "--db", str(db), "-k", "1"])
+    assert by_default.exit_code == 0, by_default.output
+    assert "400 originals: searching through the vector index" in by_default.stderr
+    assert "ANN recall@10 against exact" in by_default.stderr
+    forced = CliRunner().invoke(cli, ["retrieval", "--db", str(db), "-k", "1", "--exact"])
+    assert forced.exit_code == 0, forced.output
+    assert "vector index" not in forced.stderr and "ANN recall" not in forced.stderr
     for a, e in zip(ann.rows, exact.rows, strict=True):
         assert a["augmentation"] == e["augmentation"]
         assert a["recall_at_1"] == pytest.approx(e["recall_at_1"], abs=0.05)

@@ -26,8 +26,11 @@ PIXEL_FIGURES = {"augmentations", "attention_grid"}
 SEVERITY_FIGURES = ("severity", "severity_heatmap")
 # need stored zero-shot predictions and a model with a text tower and tokenizer, which the
 # tiny model here lacks: drawn in tests/test_zeroshot.py
-# and shift_accuracy labelled images besides: drawn in tests/test_accuracy.py
-TEXT_FIGURES = {"flip_rate", "alignment", "shift_accuracy"}
+TEXT_FIGURES = {"flip_rate", "alignment"}
+# the CKA heatmap needs hidden states, which the tiny store was ingested without
+HIDDEN_FIGURES = {"layer_cka"}
+# shift_accuracy needs labelled images besides: drawn in tests/test_accuracy.py
+TEXT_FIGURES.add("shift_accuracy")
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +44,10 @@ def rendered(ingested_store, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pixelless_store(tmp_path_factory):
-    """A small synthetic store: no pixels kept, but attention for every layer."""
+    """A small synthetic store: no pixels kept, but attention for every layer, layer metrics
+    and hidden states."""
     db = tmp_path_factory.mktemp("synthetic") / "db"
-    build_synthetic_store(db, n_images=60, dim=16, layers=3, chunk=30)
+    build_synthetic_store(db, n_images=60, dim=16, layers=3, chunk=30, hidden_width=8)
     return db
 
 
@@ -65,6 +69,9 @@ def test_every_figure_is_a_sensible_image(rendered):
         if figure.name in TEXT_FIGURES:
             assert figure.path is None and figure.note
             continue
+        if figure.name in HIDDEN_FIGURES:
+            assert figure.path is None and "--hidden-states" in figure.note
+            continue
         assert figure.path == result.out / f"{figure.name}.png", figure.note
         with Image.open(figure.path) as image:
             image.verify()
@@ -80,7 +87,7 @@ def test_page_references_only_files_that_exist(rendered):
     result, _ = rendered
     page = result.index.read_text()
     references = set(re.findall(r'(?:src|href|data)="([^"#]+)"', page))
-    skipped = {*SEVERITY_FIGURES, *TEXT_FIGURES}
+    skipped = {*SEVERITY_FIGURES, *TEXT_FIGURES, *HIDDEN_FIGURES}
     assert references == {f"{name}.png" for name in FIGURES if name not in skipped}
     for reference in references:
         assert (result.out / reference).is_file()
@@ -300,6 +307,7 @@ def test_every_figure_stays_bounded_with_75_variants(mixed_store, tmp_path):
         *PIXEL_FIGURES, "l2_kde", "cosine_distribution", "dendrogram", "radar",
         "metrics_heatmap", "rank", "l2_bar", "clustermap", "metric_averages",
         "cosine_heatmap", "layer_drift", "severity", "severity_heatmap",
+        "representation_drift", "token_drift_grid",
     }  # fmt: skip
     notes = {f.name: f.note for f in result.figures if not f.path}
     assert "no other run stored the augmentations" in notes["model_bars"]

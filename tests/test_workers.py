@@ -19,7 +19,14 @@ from worker_faults import die_on_poison, hang_on_poison
 from clipshift.ingest import ingest
 from clipshift.stages import Failure, Prepared, PrepareSettings, prepare_image
 from clipshift.store import Store
-from clipshift.workers import PreparePool
+from clipshift.workers import (
+    CPU_GFLOPS_PER_CORE,
+    PREPARE_SECONDS_PER_INPUT,
+    PreparePool,
+    available_cores,
+    default_workers,
+    inference_gflop,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = PrepareSettings(image_size=64, augmentations=("noise", "elastic", "coarse_dropout"))
@@ -264,3 +271,71 @@ def test_workers_exit_quietly_when_the_main_process_is_killed(tmp_path, tiny_mod
     while [p for p in workers if alive(p)] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [p for p in children if alive(p)] == []
+
+
+# -- the default --workers -------------------------------------------------------------------
+
+# ViT-B/32's vision tower, as openai/clip-vit-base-patch32's config.json gives it
+VIT_B_32 = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+            "patch_size": 32, "image_size": 224}  # fmt: skip
+
+
+def test_default_workers_leave_the_cores_to_a_model_on_the_cpu():
+    prepare = 10 * PREPARE_SECONDS_PER_INPUT
+    full = 10 * inference_gflop(VIT_B_32, 224) / CPU_GFLOPS_PER_CORE
+    # the full-size model is 98% of the work: its threads keep every core, the stages a thread
+    assert full / (full + prepare) > 0.97
+    for cores in (1, 2, 4, 8, 16, 32):
+        assert default_workers("cpu", cores, full, prepare) == 1
+    assert default_workers("cpu", 64, full, prepare) == 2  # the stages' 2% of 64 cores
+    # a model that costs nothing: the stages are all the work
+    assert default_workers("cpu", 2, 0.0, prepare) == 2
+    # the tiny CLIP, measured: its forward a third of the work, two thirds of 2 cores -> 2
+    assert default_workers("cpu", 2, 0.012, 0.023) == 2
+    assert default_workers("cpu", 8, 0.012, 0.023) == 6
+    # half the work on 2 cores: one core's worth, the thread of the main process
+    assert default_workers("cpu", 2, 0.025, 0.025) == 1
+    # an unknown cost on the CPU is taken as the model's
+    assert default_workers("cpu", 8, float("inf"), prepare) == 1
+
+
+def test_default_workers_give_the_cores_to_the_stages_when_the_model_runs_elsewhere():
+    full = 10 * inference_gflop(VIT_B_32, 224) / CPU_GFLOPS_PER_CORE
+    for device in ("cuda", "mps"):
+        assert default_workers(device, 8, full, 0.025) == 8
+    assert default_workers("cpu", 8, None, 0.025) == 8
+    assert default_workers("cuda", 0, None, 0.025) == 1
+
+
+def test_inference_gflop_is_vit_b_32s_known_cost():
+    # ViT-B/32 at 224 px: 4.4 GMAC, 8.8 GFLOP per image
+    assert inference_gflop(VIT_B_32, 224) == pytest.approx(8.8, rel=0.02)
+    # the token count grows with the square of the size
+    assert inference_gflop(VIT_B_32, 448) > 3.9 * inference_gflop(VIT_B_32, 224)
+
+
+def test_ingest_chooses_its_default_workers_from_the_models_config(tmp_path, tiny_model):
+    import json
+
+    from clipshift.hub import resolve_model
+    from clipshift.ingest import _default_workers
+
+    cores = available_cores()
+    # the tiny CLIP costs nothing beside the stages: one worker per core
+    assert _default_workers(resolve_model(str(tiny_model)), "cpu", 224, 10) == cores
+    full = tmp_path / "vit-b-32-config-only"
+    full.mkdir()
+    (full / "config.json").write_text(json.dumps({"vision_config": VIT_B_32}))
+    assert _default_workers(resolve_model(str(full)), "cpu", 224, 10) == 1
+    # no vision_config to estimate from: the cores stay the model's
+    (full / "config.json").write_text("{}")
+    assert _default_workers(resolve_model(str(full)), "cpu", 224, 10) == 1
+
+
+def test_ingest_by_default_runs_the_tiny_model_with_a_worker_per_core(tmp_path, tiny_model):
+    photos = tmp_path / "photos"
+    many_photos(photos, 3)
+    summary = ingest([photos], tmp_path / "db", str(tiny_model), augmentations="noise",
+                     image_size=64, device="cpu", keep_pixels=0)  # fmt: skip
+    assert summary.stored == 3
+    assert summary.workers == min(available_cores(), 3)

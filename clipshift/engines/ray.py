@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import ClipshiftError
+from .. import ClipshiftError, first_line
 from ..stages import (
     EncodeError,
     Failure,
@@ -112,7 +112,6 @@ def connect(ray) -> bool:
     import clipshift
 
     env = {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
-    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     # the workers run the driver's clipshift, whatever version the nodes have installed
     runtime_env = {"py_modules": [str(Path(clipshift.__file__).parent)], "env_vars": env}
     address = os.environ.get("RAY_ADDRESS")
@@ -138,8 +137,9 @@ def connect(ray) -> bool:
                 **kwargs,
             )
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ClipshiftError(f"cannot reach the Ray cluster at {address}: {first}") from None
+        raise ClipshiftError(
+            f"cannot reach the Ray cluster at {address}: {first_line(exc)}"
+        ) from None
     if address == "local":
         _watch_agents()
     return True

@@ -14,9 +14,10 @@ from matplotlib.figure import Figure
 from scipy.stats import kendalltau
 from scipy.stats import t as student_t
 
-from .data import FigureUnavailable, ReportData
-from .figures import FigureSpec, _annotate, _spans
-from .style import PER_ROW, SEQUENTIAL_CMAP, colour, label, paper_order
+from ..query import named_query
+from .data import FigureUnavailable, ReportData, _unmask, variant_label
+from .figures import FigureSpec, _annotate, _note, _pick, _spans
+from .style import CURVES, MAX_PANELS, PER_ROW, SEQUENTIAL_CMAP, colour, label, paper_order
 
 # the model metrics: pixel metrics do not depend on the model, l2 is on each model's own scale
 MODEL_METRICS = ("cosine", "attention_similarity")
@@ -139,6 +140,49 @@ def model_rank_agreement(data: ReportData) -> Figure:
     return fig
 
 
+def model_layer_drift(data: ReportData) -> Figure:
+    """Per augmentation (at most MAX_PANELS), one line per model (at most CURVES): the mean
+    pooled-token cosine to the original against relative depth, with its 95% band."""
+    run_ids, labels, _ = _runs(data)
+    result = named_query(data.con, "layer_drift_runs", run_ids=run_ids[:CURVES]).fetchnumpy()
+    rows = {column: _unmask(values) for column, values in result.items()}
+    measured = [r for r in run_ids[:CURVES] if (rows["run_id"] == r).any()]
+    if len(measured) < 2:
+        raise FigureUnavailable(
+            "fewer than two of the compared runs hold layer metrics (runs stored before "
+            "migration 0006 have none)"
+        )
+    names = np.array(
+        [variant_label(a, s) for a, s in zip(rows["augmentation"], rows["severity"], strict=True)],
+        dtype=object,
+    )
+    shown, note = _pick(paper_order(set(names)), MAX_PANELS)
+    cols = min(3, len(shown))
+    panels = int(np.ceil(len(shown) / cols))
+    fig = Figure(figsize=(4.2 * cols, 3.0 * panels + 1.0), layout="constrained")
+    axes = fig.subplots(panels, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    palette = ["#264653", "#e76f51", "#2a9d8f", "#e9c46a", "#8ab17d", "#6d597a", "#b56576"]
+    for ax, name in zip(axes, shown, strict=False):
+        for i, run_id in enumerate(measured):
+            mine = (rows["run_id"] == run_id) & (names == name)
+            order = np.argsort(rows["depth"][mine])
+            depth = rows["depth"][mine][order].astype(float)
+            mean = rows["cosine_mean"][mine][order].astype(float)
+            band = np.nan_to_num(rows["cosine_ci95"][mine][order].astype(float))
+            tint = palette[i % len(palette)]
+            ax.plot(depth, mean, color=tint, lw=1.5, label=labels[run_id])
+            ax.fill_between(depth, mean - band, mean + band, color=tint, alpha=0.15, lw=0)
+        ax.set_title(label(name, 24), color=colour(name), fontsize=10, fontweight="bold")
+    for ax in axes[len(shown) :]:
+        ax.set_visible(False)
+    fig.supxlabel("relative depth (layer / number of layers)")
+    fig.supylabel("mean cosine to the original's pooled token")
+    fig.suptitle("Where inside each model the representation moves")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", frameon=False)
+    _note(fig, note)
+    return fig
+
+
 MODEL_FIGURES: dict[str, FigureSpec] = {
     "model_bars": FigureSpec(
         model_bars,
@@ -146,6 +190,13 @@ MODEL_FIGURES: dict[str, FigureSpec] = {
         "side, per augmentation: mean "
         "cosine and attention similarity to the original with Student-t 95% confidence "
         "intervals over the images.",
+    ),
+    "model_layer_drift": FigureSpec(
+        model_layer_drift,
+        "Beyond the paper: does the representation start to move at the same relative depth "
+        "in every model? Per augmentation, the mean cosine between the variant's and the "
+        "original's pooled token against layer / number of layers, one line per model, with "
+        "95% confidence bands.",
     ),
     "model_rank_agreement": FigureSpec(
         model_rank_agreement,

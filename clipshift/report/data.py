@@ -13,6 +13,11 @@ from .. import ClipshiftError
 from ..defaults import DEFAULT_LABELS, DEFAULT_TEMPLATE, SCORES
 from ..query import named_query
 from ..runs import Run
+from ..store import Store
+
+NO_LAYER_METRICS = (
+    "this run holds no layer metrics: it was stored before clipshift measured them (migration 0006)"
+)
 
 
 class FigureUnavailable(Exception):
@@ -45,6 +50,8 @@ class ReportData:
     heatmap_images: int = 50
     method: str = "ward"
     reference: str | None = None  # a run_id: the corruption mean relative to it
+    # the store, for what is not SQL: the CKA of the pooled hidden states (clipshift.layers)
+    store: Store | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -88,6 +95,37 @@ class ReportData:
                 "--augmentations corruptions (or a suite file with severities)"
             )
         return curves
+
+    def layer_curves(self) -> dict[str, np.ndarray]:
+        """sql/layer_onset.sql; FigureUnavailable for a run stored before the layer metrics."""
+        curves = self.query("layer_onset")
+        if not len(curves["layer"]):
+            raise FigureUnavailable(NO_LAYER_METRICS)
+        return curves
+
+    def token_drift(self) -> dict[str, np.ndarray]:
+        """sql/token_drift.sql; FigureUnavailable for a run stored before the layer metrics."""
+        maps = self.query("token_drift")
+        if not len(maps["augmentation"]):
+            raise FigureUnavailable(NO_LAYER_METRICS)
+        return maps
+
+    def layer_cka(self) -> dict[tuple[str, int], float | None]:
+        """(variant label, layer) -> linear CKA of the pooled hidden states (clipshift.layers);
+        FigureUnavailable for a run ingested without --hidden-states."""
+        if "layer_cka" not in self._cache:
+            from ..layers import run_cka
+
+            cka = run_cka(self.store, self.run) if self.store is not None else {}
+            if not cka:
+                raise FigureUnavailable(
+                    "this run stored no hidden states: ingest with --hidden-states for CKA"
+                )
+            self._cache["layer_cka"] = {
+                (variant_label(name, severity), layer): value
+                for (name, severity, layer), (value, _) in cka.items()
+            }
+        return self._cache["layer_cka"]
 
     def summary(self) -> dict[str, np.ndarray]:
         return self.query("summary")

@@ -578,6 +578,109 @@ def layer_drift(data: ReportData) -> Figure:
     return fig
 
 
+# -- inside the network: the layer metrics ------------------------------------------------
+
+
+def representation_drift(data: ReportData) -> Figure:
+    """Mean cosine of the pooled token with the original's at every layer's output, one line
+    per augmentation with its 95% confidence band (layer_onset.sql); the onset layer marked."""
+    rows = data.layer_curves()
+    names = paper_order(set(str(a) for a in rows["augmentation"]))
+    groups = _chunks(names, CURVES)
+    cols = min(2, len(groups))
+    panels = math.ceil(len(groups) / cols)
+    size = (8.5, 4.6) if len(groups) == 1 else (13, 3.8 * panels + 0.6)
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(panels, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    head = rows["is_head"].astype(bool)
+    blocks = int(np.max(rows["layer"][~head]))
+    for ax, group in zip(axes, groups, strict=False):
+        for name in group:
+            mine = (rows["augmentation"] == name) & ~head
+            order = np.argsort(rows["layer"][mine])
+            layers = rows["layer"][mine][order]
+            mean = rows["cosine_mean"][mine][order].astype(float)
+            band = np.nan_to_num(rows["cosine_ci95"][mine][order].astype(float))
+            ax.plot(layers, mean, color=colour(name), marker="o", ms=3, lw=1.5, label=label(name))
+            ax.fill_between(layers, mean - band, mean + band, color=colour(name), alpha=0.15, lw=0)
+            onset = rows["onset_layer"][mine][order][0]
+            if not np.isnan(onset):
+                ax.plot(onset, mean[list(layers).index(int(onset))], "v", color=colour(name), ms=8)
+            pooled = (rows["augmentation"] == name) & head
+            if pooled.any():  # SigLIP's pooling head: one more point, past the last layer
+                ax.plot(blocks + 1, rows["cosine_mean"][pooled][0], "s", color=colour(name), ms=5)
+        ax.set_xticks(np.arange(0, blocks + 1 + int(head.any())))
+        if len(groups) > 1:
+            ax.legend(frameon=False, fontsize=7.5, ncols=2, loc="lower left")
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
+    title = "Where the representation moves: pooled-token cosine through the layers"
+    xlabel = "layer (0: embeddings" + (f"; {blocks + 1}: pooling head)" if head.any() else ")")
+    ylabel = "mean cosine to the original's pooled token"
+    if len(groups) == 1:
+        axes[0].set(xlabel=xlabel, ylabel=ylabel, title=title)
+        fig.legend(loc="outside right center", frameon=False)
+    else:
+        fig.supxlabel(xlabel)
+        fig.supylabel(ylabel)
+        fig.suptitle(title)
+    return fig
+
+
+def layer_cka(data: ReportData) -> Figure:
+    """Linear CKA between the originals' and the variants' pooled hidden states, per
+    augmentation (rows) and layer (columns); rows shrink to fit a long suite."""
+    cka = data.layer_cka()
+    names = paper_order({name for name, _ in cka})
+    layers = sorted({layer for _, layer in cka})
+    matrix = np.full((len(names), len(layers)), np.nan)
+    for (name, layer), value in cka.items():
+        if value is not None:
+            matrix[names.index(name), layers.index(layer)] = value
+    row, text = _list_rows(len(names), 0.4)
+    fig = Figure(figsize=(2.4 + 0.45 * len(layers), row * len(names) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(matrix, cmap=SEQUENTIAL_CMAP, aspect="auto", vmax=1)
+    ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
+    ax.set_yticks(range(len(names)), [label(n) for n in names], fontsize=text)
+    ax.set_xlabel("layer (0: embeddings)")
+    fig.colorbar(image, ax=ax, shrink=0.6, label="linear CKA, originals vs variants")
+    ax.set_title("Representation similarity (CKA) per augmentation and layer")
+    return fig
+
+
+def token_drift_grid(data: ReportData) -> Figure:
+    """Per augmentation, the mean token-drift map at the last layer beside the variants' mean
+    attention map (token_drift.sql); at most MAX_PANELS augmentations, evenly spread."""
+    maps = data.token_drift()
+    names, shown = _pick(paper_order(set(str(a) for a in maps["augmentation"])), MAX_PANELS)
+    index = {str(a): i for i, a in enumerate(maps["augmentation"])}
+    grid = int(data.run.patch_grid)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(3.6 * cols, 2.0 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, 2 * cols, squeeze=False)
+    high = max(float(np.max(maps["token_drift"][index[n]])) for n in names) or 1.0
+    for ax in axes.ravel():
+        _bare(ax)
+    for k, name in enumerate(names):
+        row, col = divmod(k, cols)
+        drift_ax, attention_ax = axes[row, 2 * col], axes[row, 2 * col + 1]
+        drift = np.asarray(maps["token_drift"][index[name]], float).reshape(grid, grid)
+        attention = _min_max(np.asarray(maps["attention"][index[name]], float))
+        drift_image = drift_ax.imshow(drift, cmap=SEQUENTIAL_CMAP, vmin=0, vmax=high)
+        attention_ax.imshow(attention.reshape(grid, grid), cmap=ATTENTION_CMAP, vmin=0, vmax=1)
+        drift_ax.set_title(label(name, 18), color=colour(name), fontsize=9, fontweight="bold")
+        attention_ax.set_title("attention", fontsize=8, color="#555")
+    fig.colorbar(drift_image, ax=axes, shrink=0.6, label="mean 1 - cosine of the patch token")
+    fig.suptitle(
+        "Which patches moved (last layer), beside where the model looked "
+        f"({_attention_label(data.run)}, min-max scaled)"
+    )
+    _note(fig, shown)
+    return fig
+
+
 # -- severities ---------------------------------------------------------------------------
 
 
@@ -893,6 +996,28 @@ FIGURES: dict[str, FigureSpec] = {
         layer_drift,
         "Beyond the paper: mean attention similarity to the original at every transformer "
         "layer, per augmentation.",
+    ),
+    "representation_drift": FigureSpec(
+        representation_drift,
+        "Beyond the paper: where inside the model does each augmentation's representation "
+        "start to move? Mean cosine between the variant's and the original's pooled token "
+        "(CLIP: CLS; SigLIP: mean patch token, then its pooling head's output as a square) at "
+        "each layer's output, with 95% confidence bands; the triangle marks the onset layer, "
+        "where 1 - cosine first reaches half its last-layer value.",
+    ),
+    "layer_cka": FigureSpec(
+        layer_cka,
+        "Beyond the paper: does the representation of the whole image set keep its geometry "
+        "under each augmentation, layer by layer? Linear CKA between the originals' and the "
+        "variants' pooled hidden states over the run's images (runs ingested with "
+        "--hidden-states).",
+    ),
+    "token_drift_grid": FigureSpec(
+        token_drift_grid,
+        "Beyond the paper: which parts of the image moved? Per augmentation, the mean 1 - "
+        "cosine of each patch token to the original's at the last layer, beside the variants' "
+        "mean attention map. For flips, rotations, perspective and elastic transforms a "
+        "position compares the same place in the frame, not the same content.",
     ),
     "severity": FigureSpec(
         severity,

@@ -98,6 +98,7 @@ def report(
             heatmap_images=HEATMAP_IMAGES,
             method=method,
             reference=reference_id,
+            store=store,
         )
         names = _figure_names(figures, several_runs=_run_count(con) > 1)
         images = data.images()

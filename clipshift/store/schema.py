@@ -32,5 +32,13 @@ def variants_schema(embedding_dim: int) -> pa.Schema:
             pa.field("pixels", pa.binary()),
             # NULL where the perturbation has no severity levels (migration 0004)
             pa.field("severity", pa.int32()),
+            # the layer metrics (migration 0006; NULL in rows stored before it):
+            # layer_cosine (L + 1 floats, SigLIP L + 2), token_drift (g*g), token_drift_layers
+            # (L x g*g, laid out like attention_layers), hidden_states (--hidden-states only:
+            # (L + 1) x width little-endian float16)
+            pa.field("layer_cosine", pa.list_(pa.float32())),
+            pa.field("token_drift", pa.list_(pa.float32())),
+            pa.field("token_drift_layers", pa.list_(pa.float32())),
+            pa.field("hidden_states", pa.binary()),
         ]
     )

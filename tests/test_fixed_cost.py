@@ -1,0 +1,68 @@
+"""The fixed cost of a command: what `import cli` and `clipshift stats` import (issue 22).
+
+Importing torch (with albumentations, about 5 s here), transformers, matplotlib or LanceDB
+(3 s) would multiply the cost of a read-only command whose work takes a fraction of a second;
+benchmarks/fixed_cost.py has the figures. Each check runs in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_photos
+
+from clipshift.ingest import ingest
+
+ROOT = Path(__file__).resolve().parent.parent
+# what a command that only reads the store must not import
+HEAVY = ("torch", "albumentations", "cv2", "matplotlib", "transformers", "lancedb", "pandas",
+         "scipy", "PIL")  # fmt: skip
+
+CHECK = """
+import json, sys
+from click.testing import CliRunner
+import cli
+imported = {"import cli": sorted(m for m in HEAVY if m in sys.modules)}
+if len(sys.argv) > 1:
+    result = CliRunner().invoke(cli.cli, sys.argv[1:])
+    assert result.exit_code == 0, result.output
+    imported["command"] = sorted(m for m in HEAVY if m in sys.modules)
+print(json.dumps(imported))
+"""
+
+
+def imports_of(*args: str) -> dict[str, list[str]]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    out = subprocess.run([sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{CHECK}", *args],
+                         check=True, capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_model) -> Path:
+    folder = tmp_path_factory.mktemp("fixed-cost")
+    db = folder / "db"
+    photos = write_photos(folder / "photos")[0].parent
+    ingest([photos], db, str(tiny_model), augmentations="noise", image_size=64, device="cpu",
+           workers=1, keep_pixels=0)  # fmt: skip
+    return db
+
+
+def test_import_cli_imports_nothing_heavy():
+    assert imports_of() == {"import cli": []}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["stats"], ["stats", "--format", "json"], ["sql", "SELECT count(*) FROM shifts"], ["check"]],
+)
+def test_read_only_commands_import_nothing_heavy(store, command):
+    imported = imports_of(*command, "--db", str(store))
+    assert imported == {"import cli": [], "command": []}
