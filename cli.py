@@ -198,6 +198,26 @@ def cli():
     "ViT-B/32.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option(
+    "--labels-from",
+    type=click.Choice(D.LABELS_FROM),
+    default=None,
+    help="Label each image of a folder by its parent folder's name (class folders).",
+)
+@click.option(
+    "--label-key",
+    type=click.Choice(D.LABEL_KEYS),
+    default=None,
+    help="WebDataset shards: the member holding the label (default: the first present).",
+)
+@click.option("--image-column", default=D.IMAGE_COLUMN, show_default=True, help="Tables: images.")
+@click.option("--label-column", default=None, help="Tables: the label column (default: label).")
+@click.option("--id-column", default=None, help="Tables: a column naming each row in `source`.")
+@click.option(
+    "--label-names",
+    default=None,
+    help="imagenet, cifar100 or a file of one name a line: the names of integer labels.",
+)
 @user_errors
 def ingest(
     paths,
@@ -216,19 +236,36 @@ def ingest(
     actors,
     hidden_states,
     quiet,
+    labels_from,
+    label_key,
+    image_column,
+    label_column,
+    id_column,
+    label_names,
 ):
     """Embed images and their nine augmentations into the store.
 
     PATHS are folders (searched recursively for jpg, jpeg, png, webp, bmp, tif, tiff), image
-    files, text files listing image paths, or s3:// (gs://, az://) prefixes. Running the same
-    command again stores nothing twice and resumes where an interrupted run stopped.
+    files, text files listing image paths, or s3:// (gs://, az://) prefixes; or datasets as
+    they are shipped: WebDataset shards ('shards/{000000..000099}.tar'), Parquet, Arrow or
+    Lance tables of image bytes, `datasets.save_to_disk` folders (labels: --label-key,
+    --label-column, --labels-from folder). Running the same command again stores nothing
+    twice and resumes where an interrupted run stopped.
     """
     from clipshift import ClipshiftError
+    from clipshift.datasets import DatasetOptions
     from clipshift.ingest import ingest as run_ingest
 
     if hidden_states and engine != "local":
         # the Ray engine's model actors do not take the option yet (clipshift/ray_engine.py)
         raise ClipshiftError("--hidden-states: runs with --engine local only, for now")
+    asked = (labels_from, label_key, label_column, id_column, label_names)
+    dataset = None
+    if any(v is not None for v in asked) or image_column != D.IMAGE_COLUMN:
+        dataset = DatasetOptions(
+            labels_from, label_key, image_column, label_column, id_column, label_names
+        )
+
     bar = _ProgressBar(enabled=not quiet and sys.stderr.isatty())
     try:
         summary = run_ingest(
@@ -248,6 +285,7 @@ def ingest(
             actors=actors,
             on_start=bar.start,
             on_progress=bar.update,
+            dataset=dataset,
             hidden_states=hidden_states,
         )
     except KeyboardInterrupt:
@@ -862,10 +900,15 @@ device_option = click.option(
     help="The prompt of each label; {} is replaced by the label.",
 )
 @run_option
+@click.option(
+    "--reference",
+    default=None,
+    help="A run to measure the corruption error (CE, mCE) of labelled images against.",
+)
 @device_option
 @format_option
 @user_errors
-def zeroshot(db, labels, template, run_id, device, fmt):
+def zeroshot(db, labels, template, run_id, device, fmt, reference):
     """Does an augmentation change what the model sees? Classifies every original and variant
     of a run against the label prompts and prints, per augmentation (and severity): flip_rate
     (share of images whose top-1 label changes), top1_prob_drop (mean drop of the original's
@@ -875,7 +918,9 @@ def zeroshot(db, labels, template, run_id, device, fmt):
     from clipshift.zeroshot import zeroshot as run_zeroshot
 
     run_id = _pick_run(db, run_id)
-    result = run_zeroshot(db, labels=labels, template=template, run=run_id, device=device)
+    result = run_zeroshot(
+        db, labels=labels, template=template, run=run_id, device=device, reference=reference
+    )
     columns, rows = drop_empty_severity(result.rows.columns, result.rows.rows)
     if fmt == "table":
         run = result.rows.run
@@ -889,6 +934,81 @@ def zeroshot(db, labels, template, run_id, device, fmt):
             f"({result.label_set.source}), template {result.template!r}: {how}"
         )
     click.echo(format_rows(columns, rows, fmt, max_rows=None))
+    if fmt == "table":
+        _echo_accuracy_sections(result.rows.sections, reference)
+
+
+def _echo_accuracy_sections(sections: dict, reference: str | None) -> None:
+    """The labelled images' accuracy and corruption error (zeroshot's sections), if any."""
+    from clipshift.formatting import format_rows
+
+    if "accuracy" in sections:
+        section = sections["accuracy"]
+        click.echo("\naccuracy of the labelled images (top-1, top-5, error = 1 - top-1):")
+        click.echo(format_rows(section.columns, section.rows, "table", max_rows=None))
+    if "corruption_error" in sections:
+        section = sections["corruption_error"]
+        against = f"against run {reference}" if reference else "give --reference RUN for CE"
+        click.echo(f"\ncorruption error (ImageNet-C's CE, relative CE and mCE; {against}):")
+        click.echo(format_rows(section.columns, section.rows, "table", max_rows=None))
+
+
+@cli.command()
+@db_option
+@click.option(
+    "--labels",
+    default=D.DEFAULT_LABELS,
+    show_default=True,
+    help="imagenet, cifar100, or a file of one label per line: it must hold the images' labels.",
+)
+@click.option("--template", default=D.DEFAULT_TEMPLATE, show_default=True)
+@run_option
+@click.option("--reference", default=None, help="A run to measure CE and mCE against.")
+@click.option(
+    "--figure",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also draw mean cosine against accuracy drop (a scatter with its fit and 95% CI).",
+)
+@device_option
+@format_option
+@user_errors
+def accuracy(db, labels, template, run_id, reference, figure, device, fmt):
+    """Does an image whose embedding moves further lose its true class? For a run of labelled
+    images: top-1/top-5 accuracy and error per augmentation and severity (CE and mCE against
+    --reference), then per augmentation the point-biserial correlation between an image's
+    cosine to its original and whether it lost its label, and across augmentations the
+    correlation between mean cosine and accuracy drop, each with a bootstrap 95% CI."""
+    from clipshift.accuracy import accuracy as run_accuracy
+    from clipshift.formatting import format_rows
+
+    run_id = _pick_run(db, run_id)
+    result = run_accuracy(
+        db, labels=labels, template=template, run=run_id, reference=reference, device=device
+    )
+    columns = ["augmentation", "n", "point_biserial", "ci_low", "ci_high"]
+    rows = [(name, c.n, c.r, c.low, c.high) for name, c in result.per_augmentation.items()]
+    across = result.across
+    if fmt != "table":
+        rows.append(("across augmentations", across.n, across.r, across.low, across.high))
+        click.echo(format_rows(columns, rows, fmt, max_rows=None))
+    else:
+        run = result.run
+        click.echo(f"run {run.run_id} ({run.model}), labels {result.zeroshot.label_set.source}")
+        _echo_accuracy_sections(result.zeroshot.rows.sections, reference)
+        click.echo("\ncosine against losing the true class, per augmentation (bootstrap 95% CI):")
+        click.echo(format_rows(columns, rows, fmt, max_rows=None))
+        click.echo(
+            f"\nmean cosine against top-1 drop across {across.n} augmentations and severities: "
+            + ("r undefined" if across.r is None else f"r = {across.r:.4f}")
+            + ("" if across.low is None else f" (95% CI {across.low:.4f} to {across.high:.4f})")
+        )
+    if figure is not None:
+        from clipshift.report.figures import shift_accuracy_plot
+
+        shift_accuracy_plot(result).savefig(figure, dpi=150)
+        if fmt == "table":
+            click.echo(f"figure: {figure}")
 
 
 @cli.command()

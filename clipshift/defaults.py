@@ -117,3 +117,16 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 # -- check -------------------------------------------------------------------------------------
 # `check --repair`: roll each damaged table back, or drop its unreadable fragments
 REPAIRS = ("rollback", "drop")
+
+# -- datasets as they are shipped (clipshift/datasets.py) ----------------------------------------
+# --labels-from: where a plain folder's labels come from (an image's parent folder's name)
+LABELS_FROM = ("folder",)
+# a WebDataset sample's image member (its extension, lower case) and its label member (--label-key)
+SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+LABEL_KEYS = ("cls", "txt", "json")
+# the columns of a Parquet, Arrow or Lance table (--image-column, --label-column), as the Hugging
+# Face exports name them
+IMAGE_COLUMN = "image"
+LABEL_COLUMN = "label"
+# rows per Arrow batch a table is read in: 64 photos of ~100 kB is a few MB at a time
+TABLE_BATCH_ROWS = 64

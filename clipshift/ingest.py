@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import itertools
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import ClipshiftError, __version__
+from .datasets import DatasetOptions, is_dataset, samples
 from .defaults import (
     BATCH_SIZE,
     DEFAULT_DB,
@@ -52,6 +54,11 @@ if TYPE_CHECKING:
     from .suites import Perturbation
 
 __all__ = ["ENGINES", "IngestJob", "IngestSummary", "ingest", "run_identity"]
+
+# A dataset (shards, tables, labelled folders) is streamed: its samples, bytes included, are
+# handed to the engine this many at a time, so that no more than a chunk's bytes (a few
+# hundred MB of photos) are held at once, whatever the dataset's size.
+DATASET_CHUNK = 2048
 
 
 def run_identity(
@@ -92,6 +99,7 @@ def ingest(
     on_start: Callable[[int], None] | None = None,
     on_progress: ProgressCallback | None = None,
     hidden_states: bool = False,
+    dataset: DatasetOptions | None = None,
 ) -> IngestSummary:
     """Embed every image under `paths`, original and augmented, into the store at `db`.
 
@@ -108,6 +116,11 @@ def ingest(
     `engine` "local" runs here; "ray" runs the same stages on a Ray cluster
     (clipshift.engines.ray) with `actors` model actors (default: one per GPU of the cluster,
     else one); `workers` applies to the local engine only.
+
+    A dataset as it is shipped (clipshift.datasets: WebDataset shards, Parquet, Arrow or Lance
+    tables, a save_to_disk folder, or any PATH with `dataset` options such as labels from
+    class folders) is streamed, DATASET_CHUNK samples at a time, with its labels and sources
+    stored in `images`; `on_start` then gets 0 (the total is not known ahead).
     """
     started = time.perf_counter()
     _check_options(
@@ -115,7 +128,16 @@ def ingest(
     )
     if engine not in ENGINES:
         raise ClipshiftError(f"--engine {engine}: one of {', '.join(ENGINES)}")
-    files = list(discover(paths))
+    rest: Iterator | None = None
+    if dataset is not None or any(is_dataset(str(p)) for p in paths):
+        # every PATH (each shard of a brace range) is checked before anything is read
+        stream = samples(paths, dataset or DatasetOptions())
+        if limit is not None:
+            stream = itertools.islice(stream, limit)
+        files = list(itertools.islice(stream, DATASET_CHUNK))
+        rest = stream
+    else:
+        files = list(discover(paths))
     Store.check_location(db)
     if not files:
         raise ClipshiftError(
@@ -152,6 +174,8 @@ def ingest(
         pool = PreparePool(
             min(workers, len(files)), settings, (1 + len(names), image_size, image_size, 3)
         )
+    if rest is not None:
+        rest = _chunks(rest, DATASET_CHUNK)
     try:
         return _ingest(
             files,
@@ -169,10 +193,16 @@ def ingest(
             started=started,
             on_start=on_start,
             on_progress=on_progress,
+            rest=rest,
         )
     finally:
         if pool is not None:
             pool.close()
+
+
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 def _default_workers(model: ResolvedModel, device: str, image_size: int, variants: int) -> int:
@@ -210,6 +240,7 @@ def _ingest(
     started: float,
     on_start: Callable[[int], None] | None,
     on_progress: ProgressCallback | None,
+    rest: Iterator[list] | None = None,
 ) -> IngestSummary:
     from .augment import augmentation_config, config_hash
     from .encoder import Encoder
@@ -290,44 +321,59 @@ def _ingest(
     if encoder is not None:
         register_run(encoder)
     if on_start:
-        on_start(len(files))
+        on_start(0 if rest is not None else len(files))
 
-    already = store.stored_images(run_id)
-    job = IngestJob(
-        files=files,
-        keep=_keep_pixels(store, run_id, files, already, keep_pixels),
-        settings=settings,
-        store=store,
-        model=model,
-        device=device,
-        precision=precision,
-        run_id=run_id,
-        embedding_dim=embedding_dim,
-        batch_size=batch_size,
-        already=already,
-        failed_before=_failed_paths(store, run_id),
-        summary=summary,
-        started=started,
-        on_progress=on_progress,
-        encoder=load_encoder,
-        pool=pool,
-        actors=actors,
-    )
-    if engine == "local":
-        ENGINES[engine](job)
-    else:
-        # the engine's workers write fragment files that its driver commits later, and a
-        # compaction deletes every file no version uses: the run holds the store's lock (the
-        # lease on object storage) throughout, so no other writer compacts meanwhile
-        summary.model_loaded = True  # by the engine's model actors, whatever is new
-        with store.lock():
+    failed_before = _failed_paths(store, run_id)
+    done = 0
+    # a dataset's further chunks, each a job of its own with the same summary: the pixels
+    # kept and the images held are counted again from the store before each
+    for chunk in itertools.chain([files], rest or ()):
+        if chunk is not files:
+            summary.discovered += len(chunk)
+        already = store.stored_images(run_id)
+        job = IngestJob(
+            files=chunk,
+            keep=_keep_pixels(store, run_id, chunk, already, keep_pixels),
+            settings=settings,
+            store=store,
+            model=model,
+            device=device,
+            precision=precision,
+            run_id=run_id,
+            embedding_dim=embedding_dim,
+            batch_size=batch_size,
+            already=already,
+            failed_before=failed_before,
+            summary=summary,
+            started=started,
+            on_progress=_offset(on_progress, done),
+            encoder=load_encoder,
+            pool=pool,
+            actors=actors,
+        )
+        if engine == "local":
             ENGINES[engine](job)
+        else:
+            # the engine's workers write fragment files that its driver commits later, and a
+            # compaction deletes every file no version uses: the run holds the store's lock
+            # (the lease on object storage) throughout, so no other writer compacts meanwhile
+            summary.model_loaded = True  # by the engine's model actors, whatever is new
+            with store.lock():
+                ENGINES[engine](job)
+        done += len(chunk)
     store.compact()
     store.close()
     summary.seconds = time.perf_counter() - started
     if on_progress:
-        on_progress(len(files), summary)
+        on_progress(done, summary)
     return summary
+
+
+def _offset(on_progress: ProgressCallback | None, done: int) -> ProgressCallback | None:
+    """`on_progress` counting the images of the chunks before this one."""
+    if on_progress is None or not done:
+        return on_progress
+    return lambda images, summary: on_progress(done + images, summary)
 
 
 def _engine(name: str) -> Engine:

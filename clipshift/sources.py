@@ -102,9 +102,11 @@ def list_entries(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
 
 @dataclass
 class Source:
-    path: Path | ObjectFile
+    path: Path | ObjectFile | str  # str: a dataset's sample (shard#key, file#row)
     data: bytes
     image_id: str  # sha256 of the file's bytes
+    label: str | None = None  # the class name, where the dataset gives one
+    label_index: int | None = None
 
 
 def read_source(path: Path | ObjectFile) -> Source:

@@ -27,6 +27,7 @@ only `prepare_image` start quickly.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import time
@@ -46,6 +47,7 @@ from .pixels import IDENTICAL, PixelReference
 from .sources import DecodeError, ObjectFile, Source, decode, read_source
 
 if TYPE_CHECKING:
+    from .datasets import Sample
     from .encoder import Encoded, Encoder, Pending
 
 
@@ -80,6 +82,8 @@ class Prepared:
     timings: dict[str, float] = field(default_factory=dict)
     # each name's severity level (None: the original, a perturbation without levels)
     severities: list[int | None] = field(default_factory=list)
+    label: str | None = None  # the class name a dataset gives (clipshift.datasets)
+    label_index: int | None = None
 
 
 @dataclass
@@ -126,13 +130,16 @@ def augmenter_for(settings: PrepareSettings) -> Augmenter:
 
 
 def prepare_image(
-    path: str | Path | ObjectFile,
+    path: str | Path | ObjectFile | Sample,
     settings: PrepareSettings,
     keep_pixels: bool,
     skip: Collection[str] = frozenset(),
 ) -> Prepared | Failure | Skipped:
     """Read, hash, decode, augment, measure and PNG-encode one image; never raises for a bad
-    image (its `Failure` names the stage)."""
+    image (its `Failure` names the stage). A dataset's `Sample` (clipshift.datasets) goes to
+    `prepare_sample`, so an engine may hand either."""
+    if not isinstance(path, (str, Path, ObjectFile)):
+        return prepare_sample(path, settings, keep_pixels, skip)
     started = time.perf_counter()
     try:
         source = read_source(path if isinstance(path, ObjectFile) else Path(path))
@@ -141,6 +148,26 @@ def prepare_image(
     timings = {"read": time.perf_counter() - started}
     if source.image_id in skip:
         return Skipped(str(path), source.image_id, timings)
+    return prepare_source(source, settings, keep_pixels, timings)
+
+
+def prepare_sample(
+    sample: Sample,
+    settings: PrepareSettings,
+    keep_pixels: bool,
+    skip: Collection[str] = frozenset(),
+) -> Prepared | Failure | Skipped:
+    """`prepare_image` of a dataset's sample (clipshift.datasets): its bytes are read already,
+    its label carried to the `images` row. A sample that came with an error (a shard that
+    breaks off, null bytes, no label where labels were asked for) is a Failure at its stage."""
+    started = time.perf_counter()
+    image_id = hashlib.sha256(sample.data).hexdigest() if sample.data is not None else None
+    timings = {"read": time.perf_counter() - started}
+    if sample.error is not None:
+        return Failure(sample.source, sample.stage, sample.error, image_id, timings)
+    if image_id in skip:
+        return Skipped(sample.source, image_id, timings)
+    source = Source(sample.source, sample.data, image_id, sample.label, sample.label_index)
     return prepare_source(source, settings, keep_pixels, timings)
 
 
@@ -191,6 +218,8 @@ def prepare_source(
         metrics=metrics,
         pngs=pngs,
         timings=timings,
+        label=source.label,
+        label_index=source.label_index,
     )
 
 
@@ -245,6 +274,11 @@ def image_rows(batch: Sequence[Prepared]) -> pa.Table:
             "height": pa.array([p.height for p in batch], pa.int32()),
             "format": [p.format for p in batch],
             "mode": [p.mode for p in batch],
+            # migration 0007: the class name and index a dataset gives, and where the bytes
+            # came from (the path; shard#key; table file#row)
+            "label": pa.array([p.label for p in batch], pa.string()),
+            "label_index": pa.array([p.label_index for p in batch], pa.int32()),
+            "source": [p.path for p in batch],
         }
     )
 

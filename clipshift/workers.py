@@ -45,12 +45,15 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import ClipshiftError
 from .sources import ObjectFile
+
+if TYPE_CHECKING:
+    from .datasets import Sample
 
 # Tasks each worker holds at once: one in work, one queued, so it never waits for the main
 # process between images.
@@ -133,7 +136,7 @@ def inference_gflop(vision_config: dict, image_size: int) -> float:
 @dataclass
 class _Task:
     index: int
-    path: str | ObjectFile
+    path: str | ObjectFile | Sample
     keep_pixels: bool
     attempts: int = 0
     slot: int | None = None
@@ -267,8 +270,9 @@ class PreparePool:
         """prepare() of every path, in the order given; at most `window` results ahead."""
         window = self.size * TASKS_PER_WORKER * 2
         todo = collections.deque(
-            # an object in object storage travels with its storage options
-            _Task(i, p if isinstance(p, ObjectFile) else str(p), bool(k))
+            # an object in object storage travels with its storage options, a dataset's
+            # sample (clipshift.datasets.Sample) with its bytes and label
+            _Task(i, str(p) if isinstance(p, os.PathLike) else p, bool(k))
             for i, (p, k) in enumerate(zip(paths, keep_pixels, strict=True))
         )
         retry: collections.deque[_Task] = collections.deque()
@@ -372,7 +376,7 @@ class PreparePool:
                 retry.append(task)
             else:
                 done[task.index] = Failure(
-                    task.path, "worker", f"the worker process preparing this image {ending}"
+                    str(task.path), "worker", f"the worker process preparing this image {ending}"
                 )
         self._workers.remove(worker)
         if self._fruitless >= MAX_FRUITLESS_STARTS:

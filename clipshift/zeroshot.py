@@ -234,17 +234,26 @@ def zeroshot(
     template: str = DEFAULT_TEMPLATE,
     run: str | None = None,
     device: str = "auto",
+    reference: str | None = None,
 ) -> ZeroshotResult:
     """Classify a run's originals and variants against `labels` (imagenet, cifar100 or a
     file), store the predictions, and return the per-augmentation metrics of
     sql/zeroshot.sql. Images already classified with these labels and template are read
-    back, not classified again."""
+    back, not classified again.
+
+    Where the run's images carry labels (a dataset's, migration 0007), `rows.sections` adds
+    "accuracy" (top-1, top-5 and error per augmentation and severity, sql/accuracy.sql) and,
+    for perturbations with severity levels, "corruption_error" (CE, relative CE, mCE against
+    the run `reference`, sql/corruption_error.sql). A label the label set does not hold is a
+    ClipshiftError naming it, before anything is classified."""
     label_set = load_labels(labels)
     template = check_template(template)
     store = Store.open(db)
     con = connect(store)
     chosen = resolve_run(store, run)
+    reference_id = resolve_run(store, reference).run_id if reference is not None else None
     key = {"run_id": chosen.run_id, "label_set": label_set.key, "template": template}
+    labelled = check_run_labels(con, chosen, label_set)
     classified = 0
     probability = None
     if named_count(con, "zeroshot_pending", **key):
@@ -267,7 +276,43 @@ def zeroshot(
     rows = Rows([d[0] for d in result.description], result.fetchall(), chosen)
     if not rows.rows:  # say why: no images, or originals only
         require_augmented_rows(con, chosen)
+    if labelled:
+        rows.sections.update(accuracy_sections(con, chosen, key, reference_id))
+    elif reference is not None:
+        raise ClipshiftError(
+            f"--reference: run {chosen.run_id}'s images carry no labels to score "
+            "(ingest a dataset with its labels, e.g. --labels-from folder)"
+        )
     return ZeroshotResult(rows, label_set, template, classified, probability)
+
+
+def check_run_labels(con, run: Run, label_set: LabelSet) -> int:
+    """How many of the run's images carry a label (sql/run_labels.sql); a ClipshiftError
+    naming the first label the set does not hold."""
+    found = named_query(con, "run_labels", run_id=run.run_id).fetchall()
+    known = set(label_set.labels)
+    missing = [(label, n) for label, n in found if label not in known]
+    if missing:
+        label, n = missing[0]
+        more = f" (and {len(missing) - 1} more labels)" if len(missing) > 1 else ""
+        raise ClipshiftError(
+            f"label {label!r} of {n} images is not in the label set {label_set.source}{more}: "
+            "pass --labels with a set that holds the dataset's class names"
+        )
+    return sum(n for _, n in found)
+
+
+def accuracy_sections(con, run: Run, key: dict, reference_id: str | None) -> dict[str, Rows]:
+    """ "accuracy" and, where the run has severity levels, "corruption_error"."""
+    sections = {"accuracy": _rows(named_query(con, "accuracy", **key, reference=reference_id), run)}
+    errors = _rows(named_query(con, "corruption_error", **key, reference=reference_id), run)
+    if errors.rows:
+        sections["corruption_error"] = errors
+    return sections
+
+
+def _rows(result, run: Run) -> Rows:
+    return Rows([d[0] for d in result.description], result.fetchall(), run)
 
 
 def _encode_labels(

@@ -269,8 +269,20 @@ def test_every_named_query_says_what_it_answers_and_runs(ingested_store):
         rows = named_query(
             con, name, **{k: v for k, v in params.items() if re.search(rf"\${k}\b", text)}
         ).fetchall()
-        # the paper's augmentations have no severity levels (tests/test_suites.py has some)
-        assert rows or name in ("severity_curves", "corruption_mean")
+        # the paper's augmentations have no severity levels (tests/test_suites.py has some);
+        # these images carry no labels (tests/test_accuracy.py has some)
+        assert rows or name in ("severity_curves", "corruption_mean", *LABELLED_QUERIES)
+
+
+# the named queries over labelled images (images.label, migration 0007)
+LABELLED_QUERIES = (
+    "accuracy",
+    "accuracy_sets",
+    "corruption_error",
+    "run_labels",
+    "shift_accuracy",
+    "shift_accuracy_summary",
+)
 
 
 # -- run selection ---------------------------------------------------------------------------

@@ -128,6 +128,10 @@ def test_upgrade_a_store_created_at_the_first_schema_version(tmp_path):
             "height": 3,
             "format": "JPEG",
             "mode": None,
+            # migration 0007: no label, and the path it was read from as its source
+            "label": None,
+            "label_index": None,
+            "source": "/old.jpg",
         }
     ]
     again = CliRunner().invoke(cli, ["migrate", "--db", str(db)])

@@ -29,6 +29,8 @@ SEVERITY_FIGURES = ("severity", "severity_heatmap")
 TEXT_FIGURES = {"flip_rate", "alignment"}
 # the CKA heatmap needs hidden states, which the tiny store was ingested without
 HIDDEN_FIGURES = {"layer_cka"}
+# shift_accuracy needs labelled images besides: drawn in tests/test_accuracy.py
+TEXT_FIGURES.add("shift_accuracy")
 
 
 @pytest.fixture(scope="module")

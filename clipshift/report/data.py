@@ -196,6 +196,31 @@ class ReportData:
             )
         return rows
 
+    def shift_accuracy(self):
+        """Shift against accuracy of the run's labelled images (clipshift.accuracy), from the
+        stored predictions of its first label set and template (ImageNet with the default
+        template where it has them): nothing is classified here."""
+        from ..accuracy import shift_against_accuracy
+
+        if "shift_accuracy" not in self._cache:
+            sets = named_query(
+                self.con,
+                "accuracy_sets",
+                run_id=self.run_id,
+                label_set=DEFAULT_LABELS,
+                template=DEFAULT_TEMPLATE,
+            ).fetchall()
+            if not sets:
+                raise FigureUnavailable(
+                    "no labelled images classified in this run: ingest a dataset with its "
+                    f"labels, then run `clipshift accuracy --run {self.run_id}`"
+                )
+            label_set, template = sets[0]
+            self._cache["shift_accuracy"] = shift_against_accuracy(
+                self.con, self.run, label_set, template
+            )
+        return self._cache["shift_accuracy"]
+
     def alignment(self):
         """The run's text-direction alignment (clipshift.directions), computed once."""
         if "alignment" not in self._cache:

@@ -867,6 +867,49 @@ def _model_colours(count: int) -> list[str]:
 # -- the registry -------------------------------------------------------------------------
 
 
+# -- shift against accuracy (clipshift accuracy) -------------------------------------------
+
+
+def shift_accuracy(data: ReportData) -> Figure:
+    """Shift against accuracy of the run's labelled images, from the stored predictions."""
+    return shift_accuracy_plot(data.shift_accuracy())
+
+
+def shift_accuracy_plot(result) -> Figure:
+    """Mean cosine against top-1 accuracy drop, one point per augmentation and severity, with
+    the least-squares line and its bootstrap 95% band (clipshift.accuracy's AccuracyResult or
+    ShiftAccuracy; every number drawn is sql/shift_accuracy_summary.sql's or the
+    bootstrap's)."""
+    records = result.points.records()
+    if not records:
+        raise ClipshiftError("no labelled augmented images to draw")
+    fig = Figure(figsize=(6.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for name in dict.fromkeys(r["augmentation"] for r in records):
+        mine = [r for r in records if r["augmentation"] == name]
+        ax.scatter(
+            [r["mean_cosine"] for r in mine],
+            [r["top1_drop"] for r in mine],
+            color=colour(name),
+            label=label(name),
+            s=28,
+            zorder=3,
+        )
+    if result.fit is not None:
+        fit = result.fit
+        xs = np.asarray(fit.xs)
+        ax.plot(xs, fit.slope * xs + fit.intercept, color=ORIGINAL_COLOUR, lw=1.2)
+        ax.fill_between(xs, fit.low, fit.high, color=ORIGINAL_COLOUR, alpha=0.15, lw=0)
+    across = result.across
+    r = "undefined" if across.r is None else f"{across.r:.3f}"
+    ci = "" if across.low is None else f" (95% CI {across.low:.3f} to {across.high:.3f})"
+    ax.set_title(f"shift against accuracy: r = {r}{ci}, {across.n} points", fontsize=9)
+    ax.set_xlabel("mean cosine to the original")
+    ax.set_ylabel("top-1 accuracy drop")
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
 @dataclass(frozen=True)
 class FigureSpec:
     draw: Callable[[ReportData], Figure]
@@ -941,6 +984,13 @@ FIGURES: dict[str, FigureSpec] = {
         'unit original embedding) and each text direction embed(prompt) - embed("a photo"); '
         "in brackets, how often the augmentation's own description is the closest "
         "(`clipshift directions`).",
+    ),
+    "shift_accuracy": FigureSpec(
+        shift_accuracy,
+        "Beyond the paper: for labelled images (a dataset's labels), the mean cosine to the "
+        "original against the top-1 accuracy drop, one point per augmentation and severity, "
+        "with the least-squares line and its bootstrap 95% band; r across the points in the "
+        "title (`clipshift accuracy`; drawn from the stored predictions).",
     ),
     "layer_drift": FigureSpec(
         layer_drift,
