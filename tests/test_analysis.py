@@ -266,6 +266,25 @@ def test_every_named_query_says_what_it_answers_and_runs(ingested_store):
             "template": "{}",
         }
         params.update(run_a=run_id, run_b=run_id, run_ids=[run_id])
+        # the gallery of `clipshift serve`: every filter off, the most moved first
+        params.update(
+            metric="cosine",
+            descending=True,
+            limit=10,
+            offset=0,
+            **dict.fromkeys(
+                (
+                    "variant",
+                    "augmentation",
+                    "severity",
+                    "file_name",
+                    "low",
+                    "high",
+                    "flipped",
+                    "label",
+                )
+            ),
+        )
         rows = named_query(
             con, name, **{k: v for k, v in params.items() if re.search(rf"\${k}\b", text)}
         ).fetchall()

@@ -100,12 +100,12 @@ def report_figures(report: str | os.PathLike | None) -> list[str]:
     """The figure files (PNG, SVG) of a `clipshift report` folder, by name; none without one."""
     from pathlib import Path
 
-    from ..defaults import REPORT_FORMATS
+    from ..defaults import FIGURE_FORMATS
 
     folder = Path(report) if report is not None else None
     if folder is None or not folder.is_dir():
         return []
-    shown = {f".{fmt}" for fmt in REPORT_FORMATS if fmt != "pdf"}  # a browser draws no PDF
+    shown = {f".{fmt}" for fmt in FIGURE_FORMATS if fmt != "pdf"}  # a browser draws no PDF
     return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in shown)
 
 
