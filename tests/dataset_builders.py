@@ -10,6 +10,7 @@ import json
 import shutil
 import socket
 import tarfile
+import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -134,6 +135,9 @@ def s3_bucket_fixture(monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    # moto keeps its buckets in this process, across servers: a test starts with none (a store
+    # an earlier test left, with its writer lease, would refuse this one's writer)
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

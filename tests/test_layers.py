@@ -102,9 +102,10 @@ def test_old_store_migrates_and_says_it_has_no_layer_metrics(tmp_path, ingested_
     shutil.copytree(ingested_store, db)
     store = Store.open(db)
     (name,) = store.variants_tables()
-    # back to schema 5: the layer columns and the migration's log row gone
+    # back to schema 5: the layer columns, 0007's label columns and their log rows gone
     store.db.open_table(name).drop_columns(LAYER_COLUMNS)
-    store.db.open_table("schema_migrations").delete("version = 6")
+    store.db.open_table("images").drop_columns(["label", "label_index", "source"])
+    store.db.open_table("schema_migrations").delete("version >= 6")
     result = CliRunner().invoke(cli, ["migrate", "--db", str(db)])
     assert result.exit_code == 0, result.output
     assert "applied 0006 layer_metrics" in result.output
