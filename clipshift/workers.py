@@ -35,11 +35,13 @@ import math
 import mmap
 import os
 import pickle
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -432,12 +434,18 @@ def _serve(fd: int) -> None:
         conn.send_bytes(READY)
     except (EOFError, OSError):
         return  # the main process went away while this worker started
+    # A thread keeps reading the socket while this worker prepares or sends a result: a task
+    # that carries a dataset sample's bytes (hundreds of KB) fills the socket's buffer, and the
+    # main process, blocked sending it, would never read the result this worker is blocked
+    # sending (a 6-sample shard hung --workers 2 that way).
+    inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    threading.Thread(target=_receive, args=(conn, inbox), daemon=True).start()
     skip: frozenset[str] = frozenset()
     while True:
-        try:
-            message = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
+        raw = inbox.get()
+        if raw is None:
             break
+        message = pickle.loads(raw)
         if message[0] == "skip":
             skip = message[1]
             continue
@@ -454,6 +462,15 @@ def _serve(fd: int) -> None:
         except (BrokenPipeError, OSError):
             break
     shm.close()
+
+
+def _receive(conn: Connection, inbox: queue.SimpleQueue) -> None:
+    """Every message from the main process into `inbox`, then None at its end (EOF)."""
+    try:
+        while True:
+            inbox.put(conn.recv_bytes())
+    except (EOFError, OSError):
+        inbox.put(None)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import io
 import tarfile
 
 import lance
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from dataset_builders import (
@@ -125,6 +126,34 @@ def test_each_format_stores_the_plain_folders_images(
         assert f"{tmp_path}/shards/000000.tar#astronaut" in sources
     if kind == "parquet":
         assert f"{path}#coffee" in sources
+
+
+def test_large_samples_through_worker_processes(tiny_model, tmp_path):
+    """A sample travels to a worker with its bytes: 3 MB of noise PNG each, more than a
+    socket's buffer, so the main process blocks sending while a worker sends its result back.
+    With two workers this hung until the workers read on a thread of their own."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    shard = tmp_path / "big.tar"
+    with tarfile.open(shard, "w") as tar:
+        for number in range(6):
+            pixels = rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+            data = io.BytesIO()
+            Image.fromarray(pixels).save(data, format="PNG")
+            info = tarfile.TarInfo(f"noise{number}.png")
+            info.size = data.tell()
+            data.seek(0)
+            tar.addfile(info, data)
+    # pixels kept: each result carries its variants' PNGs, so a worker blocks sending too
+    summary = ingest(
+        [str(shard)], tmp_path / "db", str(tiny_model), augmentations=SPEC, keep_pixels=-1,
+        device="cpu", workers=2,
+    )  # fmt: skip
+    assert (summary.stored, summary.failed, summary.workers) == (6, 0, 2)
 
 
 def test_the_same_bytes_through_a_folder_and_a_shard_are_one_image(tiny_model, photos, tmp_path):
