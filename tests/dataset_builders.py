@@ -8,9 +8,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
 import tarfile
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -123,31 +121,6 @@ def saved_dataset(photos: Path, folder: Path) -> Path:
 
 
 @pytest.fixture(name="s3_bucket")
-def s3_bucket_fixture(monkeypatch):
-    """moto's S3 server on a free port of 127.0.0.1 with a bucket (as tests/test_scale_out.py)."""
-    pytest.importorskip("moto")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    # moto keeps its buckets in this process, across servers: a test starts with none (a store
-    # an earlier test left, with its writer lease, would refuse this one's writer)
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="clipshift-test")
-    try:
-        yield client
-    finally:
-        server.stop()
+def s3_bucket_fixture(s3_server):
+    """conftest's moto S3 server, under the name the dataset tests use."""
+    return s3_server

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import lance
@@ -92,37 +90,6 @@ def ray_cluster():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-@pytest.fixture
-def s3_server(monkeypatch):
-    """moto's S3 server on a free port of 127.0.0.1, with a bucket; stopped afterwards."""
-    pytest.importorskip("moto")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    # moto keeps its buckets in this process, across servers: a test starts with none (a store
-    # an earlier test left, with its writer lease, would refuse this one's writer)
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="clipshift-test")
-    try:
-        yield client
-    finally:
-        server.stop()
 
 
 # -- helpers ------------------------------------------------------------------------------
