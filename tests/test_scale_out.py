@@ -24,6 +24,7 @@ from clipshift.analysis import stats
 from clipshift.defaults import AUGMENTATION_NAMES
 from clipshift.ingest import ingest
 from clipshift.neighbors import neighbors
+from clipshift.procs import alive
 from clipshift.report import report
 from clipshift.store import Store
 
@@ -230,10 +231,11 @@ def test_ray_engine_without_ray_is_one_line(monkeypatch, tmp_path, tiny_model, p
 # A driver that starts a local cluster as clipshift does, and reports what it started.
 LOCAL_DRIVER = """
 import json, time
-from clipshift.engines.ray import _descendants, _import_ray, _proc_cmdline, connect
+from clipshift.engines.ray import _import_ray, connect
+from clipshift.procs import command_line, descendants
 ray = _import_ray()
 connect(ray)
-processes = {pid: _proc_cmdline(pid) for pid in _descendants(os.getpid())}
+processes = {pid: command_line(pid) for pid in descendants(os.getpid())}
 print(json.dumps({"address": ray.nodes()[0]["NodeManagerAddress"], "processes": processes}))
 time.sleep(600)
 """
@@ -267,17 +269,9 @@ def test_local_cluster_is_on_the_loopback_and_dies_with_its_driver():
     assert not any("--node-ip-address" in c and "127.0.0.1" not in c for c in commands)
     pids = [int(p) for p in started["processes"]]
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and [p for p in pids if _alive(p)]:
+    while time.monotonic() < deadline and [p for p in pids if alive(p)]:
         time.sleep(0.1)
-    assert {p: started["processes"][str(p)] for p in pids if _alive(p)} == {}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    assert {p: started["processes"][str(p)] for p in pids if alive(p)} == {}
 
 
 # -- object storage -----------------------------------------------------------------------
