@@ -434,10 +434,52 @@ def test_report_figures_are_served_by_name_only(ingested_store, tmp_path):
 def test_an_internal_failure_is_one_line_without_its_trace(ingested_store, monkeypatch):
     from clipshift.serve import api
 
-    def broken(db):
+    def broken(db, memo=None):
         raise RuntimeError("private detail\nTraceback (most recent call last)")
 
     monkeypatch.setattr(api, "runs", broken)
     with TestClient(create_app(ingested_store), raise_server_exceptions=False) as c:
         message = one_line_error(c.get("/api/runs"), 500)
     assert message == "internal error (RuntimeError): see the server log"
+
+
+def test_image_neighbours_are_the_neighbors_commands(tmp_path):
+    """The image view's neighbours: found exactly in memory while the run's table has no vector
+    index, by LanceDB through the index once one is built; either way those `neighbors` finds
+    (with --exact, and through the index)."""
+    from clipshift import neighbors as nb
+    from clipshift.index import build_index, has_vector_index
+    from clipshift.store import Store
+    from clipshift.synthetic import build_synthetic_store
+
+    db = tmp_path / "db"
+    build_synthetic_store(db, n_images=300, dim=32, grid=2, layers=1)
+    image_id = f"{7:064x}"
+    variants = ("original", "noise", "blur")
+
+    def command(exact: bool) -> dict:
+        return {
+            v: [
+                (r.image_id, r.distance)
+                for r in nb.neighbors(db, image_id, variant=v, exact=exact).rows[:5]
+            ]
+            for v in variants
+        }
+
+    def shown(answer: dict) -> dict:
+        return {
+            v["variant"]: [(n["image_id"], n["distance"]) for n in v["neighbors"]]
+            for v in answer["variants"]
+            if v["variant"] in variants
+        }
+
+    def same(found: dict, expected: dict) -> None:
+        for variant, rows in expected.items():
+            assert [i for i, _ in found[variant]] == [i for i, _ in rows]
+            assert [d for _, d in found[variant]] == pytest.approx([d for _, d in rows], abs=1e-6)
+
+    with TestClient(create_app(db), raise_server_exceptions=False) as c:
+        same(shown(c.get(f"/api/images/{image_id}").json()), command(exact=True))
+        build_index(db, measure=False)
+        assert has_vector_index(Store.open(db), "variants_32")
+        same(shown(c.get(f"/api/images/{image_id}").json()), command(exact=False))
