@@ -68,6 +68,8 @@ def create_app(
             started = time.perf_counter()
             try:
                 await run_in_threadpool(api.warm, db, run, kept)
+            except ClipshiftError as exc:  # e.g. a run with no images yet: its requests say so
+                log.info("nothing to warm up: %s", exc)
             except Exception:  # noqa: BLE001 - the requests will say what is wrong, one line each
                 log.warning("warming up failed: the first requests compute instead", exc_info=True)
             log.info("warmed up in %.1f s", time.perf_counter() - started)
