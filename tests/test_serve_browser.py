@@ -130,6 +130,18 @@ def thumbnails_loaded(page) -> int:
     return len(loaded)
 
 
+def rerendered(page, action) -> None:
+    """Do `action`, which changes the view's URL, and wait for the view it renders (not the
+    old one, still marked ready until the hashchange event arrives)."""
+    page.evaluate("document.querySelector('#view > div').dataset.stale = '1'")
+    action()
+    page.wait_for_function(
+        "!document.querySelector('#view > div[data-stale]')"
+        " && document.body.dataset.ready === 'true'"
+    )
+    page.wait_for_load_state("networkidle")
+
+
 def canvas_checksum(page, variant: str) -> int:
     """A checksum of what one variant's canvas in the image view shows."""
     return page.evaluate(
@@ -213,13 +225,11 @@ def test_runs_gallery_image_map_sql(server, page, tmp_path):
     assert variant != "original"
     drawn = {}
     for overlay in ("token_drift_layers", "none"):
-        page.select_option("select[name=overlay]", overlay)
-        settle(page)
+        rerendered(page, lambda o=overlay: page.select_option("select[name=overlay]", o))
         assert f"overlay={overlay}" in page.url
         drawn[overlay] = canvas_checksum(page, variant)
     assert drawn["token_drift_layers"] != drawn["none"]
-    page.select_option("select[name=overlay]", "attention")
-    settle(page)
+    rerendered(page, lambda: page.select_option("select[name=overlay]", "attention"))
     # a neighbour opens its own image view
     neighbor = page.locator(".neighbors a").nth(1)
     target = neighbor.get_attribute("data-image-id")
