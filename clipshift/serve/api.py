@@ -47,7 +47,7 @@ NEIGHBORS = 5
 HIGHER_MOVES_MORE = ("l2",)
 # projections kept in memory, newest first (each is ~3 MB of JSON at the paper's 133k points)
 PROJECTIONS_KEPT = 8
-# run snapshots kept in memory, newest first (each ~60 MB at the paper's size: the gallery's
+# run snapshots kept in memory, newest first (each ~90 MB at the paper's size: the gallery's
 # rows, the row ids, the originals' embeddings)
 SNAPSHOTS_KEPT = 4
 # originals the in-memory neighbour search keeps per query beyond NEIGHBORS, ranked in float32
