@@ -130,6 +130,32 @@ def thumbnails_loaded(page) -> int:
     return len(loaded)
 
 
+def rerendered(page, action) -> None:
+    """Do `action`, which changes the view's URL, and wait for the view it renders (not the
+    old one, still marked ready until the hashchange event arrives)."""
+    page.evaluate("document.querySelector('#view > div').dataset.stale = '1'")
+    action()
+    page.wait_for_function(
+        "!document.querySelector('#view > div[data-stale]')"
+        " && document.body.dataset.ready === 'true'"
+    )
+    page.wait_for_load_state("networkidle")
+
+
+def canvas_checksum(page, variant: str) -> int:
+    """A checksum of what one variant's canvas in the image view shows."""
+    return page.evaluate(
+        """v => {
+            const c = document.querySelector(`#variants canvas[data-variant="${v}"]`);
+            const data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+            let sum = 0;
+            for (let i = 0; i < data.length; i++) sum = (sum * 31 + data[i]) % 1000000007;
+            return sum;
+        }""",
+        variant,
+    )
+
+
 def test_runs_gallery_image_map_sql(server, page, tmp_path):
     runs = get(server, "/api/runs")
     run = runs[0]["run_id"]
@@ -189,6 +215,21 @@ def test_runs_gallery_image_map_sql(server, page, tmp_path):
     page.locator("#layer").dispatch_event("change")
     assert page.locator("#layer-value").inner_text() == "0"
     shot(page, "image", tmp_path)
+    # the token-drift overlay (the layer metrics the tiny model's ingest stores): offered with
+    # every per-patch drift column the API gives, and drawn over the variant
+    drift = [c for c in detail["token_drift_columns"] if isinstance(detail["variants"][0][c], list)]
+    assert {"token_drift", "token_drift_layers"} <= set(drift)
+    options = page.locator("select[name=overlay] option").all_inner_texts()
+    assert options == ["attention", *drift, "none"]
+    variant = page.locator("#variants .variant.picked").get_attribute("data-variant")
+    assert variant != "original"
+    drawn = {}
+    for overlay in ("token_drift_layers", "none"):
+        rerendered(page, lambda o=overlay: page.select_option("select[name=overlay]", o))
+        assert f"overlay={overlay}" in page.url
+        drawn[overlay] = canvas_checksum(page, variant)
+    assert drawn["token_drift_layers"] != drawn["none"]
+    rerendered(page, lambda: page.select_option("select[name=overlay]", "attention"))
     # a neighbour opens its own image view
     neighbor = page.locator(".neighbors a").nth(1)
     target = neighbor.get_attribute("data-image-id")
