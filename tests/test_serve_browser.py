@@ -96,7 +96,13 @@ def open_view(page, url: str) -> None:
 
 
 def settle(page) -> None:
-    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    """Wait for the view of the page's current URL: ready, and rendered from that URL (after a
+    click that changes it, the old view stays marked ready until the hashchange arrives)."""
+    page.wait_for_function(
+        "document.body.dataset.ready === 'true'"
+        " && document.body.dataset.rendered === location.hash",
+        timeout=30_000,
+    )
     page.wait_for_load_state("networkidle")
 
 
@@ -128,18 +134,6 @@ def thumbnails_loaded(page) -> int:
     )
     assert loaded and all(loaded)
     return len(loaded)
-
-
-def rerendered(page, action) -> None:
-    """Do `action`, which changes the view's URL, and wait for the view it renders (not the
-    old one, still marked ready until the hashchange event arrives)."""
-    page.evaluate("document.querySelector('#view > div').dataset.stale = '1'")
-    action()
-    page.wait_for_function(
-        "!document.querySelector('#view > div[data-stale]')"
-        " && document.body.dataset.ready === 'true'"
-    )
-    page.wait_for_load_state("networkidle")
 
 
 def canvas_checksum(page, variant: str) -> int:
@@ -225,11 +219,13 @@ def test_runs_gallery_image_map_sql(server, page, tmp_path):
     assert variant != "original"
     drawn = {}
     for overlay in ("token_drift_layers", "none"):
-        rerendered(page, lambda o=overlay: page.select_option("select[name=overlay]", o))
+        page.select_option("select[name=overlay]", overlay)
+        settle(page)
         assert f"overlay={overlay}" in page.url
         drawn[overlay] = canvas_checksum(page, variant)
     assert drawn["token_drift_layers"] != drawn["none"]
-    rerendered(page, lambda: page.select_option("select[name=overlay]", "attention"))
+    page.select_option("select[name=overlay]", "attention")
+    settle(page)
     # a neighbour opens its own image view
     neighbor = page.locator(".neighbors a").nth(1)
     target = neighbor.get_attribute("data-image-id")

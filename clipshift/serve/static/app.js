@@ -544,6 +544,7 @@ const VIEWS = { runs: viewRuns, gallery: viewGallery, image: viewImage, map: vie
 
 async function render() {
   const mine = ++renderToken;
+  const hash = location.hash;
   const { view, arg, params } = parseHash();
   showError("");
   for (const name of ["runs", "gallery", "map", "sql"]) {
@@ -566,7 +567,9 @@ async function render() {
   } catch (error) {
     if (mine === renderToken) showError(error.message);
   } finally {
-    if (mine === renderToken) document.body.dataset.ready = "true";
+    // which URL the ready view shows: a test (or a script) waits for the view of the URL it
+    // set, not the previous one, still marked ready until the hashchange event arrives
+    if (mine === renderToken) Object.assign(document.body.dataset, { ready: "true", rendered: hash });
   }
 }
 
