@@ -162,35 +162,21 @@ def run_rows(store: Store, run: Run) -> int:
     return store.dataset(run.variants_table).count_rows(filter=matches(run_id=run.run_id))
 
 
-def stored_run_cka(store: Store, run: Run) -> RunCka | None:
+def stored_run_cka(store: Store, run: Run) -> tuple[RunCka | None, bool]:
     """The run's CKA as `layer_cka` holds it, where it was computed from the run's present
-    state; None where it is missing or stale (or the store predates migration 0008)."""
+    state (else None: missing, stale, or a store before migration 0008), and whether the
+    table holds any rows of the run at all (stale ones too)."""
     if not store.has_table(CKA_TABLE):
-        return None
+        return None, False
     table = store.dataset(CKA_TABLE).to_table(filter=matches(run_id=run.run_id))
     if not table.num_rows:
-        return None
-    states = set(table["run_rows"].to_pylist())
+        return None, False
     current = run_rows(store, run)
-    if states != {current}:
-        return None
-    rows = [
-        LayerCka(
-            r["augmentation"], r["severity"], r["layer"], r["cka"], r["estimator"], r["images"]
-        )
-        for r in table.select(
-            ["augmentation", "severity", "layer", "cka", "estimator", "images"]
-        ).to_pylist()
-    ]
-    return RunCka(run.run_id, rows, current)
-
-
-def store_run_cka(store: Store, run: Run) -> RunCka:
-    """Compute the run's CKA from its present rows and keep it in `layer_cka` (replacing what
-    it held for the run); a run without hidden states gets no rows."""
-    result = compute_run_cka(store, run)
-    write_run_cka(store, result)
-    return result
+    if set(table["run_rows"].to_pylist()) != {current}:
+        return None, True
+    fields = ["augmentation", "severity", "layer", "cka", "estimator", "images"]
+    rows = [LayerCka(**r) for r in table.select(fields).to_pylist()]
+    return RunCka(run.run_id, rows, current), True
 
 
 def write_run_cka(store: Store, result: RunCka) -> None:
@@ -225,32 +211,37 @@ def run_cka(
     store: Store,
     run: Run,
     *,
+    hidden_states: bool = False,
     notify: Callable[[str], None] | None = None,
 ) -> RunCka:
     """The run's CKA: read from `layer_cka` where it matches the run's present state, else
     computed now and kept there (`notify` gets a line first: it takes minutes on a big run).
     Where the store cannot be written (a read-only folder, or one before migration 0008), the
-    CKA is computed all the same and not kept, and `notify` says so."""
-    cached = stored_run_cka(store, run)
-    if cached is not None:
-        return cached
-    if notify and _has_hidden_states(store, run):
+    CKA is computed all the same and not kept, and `notify` says so.
+
+    A run is computed where it is known to hold hidden states (`hidden_states`: the ingest
+    that stored them), where `layer_cka` held it before (now stale), or where its first row
+    holds them; a run without any is not scanned at every call (0.8 s at the paper size)."""
+    kept, had_rows = stored_run_cka(store, run)
+    if kept is not None:
+        return kept
+    if not (hidden_states or had_rows or _first_row_has_hidden_states(store, run)):
+        return RunCka(run.run_id, [], 0)
+    if notify:
         notify(
             f"computing the CKA of run {run.run_id} from its hidden states (once: it is kept in "
             "the store's layer_cka table)"
         )
     result = compute_run_cka(store, run)
-    if result.rows:
-        try:
-            write_run_cka(store, result)
-        except ClipshiftError as exc:
-            if notify:
-                notify(f"the CKA of run {run.run_id} was not kept: {exc}")
+    try:
+        write_run_cka(store, result)
+    except ClipshiftError as exc:
+        if notify:
+            notify(f"the CKA of run {run.run_id} was not kept: {exc}")
     return result
 
 
-def _has_hidden_states(store: Store, run: Run) -> bool:
-    """Whether the run's first row holds hidden states: a cheap hint for the note alone."""
+def _first_row_has_hidden_states(store: Store, run: Run) -> bool:
     if not store.has_table(run.variants_table):
         return False
     first = store.dataset(run.variants_table).to_table(

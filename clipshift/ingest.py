@@ -378,7 +378,7 @@ def _keep_cka(store: Store, run_id: str, summary: IngestSummary) -> None:
     from .cka import run_cka
     from .runs import resolve_run
 
-    result = run_cka(store, resolve_run(store, run_id))
+    result = run_cka(store, resolve_run(store, run_id), hidden_states=True)
     if result.seconds is not None and result.rows:
         summary.cka_seconds = result.seconds
         summary.cka_images = result.images

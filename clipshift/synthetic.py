@@ -127,7 +127,7 @@ def build_synthetic_store(
         from .cka import run_cka
         from .runs import resolve_run
 
-        run_cka(store, resolve_run(store, run_id))
+        run_cka(store, resolve_run(store, run_id), hidden_states=True)
     store.compact(force=True)
     return run_id
 
