@@ -231,3 +231,18 @@ def test_figures_of_two_models_of_different_depths(tmp_path):
     rows = layers(db, all_runs=True).records()
     assert {r["run_id"] for r in rows} == {"synthetic000", "synthetic001"}
     assert {r["depth"] for r in rows if r["run_id"] == "synthetic001"} == {0.0, 0.5, 1.0}
+
+
+def test_layers_on_a_store_it_cannot_write_computes_and_keeps_nothing(tmp_path):
+    db = tmp_path / "db"
+    build_synthetic_store(db, n_images=20, dim=16, layers=2, chunk=20, seed=0, hidden_width=8)
+    Store.open(db).dataset("layer_cka").delete("true")
+    (db / ".clipshift.lock").unlink()
+    (db / ".clipshift.lock").mkdir()  # the lock cannot be opened, as when read-only
+    result = CliRunner().invoke(cli, ["layers", "--db", str(db), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert "note: computing the CKA of run synthetic000" in result.output
+    assert "note: the CKA of run synthetic000 was not kept: " in result.output
+    assert "Traceback" not in result.output
+    assert all(r["cka"] is not None for r in json.loads(result.stdout) if r["layer"] > 0)
+    assert lance.dataset(str(db / "layer_cka.lance")).count_rows() == 0
