@@ -3,10 +3,11 @@
 its cache, the `layer_cka` table (migration 0008). docs/metrics.md defines it.
 
 Why a cache: the exact CKA over the paper-size run (13,312 images, ViT-B/32's 13 x 768 hidden
-states) is about 1.4 TMAC: 1.5 width^2 multiply-adds per image for each of 9 augmentations and
-13 layers. That is minutes on a 2-core CPU whatever the code, where `clipshift layers` must
-answer in seconds. So it is computed once per state of the run (`store_run_cka`): at the end of
-an ingest with --hidden-states, or by the first read that finds it missing or stale, and kept.
+states) is about 1.9 TMAC: width^2 multiply-adds per image and layer for the originals' side,
+and 2 for each of the 9 augmentations, over 13 layers. That is minutes on a 2-core CPU (161-173
+s here) whatever the code, where `clipshift layers` must answer in seconds. So it is computed
+once per state of the run (`run_cka`): at the end of an ingest with --hidden-states, or by the
+first read that finds it missing or stale, and kept.
 The state is the run's count of variant rows (`run_rows`), read without touching a data
 column: a run that grows, or loses images, is computed again. An image's hidden states are a
 function of the run's identity, so the same rows give the same numbers.
