@@ -252,13 +252,9 @@ def ingest(
     --label-column, --labels-from folder). Running the same command again stores nothing
     twice and resumes where an interrupted run stopped.
     """
-    from clipshift import ClipshiftError
     from clipshift.datasets import DatasetOptions
     from clipshift.ingest import ingest as run_ingest
 
-    if hidden_states and engine != "local":
-        # the Ray engine's model actors do not take the option yet (clipshift/ray_engine.py)
-        raise ClipshiftError("--hidden-states: runs with --engine local only, for now")
     asked = (labels_from, label_key, label_column, id_column, label_names)
     dataset = None
     if any(v is not None for v in asked) or image_column != D.IMAGE_COLUMN:
@@ -1104,7 +1100,12 @@ def layers(db, run_ids, all_runs, fmt):
 
     if not all_runs and len(run_ids) < 2:
         run_ids = [_pick_run(db, run_ids[0] if run_ids else None)]
-    result = run_layers(db, run=list(run_ids), all_runs=all_runs)
+    result = run_layers(
+        db,
+        run=list(run_ids),
+        all_runs=all_runs,
+        notify=lambda line: click.echo(f"note: {line}", err=True),
+    )
     note = result.sections.get("note")
     if note is not None:
         click.echo(f"note: {note.rows[0][0]}", err=True)

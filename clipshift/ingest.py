@@ -361,12 +361,28 @@ def _ingest(
             with store.lock():
                 ENGINES[engine](job)
         done += len(chunk)
+    if settings.hidden_states and run_id:
+        _keep_cka(store, run_id, summary)
     store.compact()
     store.close()
     summary.seconds = time.perf_counter() - started
     if on_progress:
         on_progress(done, summary)
     return summary
+
+
+def _keep_cka(store: Store, run_id: str, summary: IngestSummary) -> None:
+    """The run's CKA from its hidden states, computed once the rows are stored (both engines
+    end here) and kept in layer_cka, so that `clipshift layers` reads it: minutes at the paper
+    size on a CPU (clipshift.cka), against the hours of that ingest's forward passes."""
+    from .cka import run_cka
+    from .runs import resolve_run
+
+    result = run_cka(store, resolve_run(store, run_id), hidden_states=True)
+    if result.seconds is not None and result.rows:
+        summary.cka_seconds = result.seconds
+        summary.cka_images = result.images
+        summary.cka_estimator = result.rows[0].estimator
 
 
 def _offset(on_progress: ProgressCallback | None, done: int) -> ProgressCallback | None:

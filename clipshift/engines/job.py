@@ -43,6 +43,11 @@ class IngestSummary:
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     # whether this process loaded the model: a rerun with nothing new to encode does not
     model_loaded: bool = False
+    # --hidden-states: the run's CKA computed at the end and kept in layer_cka (clipshift.cka):
+    # its seconds, images and estimator; None where the store already held it for these rows
+    cka_seconds: float | None = None
+    cka_images: int = 0
+    cka_estimator: str | None = None
 
     @property
     def failed(self) -> int:

@@ -218,12 +218,21 @@ class _Embedder:
         run_id: str,
         store: Location,
         variants_table: str,
+        hidden_states: bool = False,
     ):
         import lance
 
         from ..encoder import Encoder
 
-        self.encoder = Encoder(model, device=device, image_size=image_size, precision=precision)
+        # the same Encoder as the local engine's, --hidden-states included: the rows are
+        # the same whichever engine wrote them (tests/test_scale_out.py)
+        self.encoder = Encoder(
+            model,
+            device=device,
+            image_size=image_size,
+            precision=precision,
+            hidden_states=hidden_states,
+        )
         self.run_id = run_id
         self.store = store
         self.images_uri = store.child("images.lance")
@@ -301,6 +310,7 @@ def _run(ray, job: IngestJob, actors: int | None) -> None:
             job.run_id,
             location,
             variants_table,
+            settings.hidden_states,
         )
         for _ in range(actors or gpus or 1)
     ]
