@@ -19,23 +19,10 @@ import os
 from collections.abc import Callable, Sequence
 
 from . import ClipshiftError
-from . import cka as _cka
-from .cka import CKA_ESTIMATORS, linear_cka, minibatch_cka, unbiased_hsic
+from .cka import run_cka
 from .query import Rows, as_dicts, connect, fetch, named_query
 from .runs import Run, read_runs, resolve_run
 from .store import Store
-
-# the estimators, for the tests and the user's own arrays (clipshift.cka defines them)
-__all__ = [
-    "CKA_ESTIMATORS",
-    "LAYERS_COLUMNS",
-    "hidden_state_bytes",
-    "layers",
-    "linear_cka",
-    "minibatch_cka",
-    "run_cka",
-    "unbiased_hsic",
-]
 
 LAYERS_COLUMNS = (
     "run_id",
@@ -102,7 +89,7 @@ def layers(
         if chosen in lacking:
             continue
         curve = fetch(named_query(con, "layer_onset", run_id=chosen.run_id)).records()
-        cka = run_cka(store, chosen, notify=notify)
+        cka = run_cka(store, chosen, notify=notify).by_key()
         for row in curve:
             key = (row["augmentation"], row["severity"], row["layer"])
             value, estimator = cka.get(key, (None, None))
@@ -139,15 +126,6 @@ def _chosen_runs(store: Store, run, model: str | None, all_runs: bool) -> list[R
     names = [run] if isinstance(run, str) or run is None else list(run)
     picked = [resolve_run(store, name, model) for name in names]
     return list({r.run_id: r for r in picked}.values())
-
-
-def run_cka(
-    store: Store, run: Run, *, notify: Callable[[str], None] | None = None
-) -> dict[tuple, tuple[float | None, str]]:
-    """(augmentation, severity, layer) -> (linear CKA, estimator) between the originals' and
-    the variants' pooled hidden states of `run`, over the images that hold both: as the store
-    keeps it, or computed now and kept (clipshift.cka.run_cka); empty without hidden states."""
-    return _cka.run_cka(store, run, notify=notify).by_key()
 
 
 def hidden_state_bytes(db: str | os.PathLike | Store, run_id: str) -> int | None:

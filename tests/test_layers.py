@@ -18,8 +18,9 @@ from scipy.stats import ortho_group
 
 from cli import cli
 from clipshift import cka as cka_module
+from clipshift.cka import linear_cka, minibatch_cka
 from clipshift.ingest import ingest
-from clipshift.layers import layers, linear_cka, minibatch_cka
+from clipshift.layers import layers
 from clipshift.report.render import report
 from clipshift.runs import resolve_run
 from clipshift.store import Store
