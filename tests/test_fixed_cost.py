@@ -89,3 +89,15 @@ def test_hash_ahead_gives_the_revision(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     model = resolve_model(str(tmp_path))
     assert model.hash_ahead().result(timeout=30) == model.revision == folder_revision(tmp_path)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc")
+def test_weights_are_memory_mapped(tiny_model):
+    """transformers 5 maps a .safetensors file and its tensors stay views of the mapping: the
+    model load reads no weights (ViT-B/32's 600 MB: 10 MB resident after the load here)."""
+    from clipshift.encoder import Encoder
+
+    encoder = Encoder(str(tiny_model), device="cpu")
+    weights = next(Path(tiny_model).glob("*.safetensors")).resolve()
+    assert str(weights) in Path("/proc/self/maps").read_text()
+    assert encoder.embedding_dim
