@@ -97,7 +97,7 @@ def folder_revision(folder: Path) -> str:
     weights = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin"))
     if not weights:
         return "unknown"
-    key = tuple((str(p), s.st_size, s.st_mtime_ns, s.st_ino) for p, s in _stats(weights))
+    key = tuple((str(p), (s := p.stat()).st_size, s.st_mtime_ns, s.st_ino) for p in weights)
     with _HASHING:
         if key not in _DIGESTS:
             digest = hashlib.sha256()
@@ -107,10 +107,6 @@ def folder_revision(folder: Path) -> str:
                         digest.update(chunk)
             _DIGESTS[key] = "sha256:" + digest.hexdigest()[:16]
         return _DIGESTS[key]
-
-
-def _stats(paths: list[Path]) -> list[tuple[Path, os.stat_result]]:
-    return [(path, path.stat()) for path in paths]
 
 
 @dataclass(frozen=True)
