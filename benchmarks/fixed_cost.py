@@ -17,6 +17,7 @@ Prints, each figure from fresh processes (the median of --repeat runs):
   them (the hash with the imports), so their sum exceeds its time.
 
     python benchmarks/fixed_cost.py [--db DIR] [--model DIR] [--repeat 3] [--steady-images 32]
+                                    [--skip stats|ingest]
 
 Without --db it builds a small store with the tiny test CLIP (the fixed cost does not depend
 on the store's size; the call does: --db with the paper-size synthetic store of
@@ -147,76 +148,91 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--steady-images", type=int, default=32,
                         help="images of the run that measures the steady rate")  # fmt: skip
+    parser.add_argument("--skip", choices=("stats", "ingest"), action="append", default=[])
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the start")  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        from conftest import make_tiny_clip, write_photos
-        from ingest import save_full_size_clip, write_distinct_photos
+        from conftest import write_photos
 
         photos = write_photos(tmp / "photos")[0].parent
-        db = args.db
-        if db is None:
-            db = str(tmp / "db")
-            tiny = str(make_tiny_clip(tmp / "tiny-clip"))
-            subprocess.run([sys.executable, "cli.py", "ingest", str(photos), "--db", db,
-                            "--model", tiny, "--augmentations", "noise", "--image-size", "64",
-                            "-q"], check=True, env=ENV, cwd=ROOT)  # fmt: skip
-
-        stats_command = ["cli.py", "stats", "--db", db]
-        command = statistics.median(
-            timed([sys.executable, *stats_command]) for _ in range(args.repeat)
-        )
-        calls = [child_json(STATS_CALL, db) for _ in range(args.repeat)]
-        call = statistics.median(c["first"] for c in calls)
-        imports = statistics.median(c["imports"] for c in calls)
-        start = statistics.median(timed([sys.executable, "-c", "pass"]) for _ in range(3))
-        print(f"\nclipshift stats on {db}:")
-        warm = min(c["warm"] for c in calls)
-        print(f"  command {command:.2f} s; library call {call:.2f} s (warm {warm:.2f} s); "
-              f"ratio {command / call:.2f} (target <= 1.3)")  # fmt: skip
-        print(f"  of the command: Python's start {start:.2f} s, importing the analysis "
-              f"{imports:.2f} s")  # fmt: skip
-        print(f"  imports by package, s (-X importtime, which slows them): "
-              f"{by_package(stats_command)}")  # fmt: skip
-
-        model = args.model or str(save_full_size_clip(tmp / "vit-b-32-random"))
-        eight, many = tmp / "photos-8", tmp / "photos-steady"
-        write_distinct_photos(eight, FIXED_IMAGES)
-        write_distinct_photos(many, args.steady_images)
-        ingest = ["cli.py", "ingest", "--model", model, "-q"]
-        runs = [timed_cpu([sys.executable, *ingest, str(eight), "--db", str(tmp / f"8-{i}")])
-                for i in range(args.repeat)]  # fmt: skip
-        wall, cpu = (statistics.median(r[i] for r in runs) for i in (0, 1))
-        steady = child_json(STEADY, str(many), str(tmp / "steady"), model)
-        inputs = FIXED_IMAGES * VARIANTS
-        rate = steady["images"] * VARIANTS / steady["seconds"]
-        work, work_cpu = inputs / rate, inputs * steady["cpu"] / (steady["images"] * VARIANTS)
-        print(f"\nthe fixed cost of an ingest, model {model} (--workers {steady['workers']}):")
-        print(f"  {FIXED_IMAGES}-image ingest into a new store {wall:.2f} s (median of "
-              f"{args.repeat}: {', '.join(f'{r[0]:.2f}' for r in runs)}); steady rate "
-              f"{rate:.1f} inputs/s ({args.steady_images}-image run), so its {inputs} inputs "
-              f"{work:.2f} s; fixed cost {wall - work:.2f} s (target < 3 s)")  # fmt: skip
-        print(f"  in CPU seconds (all threads and processes; less sensitive to other jobs): "
-              f"the ingest {cpu:.2f}, its {inputs} inputs {work_cpu:.2f}, fixed "
-              f"{cpu - work_cpu:.2f}")  # fmt: skip
-
-        limit0 = [*ingest, str(photos), "--limit", "0"]
-        runs = [timed_cpu([sys.executable, *limit0, "--db", str(tmp / f"new-{i}")])
-                for i in range(args.repeat)]  # fmt: skip
-        wall, cpu = (statistics.median(r[i] for r in runs) for i in (0, 1))
-        print(f"  beside it, ingest --limit 0 into a new store: command {wall:.2f} s, CPU "
-              f"{cpu:.2f} s (median of {args.repeat})")  # fmt: skip
-        importing = by_package([*limit0, "--db", str(tmp / "new-importtime")])
-        print(f"  its imports by package, s (-X importtime): {importing}")
-        runs = [child_json(INGEST_PHASES, model, str(tmp / f"phases-{i}"))
-                for i in range(args.repeat)]  # fmt: skip
-        print("  its phases, one after the other in one process:")
-        for i, (name, _) in enumerate(runs[0]):
-            print(f"    {name:55s} {statistics.median(r[i][1] for r in runs):6.2f} s")
+        if "stats" not in args.skip:
+            stats_cost(args, tmp, photos)
+        if "ingest" not in args.skip:
+            ingest_cost(args, tmp, photos)
         print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")
+
+
+def stats_cost(args: argparse.Namespace, tmp: Path, photos: Path) -> None:
+    from conftest import make_tiny_clip
+
+    db = args.db
+    if db is None:
+        db = str(tmp / "db")
+        tiny = str(make_tiny_clip(tmp / "tiny-clip"))
+        subprocess.run([sys.executable, "cli.py", "ingest", str(photos), "--db", db,
+                        "--model", tiny, "--augmentations", "noise", "--image-size", "64",
+                        "-q"], check=True, env=ENV, cwd=ROOT)  # fmt: skip
+    stats_command = ["cli.py", "stats", "--db", db]
+    # the command and the call in turn, so that a change in the machine's load meets both
+    commands, calls = [], []
+    for _ in range(args.repeat):
+        commands.append(timed([sys.executable, *stats_command]))
+        calls.append(child_json(STATS_CALL, db))
+    command = statistics.median(commands)
+    call = statistics.median(c["first"] for c in calls)
+    imports = statistics.median(c["imports"] for c in calls)
+    start = statistics.median(timed([sys.executable, "-c", "pass"]) for _ in range(3))
+    print(f"\nclipshift stats on {db}:")
+    warm = min(c["warm"] for c in calls)
+    print(f"  command {command:.2f} s ({', '.join(f'{c:.2f}' for c in commands)}); library "
+          f"call {call:.2f} s (warm {warm:.2f} s); ratio {command / call:.2f} "
+          "(target <= 1.3)")  # fmt: skip
+    print(f"  of the command: Python's start {start:.2f} s, importing the analysis "
+          f"{imports:.2f} s")  # fmt: skip
+    print(f"  imports by package, s (-X importtime, which slows them): "
+          f"{by_package(stats_command)}")  # fmt: skip
+
+
+def ingest_cost(args: argparse.Namespace, tmp: Path, photos: Path) -> None:
+    from ingest import save_full_size_clip, write_distinct_photos
+
+    model = args.model or str(save_full_size_clip(tmp / "vit-b-32-random"))
+    eight, many = tmp / "photos-8", tmp / "photos-steady"
+    write_distinct_photos(eight, FIXED_IMAGES)
+    write_distinct_photos(many, args.steady_images)
+    ingest = ["cli.py", "ingest", "--model", model, "-q"]
+    runs = [timed_cpu([sys.executable, *ingest, str(eight), "--db", str(tmp / f"8-{i}")])
+            for i in range(args.repeat)]  # fmt: skip
+    wall, cpu = (statistics.median(r[i] for r in runs) for i in (0, 1))
+    steady = child_json(STEADY, str(many), str(tmp / "steady"), model)
+    inputs = FIXED_IMAGES * VARIANTS
+    rate = steady["images"] * VARIANTS / steady["seconds"]
+    work, work_cpu = inputs / rate, inputs * steady["cpu"] / (steady["images"] * VARIANTS)
+    print(f"\nthe fixed cost of an ingest, model {model} (--workers {steady['workers']}):")
+    print(f"  {FIXED_IMAGES}-image ingest into a new store {wall:.2f} s (median of "
+          f"{args.repeat}: {', '.join(f'{r[0]:.2f}' for r in runs)}); steady rate "
+          f"{rate:.1f} inputs/s ({args.steady_images}-image run), so its {inputs} inputs "
+          f"{work:.2f} s; fixed cost {wall - work:.2f} s (target < 3 s)")  # fmt: skip
+    print(f"  in CPU seconds (all threads and processes; less sensitive to other jobs): "
+          f"the ingest {cpu:.2f}, its {inputs} inputs {work_cpu:.2f}, fixed "
+          f"{cpu - work_cpu:.2f}")  # fmt: skip
+
+    limit0 = [*ingest, str(photos), "--limit", "0"]
+    runs = [timed_cpu([sys.executable, *limit0, "--db", str(tmp / f"new-{i}")])
+            for i in range(args.repeat)]  # fmt: skip
+    wall, cpu = (statistics.median(r[i] for r in runs) for i in (0, 1))
+    print(f"  beside it, ingest --limit 0 into a new store: command {wall:.2f} s, CPU "
+          f"{cpu:.2f} s (median of {args.repeat})")  # fmt: skip
+    importing = by_package([*limit0, "--db", str(tmp / "new-importtime")])
+    print(f"  its imports by package, s (-X importtime): {importing}")
+    runs = [child_json(INGEST_PHASES, model, str(tmp / f"phases-{i}"))
+            for i in range(args.repeat)]  # fmt: skip
+    print("  its phases, one after the other in one process:")
+    for i, (name, _) in enumerate(runs[0]):
+        print(f"    {name:55s} {statistics.median(r[i][1] for r in runs):6.2f} s")
 
 
 if __name__ == "__main__":
