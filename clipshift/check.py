@@ -32,6 +32,7 @@ from .filters import where
 from .location import Location
 from .store import MIGRATIONS_TABLE, Store, latest_schema_version
 from .store.core import now
+from .store.damage import describe, fragment_problems
 
 
 @dataclass
@@ -172,30 +173,9 @@ def _dataset(location: Location, name: str, version: int | None = None):
 
 def _unreadable_fragments(ds, sizes: dict[str, int], problems: list[str]) -> list[int]:
     """The fragments of `ds` that cannot be read in full; `sizes`: its table's files."""
-    bad = []
-    for fragment in ds.get_fragments():
-        files = fragment.metadata.files
-        problem = None
-        for data_file in files:
-            size = sizes.get(f"data/{data_file.path}")
-            if size is None:
-                problem = f"data file data/{data_file.path} is missing"
-            elif data_file.file_size_bytes and size != data_file.file_size_bytes:
-                problem = (
-                    f"data file data/{data_file.path} is {size:,} bytes, "
-                    f"not {data_file.file_size_bytes:,} (truncated?)"
-                )
-        if problem is None:
-            try:
-                for _ in fragment.to_batches(batch_size=4096):
-                    pass
-            except Exception as exc:  # noqa: BLE001 - any read failure is damage
-                problem = f"cannot be read ({first_line(exc, typed=True)})"
-        if problem:
-            bad.append(fragment.fragment_id)
-            rows = fragment.metadata.num_rows
-            problems.append(f"fragment {fragment.fragment_id} ({rows} rows): {problem}")
-    return bad
+    damaged = fragment_problems(ds, lambda path: sizes.get(f"data/{path}"), read=True)
+    problems.extend(describe(fragment, problem) for fragment, problem in damaged)
+    return [fragment.fragment_id for fragment, _ in damaged]
 
 
 def _check_images(store: Store, result: CheckResult) -> None:

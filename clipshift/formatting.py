@@ -148,6 +148,11 @@ def format_ingest_summary(summary) -> str:
         lines.append(f"           {summary.retried} images retried after a worker process died")
     if not summary.model_loaded:
         lines.append("model      not loaded: nothing new to encode")
+    if summary.cka_seconds is not None:
+        lines.append(
+            f"cka        computed over {summary.cka_images:,} images in {summary.cka_seconds:.1f} "
+            f"s ({summary.cka_estimator}), kept in layer_cka for `clipshift layers`"
+        )
     lines += [
         f"time       {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s), "
         f"{summary.workers} worker{'s' if summary.workers > 1 else ''}, {summary.precision}",

@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,13 @@ from . import ClipshiftError, first_line
 # How long the hub may take to accept a connection before a model missing from the local
 # cache is reported as unreachable: without this check, transformers retries for ~30 s.
 HUB_PROBE_SECONDS = 1.5
+# folder_revision's digests by the weight files' (path, size, mtime, inode): ingest reads a
+# folder's identity before the model loads and again after (a file replaced meanwhile is
+# caught); an unchanged folder is not hashed twice (ViT-B/32's 600 MB: half a second each).
+_DIGESTS: dict[tuple, str] = {}
+# one hash at a time: a caller waits for the one under way (`ResolvedModel.hash_ahead`)
+# rather than hashing the same files beside it
+_HASHING = threading.Lock()
 
 
 def load_pretrained(loader, source: str, **kwargs):
@@ -86,12 +95,18 @@ def folder_revision(folder: Path) -> str:
     """A hash of a model folder's weight files (hashing ViT-B/32's 600 MB takes half a
     second); "unknown" for a folder without any."""
     weights = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin"))
-    digest = hashlib.sha256()
-    for path in weights:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()[:16] if weights else "unknown"
+    if not weights:
+        return "unknown"
+    key = tuple((str(p), (s := p.stat()).st_size, s.st_mtime_ns, s.st_ino) for p in weights)
+    with _HASHING:
+        if key not in _DIGESTS:
+            digest = hashlib.sha256()
+            for path in weights:
+                with open(path, "rb") as handle:
+                    while chunk := handle.read(1 << 24):
+                        digest.update(chunk)
+            _DIGESTS[key] = "sha256:" + digest.hexdigest()[:16]
+        return _DIGESTS[key]
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,21 @@ class ResolvedModel:
         """`weights_revision`, read on first use: hashing a folder's weights takes time
         (half a second for ViT-B/32) that only ingest, which names a run by it, spends."""
         return weights_revision(self.name)
+
+    def hash_ahead(self) -> Future:
+        """Read `revision` on a thread of its own, so that a caller's imports overlap the hash
+        of a folder's weights (hashlib works outside the GIL); `revision` read meanwhile waits
+        for it. The future's result is the revision."""
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(self.revision)
+            except BaseException as exc:  # noqa: BLE001 - the reader of the future gets it
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="clipshift-hash", daemon=True).start()
+        return future
 
 
 def model_config(model: ResolvedModel) -> dict | None:

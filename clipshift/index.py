@@ -110,9 +110,11 @@ def _embeddings(table) -> Embeddings:
 
 
 def has_vector_index(store: Store, variants_table: str) -> bool:
+    # through pylance, not LanceDB: `clipshift serve` asks on every new store version, and
+    # importing lancedb takes ~3 s
     return any(
-        "embedding" in index.columns and index.index_type.upper().startswith(("IVF", "HNSW"))
-        for index in store.table(variants_table).list_indices()
+        "embedding" in index.field_names and index.index_type.upper().startswith(("IVF", "HNSW"))
+        for index in store.dataset(variants_table).describe_indices()
     )
 
 

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -35,8 +36,9 @@ from .defaults import (
 from .engines.job import IngestJob, IngestSummary, ProgressCallback
 from .filters import matches, where
 from .hub import ResolvedModel, model_config, resolve_model
+from .location import Location
 from .sources import discover
-from .store import Store
+from .store import MIGRATIONS_TABLE, Store
 from .workers import (
     CPU_GFLOPS_PER_CORE,
     PREPARE_SECONDS_PER_INPUT,
@@ -161,11 +163,17 @@ def ingest(
     # offline, a model neither local nor cached fails here at once (no hub retries), before
     # transformers is imported and before any worker starts
     resolved = resolve_model(model)
+    # What the model load and the store wait for runs beside the imports below (the CPU
+    # stages with torch): the hash of a folder's weights, the run's identity (ViT-B/32: half
+    # a second, outside the GIL), and on threads of their own LanceDB and the model's
+    # transformers modules (`_import_ahead`, once torch's settings below are made)
+    resolved.hash_ahead()
     # The model's idle OpenMP threads sleep instead of spinning, so that they leave the cores to
     # the preparing thread or the worker processes beside them (benchmarks/ingest.py: end to
     # end with the tiny CLIP 10-30% faster; the full-size forward alone unchanged). It takes
     # effect where torch is not imported yet, as in `clipshift ingest`; a user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _import_ahead(resolved, db)
     from .stages import PrepareSettings
     from .suites import resolve, spec_items
 
@@ -234,6 +242,38 @@ def bf16_hint(
         f"faster than fp32 on such a CPU, embeddings at a mean cosine of {cosine} to fp32 "
         "(a run of its own beside this one)"
     )
+
+
+def _import_ahead(model: ResolvedModel, db: str | Path) -> None:
+    """Import on daemon threads what this ingest needs later: LanceDB, which every ingest
+    writes with (most of a second here, its namespace client's modules), and where the store
+    is new, so that the model is sure to load, the model's transformers class (its modeling
+    modules: torch.distributed, sympy, dynamo; seconds). An error there is left for the main
+    thread to meet and report where it would have anyway."""
+
+    def model_class() -> None:
+        import transformers
+
+        from .families import family_of
+
+        config = model_config(model) or {}
+        getattr(transformers, family_of(config.get("model_type"), model.name).model_class)
+
+    def quietly(work: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                work()
+            except Exception:  # noqa: BLE001 - see the docstring
+                pass
+
+        return run
+
+    threading.Thread(
+        target=quietly(lambda: importlib.import_module("lancedb")), daemon=True
+    ).start()
+    location = Location.parse(db)
+    if location.is_local and not Store(location).has_table(MIGRATIONS_TABLE):
+        threading.Thread(target=quietly(model_class), daemon=True).start()
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
@@ -401,12 +441,28 @@ def _ingest(
             with store.lock():
                 ENGINES[engine](job)
         done += len(chunk)
+    if settings.hidden_states and run_id:
+        _keep_cka(store, run_id, summary)
     store.compact()
     store.close()
     summary.seconds = time.perf_counter() - started
     if on_progress:
         on_progress(done, summary)
     return summary
+
+
+def _keep_cka(store: Store, run_id: str, summary: IngestSummary) -> None:
+    """The run's CKA from its hidden states, computed once the rows are stored (both engines
+    end here) and kept in layer_cka, so that `clipshift layers` reads it: minutes at the paper
+    size on a CPU (clipshift.cka), against the hours of that ingest's forward passes."""
+    from .cka import run_cka
+    from .runs import resolve_run
+
+    result = run_cka(store, resolve_run(store, run_id), hidden_states=True)
+    if result.seconds is not None and result.rows:
+        summary.cka_seconds = result.seconds
+        summary.cka_images = result.images
+        summary.cka_estimator = result.rows[0].estimator
 
 
 def _offset(on_progress: ProgressCallback | None, done: int) -> ProgressCallback | None:

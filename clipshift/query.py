@@ -22,12 +22,12 @@ from .resources import resource_dir
 from .runs import Run
 from .store import Store, variants_schema
 
-TABLES = ("runs", "images", "errors", "zeroshot", "zeroshot_labels")
+TABLES = ("runs", "images", "errors", "zeroshot", "zeroshot_labels", "layer_cka")
 
 
 def connect(db: str | os.PathLike | Store) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the views runs, images, variants, errors, zeroshot,
-    zeroshot_labels (the store's tables)
+    zeroshot_labels, layer_cka (the store's tables)
     and shifts, summary, pairwise, layer_shifts (sql/views/), locked read-only."""
     store = db if isinstance(db, Store) else Store.open(db)
     con = duckdb.connect(":memory:")

@@ -122,6 +122,12 @@ def build_synthetic_store(
             schema=variants_schema(dim),
         )
         store.write_batch(run_id, images, table)
+    if hidden_width:
+        # as an ingest with --hidden-states ends: the CKA kept for `clipshift layers`
+        from .cka import run_cka
+        from .runs import resolve_run
+
+        run_cka(store, resolve_run(store, run_id), hidden_states=True)
     store.compact(force=True)
     return run_id
 

@@ -24,6 +24,7 @@ from clipshift.analysis import stats
 from clipshift.defaults import AUGMENTATION_NAMES
 from clipshift.ingest import ingest
 from clipshift.neighbors import neighbors
+from clipshift.procs import alive
 from clipshift.report import report
 from clipshift.store import Store
 
@@ -183,6 +184,36 @@ def test_ray_bf16_run_is_the_local_bf16_run(ray_cluster, tmp_path, tiny_model, p
     assert np.abs(embeddings(tmp_path / "ray") - reference).max() < precision_gap / 10
 
 
+def test_ray_engine_takes_hidden_states(ray_cluster, tmp_path, tiny_model, photos):
+    """--hidden-states with --engine ray: the actors store the hidden states the local engine
+    stores, and the driver keeps the run's CKA at the end, as the local engine does."""
+    options = ["--model", str(tiny_model), "--device", "cpu", "--augmentations", "noise",
+               "--limit", "4", "--image-size", "64", "--keep-pixels", "0",
+               "--hidden-states"]  # fmt: skip
+    for engine in ("local", "ray"):
+        result = CliRunner().invoke(
+            cli, ["ingest", str(photos), "--db", str(tmp_path / engine), "--engine", engine]
+            + options,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert "cka        computed over 4 images" in result.output, result.output
+
+    def hidden(db):
+        rows = read_variants(db).sort_by([("image_id", "ascending"), ("variant", "ascending")])
+        states = rows["hidden_states"].to_pylist()
+        assert None not in states
+        return np.frombuffer(b"".join(states), "<f2").astype(np.float64)
+
+    np.testing.assert_allclose(hidden(tmp_path / "ray"), hidden(tmp_path / "local"), atol=1e-2)
+    cka = [
+        read(tmp_path / engine, "layer_cka").sort_by([("layer", "ascending")])
+        for engine in ("local", "ray")
+    ]
+    assert cka[0].num_rows == cka[1].num_rows > 0
+    for a, b in zip(cka[0]["cka"].to_pylist(), cka[1]["cka"].to_pylist(), strict=True):
+        assert (a is None) == (b is None) and (a is None or abs(a - b) < 1e-3)
+
+
 def test_ray_driver_killed_then_rerun(ray_cluster, tmp_path, tiny_model, corpus):
     from clipshift.engines.ray import COMMIT_GROUP
 
@@ -230,10 +261,11 @@ def test_ray_engine_without_ray_is_one_line(monkeypatch, tmp_path, tiny_model, p
 # A driver that starts a local cluster as clipshift does, and reports what it started.
 LOCAL_DRIVER = """
 import json, time
-from clipshift.engines.ray import _descendants, _import_ray, _proc_cmdline, connect
+from clipshift.engines.ray import _import_ray, connect
+from clipshift.procs import command_line, descendants
 ray = _import_ray()
 connect(ray)
-processes = {pid: _proc_cmdline(pid) for pid in _descendants(os.getpid())}
+processes = {pid: command_line(pid) for pid in descendants(os.getpid())}
 print(json.dumps({"address": ray.nodes()[0]["NodeManagerAddress"], "processes": processes}))
 time.sleep(600)
 """
@@ -267,17 +299,9 @@ def test_local_cluster_is_on_the_loopback_and_dies_with_its_driver():
     assert not any("--node-ip-address" in c and "127.0.0.1" not in c for c in commands)
     pids = [int(p) for p in started["processes"]]
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and [p for p in pids if _alive(p)]:
+    while time.monotonic() < deadline and [p for p in pids if alive(p)]:
         time.sleep(0.1)
-    assert {p: started["processes"][str(p)] for p in pids if _alive(p)} == {}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    assert {p: started["processes"][str(p)] for p in pids if alive(p)} == {}
 
 
 # -- object storage -----------------------------------------------------------------------

@@ -354,8 +354,9 @@ def test_levelled_perturbations_filter_by_severity(tmp_path, tiny_model):
 
 
 def test_zero_shot_flip_label_and_top5(tmp_path, tiny_text_model):
-    """Where `clipshift zeroshot` stored predictions: the gallery's flip and label filters
-    and the image view's top-5, against the stored rows read with `sql`."""
+    """Where `clipshift zeroshot` stored predictions (here while the server runs): the
+    gallery's flip and label filters and the image view's top-5, against the stored rows read
+    with `sql`."""
     from conftest import write_photos
 
     from clipshift.ingest import ingest
@@ -371,25 +372,29 @@ def test_zero_shot_flip_label_and_top5(tmp_path, tiny_text_model):
         keep_pixels=0,
         device="cpu",
     )
-    labels = tmp_path / "labels.txt"
-    labels.write_text("cat\nrocket\ncoffee cup\nastronaut\ncamera\nlogo\ntree\n")
-    zeroshot(db, labels=str(labels), device="cpu")
-    flips = command_json(
-        db,
-        "sql",
-        "SELECT z.image_id, z.variant FROM zeroshot AS z JOIN zeroshot AS o "
-        "USING (run_id, label_set, template, image_id) "
-        "WHERE o.variant = 'original' AND z.variant <> 'original' "
-        "AND z.top_labels[1] <> o.top_labels[1] ORDER BY 1, 2",
-    )
-    tops = command_json(
-        db,
-        "sql",
-        "SELECT z.image_id, z.variant, z.top_labels, z.top_probs, l.label AS top1 "
-        "FROM zeroshot AS z JOIN zeroshot_labels AS l "
-        "ON l.label_set = z.label_set AND l.label_index = z.top_labels[1]",
-    )
     with TestClient(create_app(db), raise_server_exceptions=False) as c:
+        # the server started before the predictions: they show on the next request (the
+        # snapshot it keeps is of the zero-shot tables' version too)
+        before = c.get("/api/images", params={"flip": "true"}).json()
+        assert before["total"] == 0 and before["labels"] == []
+        labels = tmp_path / "labels.txt"
+        labels.write_text("cat\nrocket\ncoffee cup\nastronaut\ncamera\nlogo\ntree\n")
+        zeroshot(db, labels=str(labels), device="cpu")
+        flips = command_json(
+            db,
+            "sql",
+            "SELECT z.image_id, z.variant FROM zeroshot AS z JOIN zeroshot AS o "
+            "USING (run_id, label_set, template, image_id) "
+            "WHERE o.variant = 'original' AND z.variant <> 'original' "
+            "AND z.top_labels[1] <> o.top_labels[1] ORDER BY 1, 2",
+        )
+        tops = command_json(
+            db,
+            "sql",
+            "SELECT z.image_id, z.variant, z.top_labels, z.top_probs, l.label AS top1 "
+            "FROM zeroshot AS z JOIN zeroshot_labels AS l "
+            "ON l.label_set = z.label_set AND l.label_index = z.top_labels[1]",
+        )
         flipped = c.get("/api/images", params={"flip": "true", "limit": 500}).json()
         assert sorted((r["image_id"], r["variant"]) for r in flipped["images"]) == [
             (f["image_id"], f["variant"]) for f in flips
@@ -434,10 +439,64 @@ def test_report_figures_are_served_by_name_only(ingested_store, tmp_path):
 def test_an_internal_failure_is_one_line_without_its_trace(ingested_store, monkeypatch):
     from clipshift.serve import api
 
-    def broken(db):
+    def broken(db, memo=None):
         raise RuntimeError("private detail\nTraceback (most recent call last)")
 
     monkeypatch.setattr(api, "runs", broken)
     with TestClient(create_app(ingested_store), raise_server_exceptions=False) as c:
         message = one_line_error(c.get("/api/runs"), 500)
     assert message == "internal error (RuntimeError): see the server log"
+
+
+def test_image_neighbours_are_the_neighbors_commands(tmp_path):
+    """The image view's neighbours: found exactly in memory while the run's table has no vector
+    index, by LanceDB through the index once one is built; either way those `neighbors` finds
+    (with --exact, and through the index)."""
+    from clipshift import neighbors as nb
+    from clipshift.index import build_index, has_vector_index
+    from clipshift.store import Store
+    from clipshift.synthetic import build_synthetic_store
+
+    db = tmp_path / "db"
+    build_synthetic_store(db, n_images=300, dim=32, grid=2, layers=1)
+    image_id = f"{7:064x}"
+    variants = ("original", "noise", "blur")
+
+    def command(exact: bool) -> dict:
+        return {
+            v: [
+                (r.image_id, r.distance)
+                for r in nb.neighbors(db, image_id, variant=v, exact=exact).rows[:5]
+            ]
+            for v in variants
+        }
+
+    def shown(answer: dict) -> dict:
+        return {
+            v["variant"]: [(n["image_id"], n["distance"]) for n in v["neighbors"]]
+            for v in answer["variants"]
+            if v["variant"] in variants
+        }
+
+    def same(found: dict, expected: dict) -> None:
+        for variant, rows in expected.items():
+            assert [i for i, _ in found[variant]] == [i for i, _ in rows]
+            assert [d for _, d in found[variant]] == pytest.approx([d for _, d in rows], abs=1e-6)
+
+    with TestClient(create_app(db), raise_server_exceptions=False) as c:
+        same(shown(c.get(f"/api/images/{image_id}").json()), command(exact=True))
+        build_index(db, measure=False)
+        assert has_vector_index(Store.open(db), "variants_32")
+        same(shown(c.get(f"/api/images/{image_id}").json()), command(exact=False))
+
+
+def test_a_store_without_runs_starts_and_says_so(tmp_path):
+    """The warm-up finds nothing to compute: the server starts, and each view's request says
+    why in one line."""
+    from clipshift.store import Store
+
+    Store.open(tmp_path / "db", create=True)
+    with TestClient(create_app(tmp_path / "db"), raise_server_exceptions=False) as c:
+        assert c.get("/api/runs").json() == []
+        assert "no runs yet" in one_line_error(c.get("/api/images"), 404)
+        assert "no runs yet" in one_line_error(c.get("/api/stats"), 404)

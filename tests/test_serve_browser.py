@@ -96,7 +96,13 @@ def open_view(page, url: str) -> None:
 
 
 def settle(page) -> None:
-    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    """Wait for the view of the page's current URL: ready, and rendered from that URL (after a
+    click that changes it, the old view stays marked ready until the hashchange arrives)."""
+    page.wait_for_function(
+        "document.body.dataset.ready === 'true'"
+        " && document.body.dataset.rendered === location.hash",
+        timeout=30_000,
+    )
     page.wait_for_load_state("networkidle")
 
 
@@ -128,6 +134,20 @@ def thumbnails_loaded(page) -> int:
     )
     assert loaded and all(loaded)
     return len(loaded)
+
+
+def canvas_checksum(page, variant: str) -> int:
+    """A checksum of what one variant's canvas in the image view shows."""
+    return page.evaluate(
+        """v => {
+            const c = document.querySelector(`#variants canvas[data-variant="${v}"]`);
+            const data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+            let sum = 0;
+            for (let i = 0; i < data.length; i++) sum = (sum * 31 + data[i]) % 1000000007;
+            return sum;
+        }""",
+        variant,
+    )
 
 
 def test_runs_gallery_image_map_sql(server, page, tmp_path):
@@ -189,6 +209,23 @@ def test_runs_gallery_image_map_sql(server, page, tmp_path):
     page.locator("#layer").dispatch_event("change")
     assert page.locator("#layer-value").inner_text() == "0"
     shot(page, "image", tmp_path)
+    # the token-drift overlay (the layer metrics the tiny model's ingest stores): offered with
+    # every per-patch drift column the API gives, and drawn over the variant
+    drift = [c for c in detail["token_drift_columns"] if isinstance(detail["variants"][0][c], list)]
+    assert {"token_drift", "token_drift_layers"} <= set(drift)
+    options = page.locator("select[name=overlay] option").all_inner_texts()
+    assert options == ["attention", *drift, "none"]
+    variant = page.locator("#variants .variant.picked").get_attribute("data-variant")
+    assert variant != "original"
+    drawn = {}
+    for overlay in ("token_drift_layers", "none"):
+        page.select_option("select[name=overlay]", overlay)
+        settle(page)
+        assert f"overlay={overlay}" in page.url
+        drawn[overlay] = canvas_checksum(page, variant)
+    assert drawn["token_drift_layers"] != drawn["none"]
+    page.select_option("select[name=overlay]", "attention")
+    settle(page)
     # a neighbour opens its own image view
     neighbor = page.locator(".neighbors a").nth(1)
     target = neighbor.get_attribute("data-image-id")

@@ -17,6 +17,7 @@ from conftest import write_photos
 from worker_faults import die_on_poison, hang_on_poison
 
 from clipshift.ingest import ingest
+from clipshift.procs import alive, command_line, descendants
 from clipshift.stages import Failure, Prepared, PrepareSettings, prepare_image
 from clipshift.store import Store
 from clipshift.workers import (
@@ -178,31 +179,8 @@ def test_ingest_goes_on_when_a_worker_is_killed_mid_run(tmp_path, tiny_model):
     assert not rows(tmp_path / "db", "errors", "path")
 
 
-def descendants(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            found += [child, *descendants(child)]
-    return found
-
-
 def is_worker(pid: int) -> bool:
-    try:
-        return b"clipshift.workers" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return "clipshift.workers" in command_line(pid)
 
 
 def start_ingest(tmp_path: Path, tiny_model: Path, photos: int) -> subprocess.Popen:

@@ -45,6 +45,11 @@ class IngestSummary:
     model_loaded: bool = False
     # a one-line suggestion for the next run (ingest.bf16_hint), or None
     hint: str | None = None
+    # --hidden-states: the run's CKA computed at the end and kept in layer_cka (clipshift.cka):
+    # its seconds, images and estimator; None where the store already held it for these rows
+    cka_seconds: float | None = None
+    cka_images: int = 0
+    cka_estimator: str | None = None
 
     @property
     def failed(self) -> int:

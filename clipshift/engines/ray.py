@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import ClipshiftError, first_line
+from ..procs import command_line, descendants, stat_field
 from ..stages import (
     EncodeError,
     Failure,
@@ -154,9 +155,9 @@ def _watch_agents() -> None:
         _watchdog.wait()
         _watchdog = None
     agents = [
-        f"{pid}:{_proc_field(pid, 19)}"
-        for pid in _descendants(os.getpid())
-        if _proc_cmdline(pid).startswith(NODE_AGENTS)
+        f"{pid}:{stat_field(pid, 19)}"
+        for pid in descendants(os.getpid())
+        if command_line(pid).startswith(NODE_AGENTS)
     ]
     if agents:
         _watchdog = subprocess.Popen(
@@ -166,34 +167,6 @@ def _watch_agents() -> None:
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # out of reach of the terminal's Ctrl-C: it waits for EOF
         )
-
-
-def _descendants(pid: int) -> list[int]:
-    """The processes under `pid`, from Linux's /proc (none elsewhere)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            found += [child, *_descendants(child)]
-    return found
-
-
-def _proc_cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _proc_field(pid: int, index: int) -> str:
-    """Field `index` after the command name of /proc/pid/stat (19: the start time)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[index]
-    except (OSError, IndexError):
-        return ""
 
 
 @dataclass
@@ -245,12 +218,21 @@ class _Embedder:
         run_id: str,
         store: Location,
         variants_table: str,
+        hidden_states: bool = False,
     ):
         import lance
 
         from ..encoder import Encoder
 
-        self.encoder = Encoder(model, device=device, image_size=image_size, precision=precision)
+        # the same Encoder as the local engine's, --hidden-states included: the rows are
+        # the same whichever engine wrote them (tests/test_scale_out.py)
+        self.encoder = Encoder(
+            model,
+            device=device,
+            image_size=image_size,
+            precision=precision,
+            hidden_states=hidden_states,
+        )
         self.run_id = run_id
         self.store = store
         self.images_uri = store.child("images.lance")
@@ -328,6 +310,7 @@ def _run(ray, job: IngestJob, actors: int | None) -> None:
             job.run_id,
             location,
             variants_table,
+            settings.hidden_states,
         )
         for _ in range(actors or gpus or 1)
     ]

@@ -111,12 +111,12 @@ class ReportData:
         return maps
 
     def layer_cka(self) -> dict[tuple[str, int], float | None]:
-        """(variant label, layer) -> linear CKA of the pooled hidden states (clipshift.layers);
+        """(variant label, layer) -> linear CKA of the pooled hidden states (clipshift.cka);
         FigureUnavailable for a run ingested without --hidden-states."""
         if "layer_cka" not in self._cache:
-            from ..layers import run_cka
+            from ..cka import run_cka
 
-            cka = run_cka(self.store, self.run) if self.store is not None else {}
+            cka = run_cka(self.store, self.run).by_key() if self.store is not None else {}
             if not cka:
                 raise FigureUnavailable(
                     "this run stored no hidden states: ingest with --hidden-states for CKA"

@@ -69,17 +69,13 @@ def serve(
     """Serve the app on host:port until interrupted; `ready` is told the URL once it listens.
     `report`: a `clipshift report` folder whose figures the runs view shows."""
     import asyncio
-    import importlib
-    import threading
 
     import uvicorn
 
     from .app import create_app
 
     served = plan(db, run, host, port, token)
-    # the image view's neighbour search imports lancedb, about a second: done while the
-    # server starts, not in the first request for an image
-    threading.Thread(target=importlib.import_module, args=("lancedb",), daemon=True).start()
+    # the app warms up as it starts (api.warm), before `ready` prints the URL
     app = create_app(db, run=served.run, token=served.token, report=report)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)

@@ -2,9 +2,11 @@
 routes each request to one of them).
 
 Every function opens the store afresh, so each request reads the store's latest version: a
-running ingest's new images show on reload. Nothing here writes. The records use the field
-names and the values of the commands' `--format json` (clipshift.formatting), so the page
-shows the numbers `stats` and `sql` print.
+running ingest's new images show on reload. What is slow to compute (the runs' counts, a run's
+summary, its gallery rows, its projection) the server keeps in memory under the versions of
+the tables it was computed from (`Kept`), so a changed table is a new key, never a stale
+answer. Nothing here writes. The records use the field names and the values of the commands'
+`--format json` (clipshift.formatting), so the page shows the numbers `stats` and `sql` print.
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import ClipshiftError
 from ..defaults import METRICS, ORIGINAL
 from ..filters import matches, where
+from ..formatting import _plain as json_ready
 from ..formatting import format_rows
-from ..query import Rows, as_dicts, connect, named_query
-from ..runs import Run, resolve_run
+from ..index import Embeddings
+from ..query import Rows, as_dicts, connect, named_arrow, named_query
+from ..runs import Run, read_runs, resolve_run
 from ..store import Store
 
 # the gallery's page size when none is asked for, and the most one page may hold
@@ -41,6 +47,12 @@ NEIGHBORS = 5
 HIGHER_MOVES_MORE = ("l2",)
 # projections kept in memory, newest first (each is ~3 MB of JSON at the paper's 133k points)
 PROJECTIONS_KEPT = 8
+# run snapshots kept in memory, newest first (each ~90 MB at the paper's size: the gallery's
+# rows, the row ids, the originals' embeddings)
+SNAPSHOTS_KEPT = 4
+# originals the in-memory neighbour search keeps per query beyond NEIGHBORS, ranked in float32
+# before their distances are recomputed in float64 (a tie within 1e-6 is all that could differ)
+NEIGHBOR_SCREEN = 32
 
 
 class NotFound(ClipshiftError):
@@ -50,12 +62,21 @@ class NotFound(ClipshiftError):
 # -- runs and summary ------------------------------------------------------------------------
 
 
-def runs(db: str | os.PathLike | Store) -> list[dict]:
+def runs(db: str | os.PathLike | Store, memo: Memo | None = None) -> list[dict]:
     """Every run, most recent first: the runs columns (not the JSON definitions) with its
-    images, variants and perturbations counted."""
+    images, variants and perturbations counted. With `memo`, kept per version of the runs and
+    variants tables (the counts scan every variants row: ~100 ms at the paper's size)."""
     store = _store(db)
     if not store.has_table("runs"):
         return []
+    if memo is None:
+        return _runs(store)
+    names = ["runs", *store.variants_tables()]
+    key = ("runs", str(store.path), *((n, store.dataset(n).version) for n in names))
+    return memo.get(key, lambda: _runs(store))
+
+
+def _runs(store: Store) -> list[dict]:
     con = connect(store)
     found = con.execute(
         "SELECT r.* EXCLUDE (augmentations), c.images, c.variants "
@@ -139,9 +160,15 @@ class GalleryQuery:
     label: str | None = None
 
 
-def images(db: str | os.PathLike | Store, run: str | None, query: GalleryQuery) -> dict:
-    """One page of the run's (image, variant) rows ranked by `query.metric` (sql/gallery.sql),
-    each with whether its original and variant kept pixels; `total` counts every match."""
+def images(
+    db: str | os.PathLike | Store,
+    run: str | None,
+    query: GalleryQuery,
+    snapshots: Memo | None = None,
+) -> dict:
+    """One page of the run's (image, variant) rows ranked by `query.metric` (sql/gallery.sql
+    over the run's `Snapshot`), each with whether its original and variant kept pixels;
+    `total` counts every match. With `snapshots`, the snapshot is kept per store version."""
     if query.metric not in METRICS:
         raise ClipshiftError(f"metric {query.metric!r}: one of {', '.join(METRICS)}")
     order = query.order or ("desc" if query.metric in HIGHER_MOVES_MORE else "asc")
@@ -151,13 +178,12 @@ def images(db: str | os.PathLike | Store, run: str | None, query: GalleryQuery) 
         raise ClipshiftError(f"offset >= 0 and limit 1 to {MAX_PAGE}, please")
     store = _store(db)
     chosen = _run(store, run)
-    con = connect(store)
-    augmentations = _augmentations(con, chosen)
+    kept = snapshot(store, chosen, snapshots)
+    con = memory_cursor()
+    con.register("gallery_rows", kept.rows)
     found = named_query(
         con,
         "gallery",
-        run_id=chosen.run_id,
-        variant=_only_variant(augmentations, query),
         augmentation=query.augmentation,
         severity=query.severity,
         file_name=query.name or None,
@@ -171,12 +197,10 @@ def images(db: str | os.PathLike | Store, run: str | None, query: GalleryQuery) 
         offset=query.offset,
     )
     records = _json_records(found.description, found.fetchall())
+    con.close()
     total = records[0]["total"] if records else 0
-    kept = _with_pixels(store, chosen, {r["image_id"] for r in records})
     for record in records:
         del record["total"]
-        record["original_pixels"] = (record["image_id"], ORIGINAL) in kept
-        record["variant_pixels"] = (record["image_id"], record["variant"]) in kept
     return {
         "run_id": chosen.run_id,
         "metric": query.metric,
@@ -184,60 +208,155 @@ def images(db: str | os.PathLike | Store, run: str | None, query: GalleryQuery) 
         "offset": query.offset,
         "limit": query.limit,
         "total": total,
-        "augmentations": augmentations,
-        "labels": [
-            r[0]
-            for r in con.execute(
-                "SELECT DISTINCT l.label FROM zeroshot AS z JOIN zeroshot_labels AS l "
-                "ON l.label_set = z.label_set AND l.label_index = z.top_labels[1] "
-                "WHERE z.run_id = $run_id AND z.variant = 'original' ORDER BY 1",
-                {"run_id": chosen.run_id},
-            ).fetchall()
-        ],
+        "augmentations": kept.augmentations,
+        "labels": kept.labels,
         "images": records,
     }
+
+
+# -- what the server keeps about a run -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the server keeps in memory about one run at one store version (`store_version`),
+    so a gallery page is a DuckDB query over memory and the image view reads its rows by row
+    id: the whole of it took 2.2 s at the paper's size, a page over it ~20 ms."""
+
+    table: str  # the run's variants table
+    version: int  # its version the snapshot was taken from
+    rows: pa.Table  # sql/gallery_rows.sql, with original_pixels and variant_pixels
+    stored: pa.Table  # every stored row of the run: image_id, variant, _rowid
+    augmentations: list[dict]  # the (augmentation, severity) pairs, for the gallery's filters
+    labels: list[str]  # the originals' zero-shot top-1 labels, for the gallery's filter
+    vector_index: bool  # whether the table has a vector index (the neighbour search uses it)
+    originals: Embeddings | None  # the run's originals, for the neighbour search without one
+    unit_originals: np.ndarray | None  # the same as unit vectors (float32)
+
+
+def store_version(store: Store, run: Run) -> tuple:
+    """What a `Snapshot` of `run` is computed from: `table_version`, and the versions of the
+    images and zero-shot tables (paths, labels)."""
+    others = ("images", "zeroshot", "zeroshot_labels")
+    names = set(store.table_names())
+    return (
+        *table_version(store, run),
+        *((n, store.dataset(n).version) for n in others if n in names),
+    )
+
+
+def snapshot(store: Store, run: Run, memo: Memo | None = None) -> Snapshot:
+    """The run's `Snapshot` at the store's latest version: from `memo` when kept there."""
+    key = store_version(store, run)
+    if key[2] is None:
+        raise NotFound(f"run {run.run_id} holds no images yet")
+    if memo is None:
+        return _snapshot(store, run, key[2], key[3])
+    return memo.get(("snapshot", *key), lambda: _snapshot(store, run, key[2], key[3]))
+
+
+def _snapshot(store: Store, run: Run, table: str, version: int) -> Snapshot:
+    from ..index import has_vector_index, load_embeddings
+    from ..knn import normalise
+
+    dataset = _at_version(store.dataset(table), version)
+    stored = dataset.to_table(
+        columns=["image_id", "variant"], filter=matches(run_id=run.run_id), with_row_id=True
+    )
+    kept = dataset.to_table(
+        columns=["image_id", "variant"],
+        filter=matches(run_id=run.run_id) & pc.field("pixels").is_valid(),
+    )
+    con = connect(store)
+    rows = named_arrow(con, "gallery_rows", run_id=run.run_id)
+    con.register("gallery_rows", rows)
+    con.register("kept", kept)
+    rows = con.sql(
+        "SELECT g.*, o.image_id IS NOT NULL AS original_pixels, "
+        "v.image_id IS NOT NULL AS variant_pixels FROM gallery_rows AS g "
+        "LEFT JOIN kept AS o ON o.image_id = g.image_id AND o.variant = 'original' "
+        "LEFT JOIN kept AS v ON v.image_id = g.image_id AND v.variant = g.variant"
+    ).to_arrow_table()
+    labels = con.execute(
+        "SELECT DISTINCT l.label FROM zeroshot AS z JOIN zeroshot_labels AS l "
+        "ON l.label_set = z.label_set AND l.label_index = z.top_labels[1] "
+        "WHERE z.run_id = $run_id AND z.variant = 'original' ORDER BY 1",
+        {"run_id": run.run_id},
+    ).fetchall()
+    augmentations = _augmentations(con, run)
+    con.close()
+    vector_index = has_vector_index(store, table)
+    originals = unit = None
+    if not vector_index:
+        originals = load_embeddings(store, table, matches(run_id=run.run_id, variant=ORIGINAL))
+        unit = normalise(originals.vectors)
+    return Snapshot(
+        table,
+        version,
+        rows,
+        stored,
+        augmentations,
+        [r[0] for r in labels],
+        vector_index,
+        originals,
+        unit,
+    )
+
+
+def _at_version(dataset, version: int):
+    """The dataset at the version a snapshot was taken from: a write committed since (between
+    reading the key and reading the rows) could have moved the rows its ids point at."""
+    return dataset if dataset.version == version else dataset.checkout_version(version)
+
+
+_MEMORY: duckdb.DuckDBPyConnection | None = None
+_MEMORY_LOCK = threading.Lock()
+
+
+def memory_cursor() -> duckdb.DuckDBPyConnection:
+    """A cursor on one in-memory DuckDB database, for queries over the tables the server keeps
+    (registered on it; never user SQL): 1-2 ms, where a new connection takes ~40 ms."""
+    global _MEMORY
+    with _MEMORY_LOCK:
+        if _MEMORY is None:
+            _MEMORY = duckdb.connect(":memory:")
+            _MEMORY.execute("SET enable_progress_bar = false")
+            _MEMORY.execute("SET enable_external_access = false")
+            _MEMORY.execute("SET lock_configuration = true")
+        return _MEMORY.cursor()
 
 
 # -- one image -------------------------------------------------------------------------------
 
 
-def image(db: str | os.PathLike | Store, run: str | None, image_id: str) -> dict:
+def image(
+    db: str | os.PathLike | Store,
+    run: str | None,
+    image_id: str,
+    snapshots: Memo | None = None,
+) -> dict:
     """Everything stored about one image of a run: its original and every variant with its
     metrics (as the `shifts` view gives them), attention maps of every layer, the token drift
     where the store has it, the zero-shot top-5 where stored, and each one's nearest stored
-    originals."""
+    originals. Its rows are read by row id and its metrics from the run's `Snapshot`."""
     store = _store(db)
     chosen = _run(store, run)
-    table = store.variants_table_of(chosen.run_id)
-    if table is None:
-        raise NotFound(f"run {chosen.run_id} holds no images yet")
-    dataset = store.dataset(table)
+    kept = snapshot(store, chosen, snapshots)
+    mine = kept.stored.filter(pc.equal(kept.stored.column("image_id"), image_id))
+    if not mine.num_rows:
+        raise NotFound(f"no image {image_id} in run {chosen.run_id}")
+    dataset = _at_version(store.dataset(kept.table), kept.version)
     drift = [n for n in dataset.schema.names if n.startswith("token_drift")]
     columns = ["variant", "severity", "attention", "attention_layers", "embedding", *drift]
-    stored = dataset.to_table(
-        columns=columns + ["pixels"], filter=matches(run_id=chosen.run_id, image_id=image_id)
-    )
-    if not stored.num_rows:
-        raise NotFound(f"no image {image_id} in run {chosen.run_id}")
-    con = connect(store)
-    metrics = {
-        r["variant"]: r
-        for r in as_dicts(
-            con.execute(
-                "SELECT * EXCLUDE (run_id, model, image_id) FROM shifts "
-                "WHERE run_id = $run_id AND image_id = $image_id",
-                {"run_id": chosen.run_id, "image_id": image_id},
-            )
-        )
-    }
-    path = con.execute(
-        "SELECT path FROM images WHERE image_id = $image_id", {"image_id": image_id}
-    ).fetchall()
-    top5 = _top5(con, chosen, image_id)
+    stored = dataset._take_rows(mine.column("_rowid").to_pylist(), columns=columns + ["pixels"])
+    shifts = kept.rows.filter(pc.equal(kept.rows.column("image_id"), image_id)).to_pylist()
+    metrics = {r["variant"]: r for r in shifts}
+    path = shifts[0]["path"] if shifts else _path(store, image_id)
+    top5 = _top5(store, chosen, image_id)
     rows = stored.to_pylist()
     rows.sort(key=lambda r: (r["variant"] != ORIGINAL, r["variant"]))
     vectors = np.asarray([r["embedding"] for r in rows], dtype=np.float32)
-    near = _neighbors(store, chosen, table, vectors)
+    near = _neighbors(store, chosen, kept, vectors)
     variants = []
     for row, neighbors in zip(rows, near, strict=True):
         name = row["variant"]
@@ -262,13 +381,18 @@ def image(db: str | os.PathLike | Store, run: str | None, image_id: str) -> dict
         {
             "run_id": chosen.run_id,
             "image_id": image_id,
-            "path": path[0][0] if path else None,
+            "path": path,
             "patch_grid": chosen.patch_grid,
             "num_layers": chosen.num_layers,
             "token_drift_columns": drift,
             "variants": variants,
         }
     )
+
+
+def _path(store: Store, image_id: str) -> str | None:
+    found = store.dataset("images").to_table(columns=["path"], filter=matches(image_id=image_id))
+    return found.column("path")[0].as_py() if found.num_rows else None
 
 
 def pixels(db: str | os.PathLike | Store, run: str, image_id: str, variant: str) -> bytes:
@@ -298,30 +422,43 @@ def pixels(db: str | os.PathLike | Store, run: str, image_id: str, variant: str)
 class Memo:
     """Answers kept in memory by key, the newest `kept`: the keys name the store version they
     were computed from (`table_version`), so a changed table is a new key, never a stale
-    answer."""
+    answer. Requests asking for a key being computed wait for that computation rather than
+    repeat it (the page asks for a run's gallery and image view at once after an ingest's
+    commit: a snapshot is seconds of CPU at the paper's size)."""
 
     def __init__(self, kept: int = PROJECTIONS_KEPT):
         self._kept = kept
         self._cache: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()
+        self._computing: dict[tuple, threading.Lock] = {}
 
     def get(self, key: tuple, compute):
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        answer = compute()
-        with self._lock:
-            self._cache[key] = answer
-            while len(self._cache) > self._kept:
-                self._cache.popitem(last=False)
+            computing = self._computing.setdefault(key, threading.Lock())
+        with computing:
+            with self._lock:
+                if key in self._cache:
+                    return self._cache[key]
+            try:
+                answer = compute()
+                with self._lock:
+                    self._cache[key] = answer
+                    while len(self._cache) > self._kept:
+                        self._cache.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._computing.pop(key, None)
         return answer
 
 
 def table_version(store: Store, run: Run) -> tuple:
     """What a cached answer about `run` was computed from: the store, the run and the version
-    of the run's variants table (None before its first batch)."""
-    table = store.variants_table_of(run.run_id)
+    of the run's variants table (None before its first batch). The table is named from the
+    Run already read (store.variants_table_of reads the runs table again: every request asks)."""
+    table = run.variants_table if store.has_table(run.variants_table) else None
     version = store.dataset(table).version if table is not None else None
     return (str(store.path), run.run_id, table, version)
 
@@ -351,6 +488,33 @@ class Projections:
         return self._memo.get((*key, method), compute)
 
 
+class Kept:
+    """What one server keeps in memory, each answer under the versions of the tables it was
+    computed from: the runs' counts, each run's summary, snapshot and projections."""
+
+    def __init__(self):
+        self.runs = Memo()
+        self.summaries = Memo()
+        self.snapshots = Memo(SNAPSHOTS_KEPT)
+        self.projections = Projections()
+
+
+def warm(db: str | os.PathLike | Store, run: str | None, kept: Kept) -> None:
+    """Compute, before the server answers its first request, what its first page and the run's
+    gallery and image views need: the runs, and the run's summary and snapshot (at the paper's
+    size the summary took 2.2 s and the snapshot 2.2 s, where the page has a second). A store
+    with no run yet is left to the requests to say so."""
+    store = _store(db)
+    runs(store, kept.runs)
+    if not store.has_table("runs") or not read_runs(store):
+        return
+    chosen = _run(store, run)
+    stats(store, chosen.run_id, kept.summaries)
+    if store.variants_table_of(chosen.run_id) is not None:
+        if snapshot(store, chosen, kept.snapshots).vector_index:
+            import lancedb  # noqa: F401 - the indexed neighbour search's, ~3 s to import
+
+
 def projection_methods() -> list[str]:
     """pca always; umap where umap-learn is installed."""
     try:
@@ -365,12 +529,16 @@ def project(store: Store, run: Run, table: str, method: str = "pca") -> dict:
     top two eigenvectors of the D x D covariance, or UMAP). Points are columns: x, y, the
     index of the image in `images` and of the variant in `variants`; each variant joins its
     image's original (variant index 0), and `pixels` (1 where its PNG is stored)."""
-    from ..index import load_embeddings
     from ..knn import normalise
 
     started = time.perf_counter()
-    found = load_embeddings(store, table, matches(run_id=run.run_id))
-    vectors = normalise(found.vectors, np.float64)
+    found = store.dataset(table).to_table(
+        columns=["image_id", "variant", "embedding"], filter=matches(run_id=run.run_id)
+    )
+    dim = found.schema.field("embedding").type.list_size
+    flat = found.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
+    # float32 throughout: at the paper's 133k x 512 the float64 copies cost 3 of its 15 s
+    vectors = normalise(flat.reshape(found.num_rows, dim))
     if method == "umap" and len(vectors) > 2:
         import umap
 
@@ -378,41 +546,52 @@ def project(store: Store, run: Run, table: str, method: str = "pca") -> dict:
     elif len(vectors):
         from scipy.linalg import eigh
 
-        centred = (vectors - vectors.mean(axis=0)).astype(np.float32)
+        vectors -= vectors.mean(axis=0)
         # the top two eigenvectors of the D x D covariance only (LAPACK's subset driver): the
         # full decomposition took seconds on a busy 2-core machine, a full SVD of the points
-        # longer still; float32 halves the covariance's time
-        covariance = (centred.T @ centred).astype(np.float64)
+        # longer still; the covariance in float32 (BLAS's syrk, ~3 s at the paper's size, the
+        # projection's largest part)
+        covariance = (vectors.T @ vectors).astype(np.float64)
         d = len(covariance)
         _, basis = eigh(covariance, subset_by_index=[d - 2, d - 1])
         basis = basis[:, ::-1]
         # a sign per axis, fixed by the largest loading, so a re-run draws the same picture
         basis *= np.sign(basis[np.abs(basis).argmax(axis=0), [0, 1]])
-        points = centred @ basis.astype(np.float32)
+        points = vectors @ basis.astype(np.float32)
     else:
         points = np.zeros((0, 2))
-    names, image_index = np.unique(found.image_ids.astype(str), return_inverse=True)
-    variant_names = [ORIGINAL] + sorted(set(found.variants.tolist()) - {ORIGINAL})
-    lookup = {name: i for i, name in enumerate(variant_names)}
+    # the image and variant of each point as indexes, computed in Arrow (np.unique over the
+    # ids as Python strings took 0.4 s)
+    ids = found.column("image_id").combine_chunks()
+    names = pc.unique(ids).sort()
+    stored_variants = set(pc.unique(found.column("variant")).to_pylist())
+    variant_names = [ORIGINAL] + sorted(stored_variants - {ORIGINAL})
     kept = store.dataset(table).to_table(
         columns=["image_id", "variant"],
         filter=matches(run_id=run.run_id) & pc.field("pixels").is_valid(),
     )
-    kept = set(
-        zip(kept.column("image_id").to_pylist(), kept.column("variant").to_pylist(), strict=True)
-    )
+    if kept.num_rows:
+        pairs = pc.binary_join_element_wise(ids, found.column("variant"), "\x00")
+        stored = pc.binary_join_element_wise(
+            kept.column("image_id"), kept.column("variant"), "\x00"
+        )
+        pixels = pc.is_in(pairs, value_set=stored.combine_chunks()).to_numpy(zero_copy_only=False)
+    else:
+        pixels = np.zeros(found.num_rows, dtype=bool)
     return {
         "run_id": run.run_id,
         "method": method,
         "seconds": round(time.perf_counter() - started, 3),
-        "images": names.tolist(),
+        "images": names.to_pylist(),
         "variants": variant_names,
-        "x": np.round(points[:, 0], 5).tolist(),
-        "y": np.round(points[:, 1], 5).tolist(),
-        "image": image_index.tolist(),
-        "variant": [lookup[v] for v in found.variants.tolist()],
+        "x": np.round(points[:, 0].astype(np.float64), 5).tolist(),
+        "y": np.round(points[:, 1].astype(np.float64), 5).tolist(),
+        "image": pc.index_in(ids, value_set=names).to_numpy().tolist(),
+        "variant": pc.index_in(found.column("variant"), value_set=pa.array(variant_names))
+        .to_numpy()
+        .tolist(),
         # 1 where the point's PNG is stored (the hover shows it), else 0
-        "pixels": [int(pair in kept) for pair in zip(found.image_ids, found.variants, strict=True)],
+        "pixels": pixels.astype(int).tolist(),
     }
 
 
@@ -489,8 +668,10 @@ def _json_records(description, rows: list[tuple]) -> list[dict]:
 
 
 def _plain(value):
-    """A JSON-ready copy, as `--format json` writes values (NaN becomes null)."""
-    return json.loads(format_rows(["v"], [(value,)], "json"))[0]["v"]
+    """A JSON-ready copy, as `--format json` writes values (NaN becomes null): the value
+    formatting.py's JSON writer takes, without the text in between (an image view's 20k floats
+    took ~100 ms through the text)."""
+    return json_ready(value)
 
 
 def _perturbations(definitions: str | None) -> list[str]:
@@ -539,40 +720,15 @@ def _augmentations(con, run: Run) -> list[dict]:
     )
 
 
-def _only_variant(augmentations: list[dict], query: GalleryQuery) -> str | None:
-    """The stored variant label where the query's augmentation and severity name exactly one
-    (NAME, or NAME@SEVERITY for a levelled perturbation), else None."""
-    if query.augmentation is None:
-        return None
-    chosen = [
-        a
-        for a in augmentations
-        if a["augmentation"] == query.augmentation
-        and (query.severity is None or a["severity"] == query.severity)
-    ]
-    if len(chosen) != 1:
-        return None
-    name, severity = chosen[0]["augmentation"], chosen[0]["severity"]
-    return name if severity is None else f"{name}@{severity}"
-
-
-def _with_pixels(store: Store, run: Run, image_ids: set[str]) -> set[tuple[str, str]]:
-    table = store.variants_table_of(run.run_id)
-    if table is None or not image_ids:
-        return set()
-    found = store.dataset(table).to_table(
-        columns=["image_id", "variant"],
-        filter=matches(run_id=run.run_id, image_id=sorted(image_ids))
-        & pc.field("pixels").is_valid(),
-    )
-    return set(
-        zip(found.column("image_id").to_pylist(), found.column("variant").to_pylist(), strict=True)
-    )
-
-
-def _top5(con, run: Run, image_id: str) -> dict[str, list[dict]]:
+def _top5(store: Store, run: Run, image_id: str) -> dict[str, list[dict]]:
     """Each variant's stored zero-shot top-5 (label and probability), from one label set and
-    template (ImageNet first), where `clipshift zeroshot` stored any."""
+    template (ImageNet first), where `clipshift zeroshot` stored any. On a memory cursor with
+    only the two zero-shot tables registered: a full `connect` costs ~100 ms."""
+    if not (store.has_table("zeroshot") and store.has_table("zeroshot_labels")):
+        return {}
+    con = memory_cursor()
+    for name in ("zeroshot", "zeroshot_labels"):
+        con.register(name, store.dataset(name))
     rows = con.execute(
         "WITH chosen AS (SELECT label_set, template FROM zeroshot WHERE run_id = $run_id "
         "  ORDER BY label_set <> 'imagenet', label_set, template LIMIT 1) "
@@ -582,6 +738,7 @@ def _top5(con, run: Run, image_id: str) -> dict[str, list[dict]]:
         {"run_id": run.run_id, "image_id": image_id},
     ).fetchall()
     if not rows:
+        con.close()
         return {}
     wanted = sorted({int(i) for _, labels, _, _ in rows for i in labels})
     names = dict(
@@ -591,6 +748,7 @@ def _top5(con, run: Run, image_id: str) -> dict[str, list[dict]]:
             {"label_set": rows[0][3], "wanted": wanted},
         ).fetchall()
     )
+    con.close()
     return {
         variant: [
             {"label": names.get(int(i)), "label_index": int(i), "probability": float(p)}
@@ -600,35 +758,46 @@ def _top5(con, run: Run, image_id: str) -> dict[str, list[dict]]:
     }
 
 
-def _neighbors(store: Store, run: Run, table: str, vectors: np.ndarray) -> list[list[dict]]:
-    """The NEIGHBORS stored originals nearest each vector (cosine distance, exact: computed on
-    the rows found, as clipshift.neighbors does), by LanceDB search through clipshift.index;
-    the vector index is used where one exists and never built here (the server only reads)."""
-    from ..index import has_vector_index, query_index, search
+def _neighbors(store: Store, run: Run, kept: Snapshot, vectors: np.ndarray) -> list[list[dict]]:
+    """The NEIGHBORS stored originals nearest each vector, by cosine distance computed exactly
+    in float64 as clipshift.neighbors does. Where the run's table has a vector index, LanceDB
+    searches it through clipshift.index (as `neighbors` does; the server never builds one);
+    otherwise the search is exact, over the snapshot's originals in memory: 10 queries against
+    13k originals in ~10 ms, where LanceDB's flat search took 0.6 s."""
     from ..knn import normalise
 
     if not len(vectors):
         return []
-    use_index = has_vector_index(store, table)
-    candidates = where(run_id=run.run_id, variant=ORIGINAL)
-    found = search(
-        store,
-        table,
-        vectors if len(vectors) > 1 else vectors[0],
-        candidates,
-        NEIGHBORS,
-        use_index,
-        ("image_id", "embedding"),
-    )
-    which = query_index(found)
-    ids = found.column("image_id").to_pylist()
-    flat = found.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
-    unit = normalise(flat.reshape(found.num_rows, -1).astype(np.float32), np.float64)
     queries = normalise(vectors, np.float64)
     answer: list[list[dict]] = [[] for _ in vectors]
-    for row, q in enumerate(which):
-        distance = max(float(1.0 - unit[row] @ queries[q]), 0.0) + 0.0
-        answer[q].append({"image_id": ids[row], "distance": distance})
-    for found_rows in answer:
-        found_rows.sort(key=lambda r: (r["distance"], r["image_id"]))
+    if kept.vector_index:
+        from ..index import query_index, search
+
+        found = search(
+            store,
+            kept.table,
+            vectors if len(vectors) > 1 else vectors[0],
+            where(run_id=run.run_id, variant=ORIGINAL),
+            NEIGHBORS,
+            True,
+            ("image_id", "embedding"),
+        )
+        which = query_index(found)
+        ids = np.asarray(found.column("image_id").to_pylist(), dtype=object)
+        flat = found.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False)
+        candidates = flat.reshape(found.num_rows, -1)
+        rows = [np.flatnonzero(which == q) for q in range(len(vectors))]
+    elif not len(kept.originals.vectors):
+        return answer
+    else:
+        ids, candidates = kept.originals.image_ids, kept.originals.vectors
+        # a float32 screen of every original, then the few nearest recomputed in float64
+        similarity = kept.unit_originals @ queries.T.astype(np.float32)
+        depth = min(NEIGHBORS + NEIGHBOR_SCREEN, len(candidates))
+        rows = [np.argpartition(-similarity[:, q], depth - 1)[:depth] for q in range(len(vectors))]
+    for q, found_rows in enumerate(rows):
+        unit = normalise(candidates[found_rows], np.float64)
+        distances = np.maximum(1.0 - unit @ queries[q], 0.0) + 0.0
+        ranked = sorted(zip(distances.tolist(), ids[found_rows].tolist(), strict=True))
+        answer[q] = [{"image_id": i, "distance": d} for d, i in ranked[:NEIGHBORS]]
     return answer

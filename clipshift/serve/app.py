@@ -13,6 +13,8 @@ import ipaddress
 import logging
 import os
 import secrets
+import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -49,14 +51,29 @@ def create_app(
     run: str | None = None,
     token: str | None = None,
     report: str | os.PathLike | None = None,
+    warm: bool = True,
 ):
     """The ASGI app over the store at `db`. `run` is the run the page opens on (default: the
     latest); with `token`, every request must carry it (?token=, a Bearer header, or the
     cookie the first page load with ?token= sets), else 401. `report` is a `clipshift
-    report` folder whose figures the runs view shows (where it exists)."""
+    report` folder whose figures the runs view shows (where it exists). With `warm`, the app
+    computes what the run's first views need (`api.warm`) as it starts, before the server
+    listens, so the first page is as quick as the next."""
     db = str(db)
-    projections = api.Projections()
-    summaries = api.Memo()
+    kept = api.Kept()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if warm:
+            started = time.perf_counter()
+            try:
+                await run_in_threadpool(api.warm, db, run, kept)
+            except ClipshiftError as exc:  # e.g. a run with no images yet: its requests say so
+                log.info("nothing to warm up: %s", exc)
+            except Exception:  # noqa: BLE001 - the requests will say what is wrong, one line each
+                log.warning("warming up failed: the first requests compute instead", exc_info=True)
+            log.info("warmed up in %.1f s", time.perf_counter() - started)
+        yield
 
     def query_run(request: Request) -> str | None:
         return request.query_params.get("run") or None
@@ -80,10 +97,11 @@ def create_app(
         )
 
     async def runs(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(api.runs, db))
+        return JSONResponse(await run_in_threadpool(api.runs, db, kept.runs))
 
     async def stats(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(api.stats, db, query_run(request), summaries))
+        answer = await run_in_threadpool(api.stats, db, query_run(request), kept.summaries)
+        return JSONResponse(answer)
 
     async def images(request: Request) -> Response:
         q = request.query_params
@@ -100,11 +118,15 @@ def create_app(
             flipped=_flag(q, "flip"),
             label=q.get("label") or None,
         )
-        return JSONResponse(await run_in_threadpool(api.images, db, query_run(request), query))
+        answer = await run_in_threadpool(api.images, db, query_run(request), query, kept.snapshots)
+        return JSONResponse(answer)
 
     async def image(request: Request) -> Response:
         image_id = request.path_params["image_id"]
-        return JSONResponse(await run_in_threadpool(api.image, db, query_run(request), image_id))
+        answer = await run_in_threadpool(
+            api.image, db, query_run(request), image_id, kept.snapshots
+        )
+        return JSONResponse(answer)
 
     async def pixels(request: Request) -> Response:
         p = request.path_params
@@ -113,7 +135,7 @@ def create_app(
 
     async def projection(request: Request) -> Response:
         method = request.query_params.get("method") or "pca"
-        data = await run_in_threadpool(projections.get, db, query_run(request), method)
+        data = await run_in_threadpool(kept.projections.get, db, query_run(request), method)
         return Response(data, media_type="application/json")
 
     async def sql(request: Request) -> Response:
@@ -157,6 +179,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         exception_handlers={404: not_found, 405: method_not_allowed},
+        lifespan=lifespan,
     )
     # outermost: every failure, the token check's included, becomes one line of JSON
     app.add_middleware(_Guard, token=token)

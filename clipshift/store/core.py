@@ -40,7 +40,6 @@ from .damage import (
     damage_error,
     ever_committed,
     object_damage,
-    read_damage,
     table_damage,
 )
 from .lease import WriterLease
@@ -170,7 +169,7 @@ class Store:
             named = names  # a Lance read error that names no table: read them all
         for name in named:
             if self.location.is_local:
-                problem = read_damage(self.path / f"{name}.lance")
+                problem = table_damage(self.path / f"{name}.lance", read=True)
             else:
                 problem = object_damage(self.dataset, name, read=True)
             if problem:

@@ -5,6 +5,7 @@ fragment. `Store` raises it before any work; `clipshift check` reports and repai
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import lance
@@ -33,29 +34,64 @@ def repair_hint(path: str | os.PathLike) -> str:
     )
 
 
-def table_damage(table_dir: Path) -> str | None:
-    """What is wrong with the latest version of the Lance table at `table_dir`, found from its
-    manifest and the file sizes it records, without reading any data; None when nothing is.
+def fragment_problems(
+    dataset, size_of: Callable[[str], int | None] | None, *, read: bool, first: bool = False
+) -> list[tuple[object, str]]:
+    """The fragments of the Lance `dataset`'s version that cannot be read, each with what is
+    wrong: one of its data files missing or not the size its manifest records (where `size_of`
+    gives a file's size by its path under data/, None when it is absent), or, with `read`, a
+    read of the whole fragment failing. With `first`, only the first such fragment. The one
+    reader of damage: `Store`'s quick check (sizes, no data), its diagnosis and `clipshift
+    check` (every fragment read)."""
+    found = []
+    for fragment in dataset.get_fragments():
+        problem = None
+        for data_file in fragment.metadata.files if size_of else []:
+            size, expected = size_of(data_file.path), data_file.file_size_bytes
+            if size is None:
+                problem = f"data file data/{data_file.path} is missing"
+            elif expected and size != expected:
+                problem = (
+                    f"data file data/{data_file.path} has {size:,} bytes, not the "
+                    f"{expected:,} it was written with (truncated?)"
+                )
+            if problem:
+                break
+        if problem is None and read:
+            try:
+                for _ in fragment.to_batches(batch_size=4096):
+                    pass
+            except Exception as exc:  # noqa: BLE001 - any read failure is the damage reported
+                problem = f"cannot be read ({first_line(exc, typed=True)})"
+        if problem:
+            found.append((fragment, problem))
+            if first:
+                break
+    return found
 
-    Catches a missing manifest or data file and a data file of the wrong size (truncated); a
-    file damaged in place is found by `clipshift check`, which reads every fragment."""
+
+def describe(fragment, problem: str) -> str:
+    """One damaged fragment in a line: its id, rows and files, and the problem."""
+    files = ", ".join(f"data/{f.path}" for f in fragment.metadata.files)
+    rows = fragment.metadata.num_rows
+    return f"fragment {fragment.fragment_id} ({rows} rows, {files}): {problem}"
+
+
+def table_damage(table_dir: Path, *, read: bool = False) -> str | None:
+    """What is wrong with the latest version of the local Lance table at `table_dir`, None
+    when nothing is: from its manifest and the file sizes it records, without reading any data
+    (milliseconds; a file damaged in place is found with `read`, which reads every fragment)."""
+
+    def size_of(path: str) -> int | None:
+        file = table_dir / "data" / path
+        return file.stat().st_size if file.is_file() else None
+
     try:
-        ds = lance.dataset(str(table_dir))
-        fragments = ds.get_fragments()
+        dataset = lance.dataset(str(table_dir))
+        damaged = fragment_problems(dataset, size_of, read=read, first=True)
     except Exception as exc:  # noqa: BLE001 - any failure to open is the damage reported
         return f"its manifest cannot be read ({first_line(exc, typed=True)})"
-    for fragment in fragments:
-        for data_file in fragment.metadata.files:
-            file = table_dir / "data" / data_file.path
-            if not file.is_file():
-                return f"data file data/{data_file.path} is missing"
-            expected = data_file.file_size_bytes
-            if expected and file.stat().st_size != expected:
-                return (
-                    f"data file data/{data_file.path} has {file.stat().st_size:,} bytes, "
-                    f"not the {expected:,} it was written with (truncated?)"
-                )
-    return None
+    return describe(*damaged[0]) if damaged else None
 
 
 def ever_committed(table_dir: Path) -> bool:
@@ -67,31 +103,10 @@ def ever_committed(table_dir: Path) -> bool:
 
 def object_damage(dataset, name: str, *, read: bool) -> str | None:
     """What is wrong with the table `name` of an object-storage store (`dataset` opens it):
-    its manifest cannot be read, or with `read`, a fragment cannot."""
+    its manifest cannot be read, or with `read`, a fragment cannot (file sizes are checked by
+    `clipshift check`, which lists them)."""
     try:
-        fragments = dataset(name).get_fragments()
+        damaged = fragment_problems(dataset(name), None, read=read, first=True)
     except Exception as exc:  # noqa: BLE001 - any failure to open is the damage reported
         return f"its manifest cannot be read ({first_line(exc, typed=True)})"
-    for fragment in fragments if read else []:
-        try:
-            for _ in fragment.to_batches(batch_size=4096):
-                pass
-        except Exception as exc:  # noqa: BLE001 - any read failure is the damage reported
-            return f"fragment {fragment.fragment_id} cannot be read: {first_line(exc, typed=True)}"
-    return None
-
-
-def read_damage(table_dir: Path) -> str | None:
-    """As `table_damage`, and then every fragment of the latest version read in full."""
-    problem = table_damage(table_dir)
-    if problem:
-        return problem
-    for fragment in lance.dataset(str(table_dir)).get_fragments():
-        try:
-            for _ in fragment.to_batches(batch_size=4096):
-                pass
-        except Exception as exc:  # noqa: BLE001 - any read failure is the damage reported
-            files = ", ".join(f"data/{f.path}" for f in fragment.metadata.files)
-            problem = first_line(exc, typed=True)
-            return f"fragment {fragment.fragment_id} ({files}) cannot be read: {problem}"
-    return None
+    return describe(*damaged[0]) if damaged else None

@@ -12,11 +12,14 @@ SELECT run_id, augmentation, severity, layer, layer > blocks AS is_head,
        stddev_samp(cosine) AS cosine_std,
        1.96 * stddev_samp(cosine) / sqrt(count(*)) AS cosine_ci95
 FROM (
-    SELECT run_id, perturbation_name(variant, severity) AS augmentation, severity,
-           len(token_drift_layers) // len(token_drift) AS blocks,
-           unnest(layer_cosine)::DOUBLE AS cosine,
-           unnest(range(len(layer_cosine))) AS layer
-    FROM variants
-    WHERE variant <> 'original' AND layer_cosine IS NOT NULL
+    -- L from the run (its attention maps, and SigLIP's pooling head's map), not from the
+    -- rows' token_drift_layers: reading that column cost 2 s on the paper-size store
+    SELECT v.run_id, perturbation_name(v.variant, v.severity) AS augmentation, v.severity,
+           r.num_layers - CASE WHEN r.family IN ('siglip', 'siglip2') THEN 1 ELSE 0 END
+               AS blocks,
+           unnest(v.layer_cosine)::DOUBLE AS cosine,
+           unnest(range(len(v.layer_cosine))) AS layer
+    FROM variants AS v JOIN runs AS r USING (run_id)
+    WHERE v.variant <> 'original' AND v.layer_cosine IS NOT NULL
 )
 GROUP BY run_id, augmentation, severity, layer, blocks;

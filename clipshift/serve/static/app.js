@@ -13,6 +13,10 @@ const PALETTE = ["#444444", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd
 
 let config = null;
 let renderToken = 0;
+// the runs list of the view being rendered: its fetch starts with the render, alongside the
+// config's and the summary's, rather than after them (the first page waited for three answers
+// in a row)
+let runsPromise = null;
 
 // -- plumbing --------------------------------------------------------------------------------
 
@@ -118,8 +122,12 @@ function table(columns, rows, opts = {}) {
   return el("div", { class: "scroll" }, el("table", { id: opts.id }, el("thead", {}, head), el("tbody", {}, body)));
 }
 
-async function runsList() {
-  return getJSON("api/runs");
+function runsList() {
+  if (!runsPromise) {
+    runsPromise = getJSON("api/runs");
+    runsPromise.catch(() => {}); // its view awaits it and shows the error
+  }
+  return runsPromise;
 }
 
 function runLabel(run) {
@@ -129,8 +137,11 @@ function runLabel(run) {
 // -- views -----------------------------------------------------------------------------------
 
 async function viewRuns(root, params) {
+  const asked = params.get("run");
+  const statsPromise = asked ? getJSON(`api/stats?run=${encodeURIComponent(asked)}`) : null;
+  if (statsPromise) statsPromise.catch(() => {}); // awaited below, after the runs
   const runs = await runsList();
-  const run = params.get("run") || (runs[0] && runs[0].run_id);
+  const run = asked || (runs[0] && runs[0].run_id);
   root.append(el("h2", {}, "Runs"));
   if (!runs.length) {
     root.append(el("p", { class: "muted" }, "The store holds no runs yet: run clipshift ingest first."));
@@ -143,7 +154,7 @@ async function viewRuns(root, params) {
     selected: (r) => r.run_id === run,
   }));
   runLabel(run);
-  const stats = await getJSON(`api/stats?run=${encodeURIComponent(run)}`);
+  const stats = await (statsPromise || getJSON(`api/stats?run=${encodeURIComponent(run)}`));
   const summary = stats.summary.slice();
   const sort = { column: params.get("sort") || "rank", dir: params.get("dir") || "asc" };
   const sign = sort.dir === "desc" ? -1 : 1;
@@ -533,6 +544,7 @@ const VIEWS = { runs: viewRuns, gallery: viewGallery, image: viewImage, map: vie
 
 async function render() {
   const mine = ++renderToken;
+  const hash = location.hash;
   const { view, arg, params } = parseHash();
   showError("");
   for (const name of ["runs", "gallery", "map", "sql"]) {
@@ -545,6 +557,8 @@ async function render() {
   const fresh = el("div", { "data-view": view });
   root.replaceChildren(fresh);
   document.body.dataset.ready = "false";
+  runsPromise = null;
+  if (view !== "sql") runsList();
   try {
     if (!config) config = await getJSON("api/config");
     const handler = VIEWS[view];
@@ -553,7 +567,9 @@ async function render() {
   } catch (error) {
     if (mine === renderToken) showError(error.message);
   } finally {
-    if (mine === renderToken) document.body.dataset.ready = "true";
+    // which URL the ready view shows: a test (or a script) waits for the view of the URL it
+    // set, not the previous one, still marked ready until the hashchange event arrives
+    if (mine === renderToken) Object.assign(document.body.dataset, { ready: "true", rendered: hash });
   }
 }
 
