@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 from clipshift.encoder import DTYPES, resolve_device  # noqa: E402
 from clipshift.families import FAMILIES  # noqa: E402
 
-CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+# the flags printed beside the figures: fp32's widest multiply-add units, and native bf16
+CPU_FLAGS = ("fma", "avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 # a text tower as small as possible: only the vision tower is timed
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 
@@ -62,21 +63,35 @@ CONFIGS = {
 }
 
 
-def cpu_description() -> str:
-    """The CPU's model name and which of CPU_FLAGS it has, from /proc/cpuinfo (Linux)."""
-    name, flags = platform.processor() or "unknown CPU", set()
+def cpu_info() -> tuple[str, set[str], float | None]:
+    """The CPU's model name, flags and clock in GHz (None: unknown), from the first processor
+    of /proc/cpuinfo (Linux; elsewhere a name only)."""
+    name, flags, ghz = platform.processor() or "unknown CPU", set(), None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 name = value.strip()
+            elif key.strip() == "cpu MHz":
+                ghz = float(value) / 1000
             elif key.strip() == "flags":
                 flags = set(value.split())
                 break
-    except OSError:
+    except (OSError, ValueError):
         pass
-    marks = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS)
-    return f"{name}; {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; {marks}"
+    return name, flags, ghz
+
+
+def flag_marks(flags: set[str]) -> str:
+    """Which of CPU_FLAGS `flags` has: "fma yes, avx2 yes, avx512f no, ..."."""
+    return ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS)
+
+
+def cpu_description() -> str:
+    """The CPU's model name and which of CPU_FLAGS it has, from /proc/cpuinfo (Linux)."""
+    name, flags, _ = cpu_info()
+    threads = torch.get_num_threads()
+    return f"{name}; {os.cpu_count()} cores, torch threads {threads}; {flag_marks(flags)}"
 
 
 def build(name: str):

@@ -16,8 +16,14 @@ Everything side by side in one run, on one machine, each measurement in a fresh 
     steady-state ingest with the default --workers (printed, as is the tiny model's) against
     the bare forward pass at the same batch;
   - peak RSS of the main process and of a worker, for N and 2N images, 1..cores workers;
-  - precision: the embedding difference of bf16 and fp16 against fp32 (full-size ViT-B/32,
-    random weights, real photos);
+  - distance to the limit: the full-size model's GFLOP per input (counted from its config,
+    `clipshift.workers.inference_gflop`), the GFLOP/s its bare forward and ingest achieve, and
+    this CPU's peak beside them (cores x clock x FLOP per cycle of its widest fp32 unit, and
+    of AMX or AVX512-BF16 for bf16, from /proc/cpuinfo's flags; `clipshift.workers.cpu_peak`);
+  - precision: the embedding and attention differences of bf16 and fp16 against fp32
+    (full-size ViT-B/32, random weights, real photos); on a CPU with native bf16 (AMX,
+    AVX512-BF16), bf16 ingest against fp32 ingest and against its own bare forward, side by
+    side (elsewhere bf16 is emulated, and that line says "not measured");
   - the CPU cost of each perturbation (`--perturbations-only` prints just this): ms per
     224-px image for each of the paper's nine and each ImageNet-C corruption (the mean over
     its five severities), with the pixel metrics beside them for scale, measured side by
@@ -25,6 +31,7 @@ Everything side by side in one run, on one machine, each measurement in a fresh 
 
 `--device cuda` measures the full-size ingest against the bare GPU forward the same way. No GPU
 was lent to the session that wrote this benchmark: only its CPU figures have been taken.
+The CPU's model name and flags are printed first (benchmarks/attention.py reads them).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from PIL import Image  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clipshift.defaults import IMAGE_SIZE  # noqa: E402
+from clipshift.defaults import IMAGE_SIZE, PRECISION  # noqa: E402
 
 VARIANTS = 10  # the original and nine augmentations
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "camera", "cat")
@@ -179,7 +186,7 @@ def forward_child(args: argparse.Namespace) -> None:
     """Time the forward pass ingest uses, on ready batches, in this (fresh) process."""
     from clipshift.encoder import Encoder
 
-    encoder = Encoder(args.model, device=args.device)
+    encoder = Encoder(args.model, device=args.device, precision=args.precision)
     rng = np.random.default_rng(0)
     inputs = args.batch_size * VARIANTS
     images = rng.integers(0, 256, (inputs, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
@@ -214,6 +221,7 @@ def ingest_child(args: argparse.Namespace) -> None:
         device=args.device,
         keep_pixels=args.keep_pixels,
         workers=args.workers,
+        precision=args.precision,
         on_start=lambda total: marks.setdefault("start", time.perf_counter()),
         on_progress=lambda done, summary: marks.setdefault(
             "first_batch", (time.perf_counter(), summary.stored, busy_cpu_seconds())
@@ -259,7 +267,8 @@ def precision_child(args: argparse.Namespace) -> None:
     paths = sorted(Path(args.photos).iterdir())[:2]
     images = np.concatenate([prepare_image(p, PrepareSettings(), False).pixels for p in paths])
     start = time.perf_counter()
-    reference = Encoder(args.model, device=args.device).encode(images).embeddings
+    fp32 = Encoder(args.model, device=args.device).encode(images)
+    reference = fp32.embeddings
     out = {"fp32": {"seconds": time.perf_counter() - start}}
     for precision in ("bf16", "fp16"):
         try:
@@ -279,6 +288,8 @@ def precision_child(args: argparse.Namespace) -> None:
             "mean_cosine": float(cosine.mean()),
             "max_relative_l2": float(relative.max()),
             "max_abs": float(np.abs(e - reference).max()),
+            # every layer's stored map, each a distribution over the patches
+            "max_attention": float(np.abs(got.attention - fp32.attention).max()),
         }
     print(json.dumps(out))
 
@@ -363,8 +374,45 @@ def default_for(model: Path, device: str) -> int:
     return _default_workers(resolve_model(str(model)), device, 224, VARIANTS)
 
 
-def timed_ingest(args, model, photos, db, workers) -> dict:
-    return child("ingest", args, model=model, photos=photos, db=db, workers=workers, keep_pixels=0)
+def timed_ingest(args, model, photos, db, workers, precision: str = PRECISION) -> dict:
+    return child("ingest", args, model=model, photos=photos, db=db, workers=workers,
+                 keep_pixels=0, precision=precision)  # fmt: skip
+
+
+def steady_inputs_per_second(run: dict) -> float:
+    """Inputs a second of an ingest from the end of its model load (workers start meanwhile)."""
+    return run["images"] * VARIANTS / run["after_model_load"]
+
+
+def print_distance_to_limit(model: Path, rates: dict[str, float], precision: str) -> None:
+    """The model's GFLOP per input, what `rates` (inputs/s by name) achieve in GFLOP/s, and
+    this CPU's peak for `precision` beside them."""
+    from attention import cpu_info
+
+    from clipshift.hub import model_config, resolve_model
+    from clipshift.workers import available_cores, cpu_peak, inference_gflop
+
+    vision = model_config(resolve_model(str(model)))["vision_config"]
+    gflop = inference_gflop(vision, IMAGE_SIZE)
+    tokens = (IMAGE_SIZE // vision["patch_size"]) ** 2 + 1
+    _, flags, ghz = cpu_info()
+    peak = cpu_peak(flags, available_cores(), ghz or float("nan"))
+    if precision == "bf16":
+        unit, per_cycle, limit = peak.bf16_unit, peak.bf16_flop_per_cycle, peak.bf16_gflops
+    else:
+        unit, per_cycle, limit = peak.fp32_unit, peak.fp32_flop_per_cycle, peak.fp32_gflops
+    achieved = {name: rate * gflop for name, rate in rates.items()}
+    figures = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in achieved.items())
+    print(f"  distance to the limit, {precision}: {gflop:.2f} GFLOP per input ({gflop / 2:.2f} "
+          f"GMAC: the patch embedding, then {vision['num_hidden_layers']} layers' projections, "
+          f"MLP and attention scores at {tokens} tokens); achieved {figures}")  # fmt: skip
+    if limit is None:
+        print(f"  this CPU's {precision} peak: none, no native unit (bf16 is converted to fp32)")
+        return
+    shares = ", ".join(f"{name} at {value / limit:.2f} of it" for name, value in achieved.items())
+    print(f"  this CPU's {precision} peak: {peak.cores} cores x {peak.ghz:.2f} GHz "
+          f"(/proc/cpuinfo's clock; turbo may be higher) x {per_cycle} FLOP/cycle ({unit}) "
+          f"= {limit:.0f} GFLOP/s; {shares}")  # fmt: skip
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -386,6 +434,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     for hidden in ("--model", "--photos", "--db"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default=PRECISION, help=argparse.SUPPRESS)
     for hidden in ("--batches", "--workers", "--keep-pixels"):
         parser.add_argument(hidden, type=int, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -404,6 +453,9 @@ def main() -> None:
         }
         return children[args.child](args)
 
+    from attention import cpu_description, cpu_info, flag_marks
+
+    from clipshift.knn import native_bf16
     from clipshift.workers import available_cores
 
     cores = available_cores()
@@ -412,6 +464,7 @@ def main() -> None:
     began = time.perf_counter()
     print(f"{cores} cores usable, device {args.device}, batch {args.batch_size} images "
           f"x {VARIANTS} variants; each figure from a fresh process")  # fmt: skip
+    print(f"CPU: {cpu_description()}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         photos = tmp / "photos"
@@ -469,25 +522,25 @@ def main() -> None:
                       f"{two['max_rss_mb']:.0f} MB ({2 * n_images})"
                       + (f"; worker {two['worker_rss_mb']:.0f} MB" if n > 1 else ""))  # fmt: skip
 
+        full_photos = tmp / "photos-full"
+        full_photos.mkdir()
+        for path in sorted(photos.iterdir())[: args.full_images]:
+            os.link(path, full_photos / path.name)
+        batches = max(2, args.full_images // args.batch_size)
         if "full" not in skip:
             model = save_full_size_clip(tmp / "vit-b-32-random")
-            batches = max(2, args.full_images // args.batch_size)
-            full_photos = tmp / "photos-full"
-            full_photos.mkdir()
-            for path in sorted(photos.iterdir())[: args.full_images]:
-                os.link(path, full_photos / path.name)
             before = child("forward", args, model=model, batches=batches)
             run = timed_ingest(args, model, full_photos, tmp / "full", None)
             after = child("forward", args, model=model, batches=batches)
             forward = [f["inputs"] / f["seconds"] for f in (before, after)]
             mean = sum(forward) / 2
-            # steady state: from the end of the model load (workers start meanwhile)
-            rate = run["images"] * VARIANTS / run["after_model_load"]
+            rate = steady_inputs_per_second(run)
             print(f"\nfull-size ViT-B/32 (random weights), {run['images']} images, "
                   f"the default --workers ({run['workers']}):")  # fmt: skip
             print(f"  bare forward {forward[0]:.1f} / {forward[1]:.1f} inputs/s (before / after); "
                   f"ingest steady state {rate:.1f} inputs/s; "
                   f"ratio {rate / mean:.2f} (target >= 0.95)")  # fmt: skip
+            print_distance_to_limit(model, {"bare forward": mean, "ingest": rate}, "fp32")
 
         if "precision" not in skip:
             model = tmp / "vit-b-32-random"
@@ -505,8 +558,34 @@ def main() -> None:
                     print(f"  {name}: {r['inputs']} embeddings, cosine to fp32 min "
                           f"{r['min_cosine']:.6f} mean {r['mean_cosine']:.6f}; relative L2 "
                           f"max {r['max_relative_l2']:.2e}; "
-                          f"max |diff| {r['max_abs']:.2e}; load + forward {r['seconds']:.0f} s "
+                          f"max |diff| {r['max_abs']:.2e}; attention maps max |diff| "
+                          f"{r['max_attention']:.2e}; load + forward {r['seconds']:.0f} s "
                           f"(fp32 {p['fp32']['seconds']:.0f} s)")  # fmt: skip
+            _, flags, _ = cpu_info()
+            if not native_bf16():
+                print("  bf16 ingest against fp32 ingest: not measured: this CPU has no native "
+                      f"bf16 (flags: {flag_marks(flags)})")  # fmt: skip
+            else:
+                # side by side, each in a fresh process: fp32 and bf16 ingest, then the bare
+                # forwards, with the default --workers
+                runs = {precision: timed_ingest(args, model, full_photos,
+                                                tmp / f"precision-{precision}", None, precision)
+                        for precision in ("fp32", "bf16")}  # fmt: skip
+                bare = {precision: child("forward", args, model=model, batches=batches,
+                                         precision=precision)
+                        for precision in ("fp32", "bf16")}  # fmt: skip
+                rates = {k: steady_inputs_per_second(r) for k, r in runs.items()}
+                forward = {k: f["inputs"] / f["seconds"] for k, f in bare.items()}
+                print(f"  bf16 ingest against fp32 ingest, {runs['bf16']['images']} images, the "
+                      f"default --workers ({runs['bf16']['workers']}): fp32 {rates['fp32']:.1f}, "
+                      f"bf16 {rates['bf16']:.1f} inputs/s: x{rates['bf16'] / rates['fp32']:.2f} "
+                      f"(target >= 3); bare forward fp32 {forward['fp32']:.1f}, bf16 "
+                      f"{forward['bf16']:.1f} inputs/s (x{forward['bf16'] / forward['fp32']:.2f}); "
+                      f"bf16 ingest at {rates['bf16'] / forward['bf16']:.2f} of its bare "
+                      f"forward; CPU flags: {flag_marks(flags)}")  # fmt: skip
+                print_distance_to_limit(
+                    model, {"bare forward": forward["bf16"], "ingest": rates["bf16"]}, "bf16"
+                )
     if "perturbations" not in skip:
         print()
         print_perturbation_costs()

@@ -162,6 +162,8 @@ def format_ingest_summary(summary) -> str:
         "transfer to write: in this process)",
         f"store      {summary.db}",
     ]
+    if summary.hint:
+        lines.append(f"hint       {summary.hint}")
     return "\n".join(lines)
 
 

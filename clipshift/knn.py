@@ -9,6 +9,8 @@ queries (docs/neighbors.md has the measurements behind each constant here).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 # queries per block of the exact retrieval, one block per core at a time; fewer when the
@@ -101,15 +103,23 @@ class ExactSearch:
         return ranks, knn
 
 
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): emulated, the
-    screen would be slower than the float32 product it saves."""
+def cpu_capability() -> dict:
+    """torch's view of this CPU's instruction sets ({"avx512_bf16": False, "amx_bf16": ...});
+    empty where this torch cannot tell."""
     import torch
 
     try:
-        capability = torch._C._cpu._get_cpu_capability()  # private: absent means unknown
+        return dict(torch._C._cpu._get_cpu_capability())  # private: absent means unknown
     except AttributeError:
-        return False
+        return {}
+
+
+def native_bf16(capability: Mapping[str, object] | None = None) -> bool:
+    """Whether this CPU (or one with `capability`, as `cpu_capability` gives it) multiplies
+    bfloat16 natively (AVX512-BF16 or AMX): emulated, bf16 is slower than the float32 it
+    stands for (the retrieval screen here, the model's forward in ingest)."""
+    if capability is None:
+        capability = cpu_capability()
     return bool(capability.get("avx512_bf16") or capability.get("amx_bf16"))
 
 

@@ -135,6 +135,47 @@ def inference_gflop(vision_config: dict, image_size: int) -> float:
     return (layers * per_layer + embedding) / 1e9
 
 
+# FLOP per cycle and core of the widest fp32 multiply-add units a CPU's flags (as
+# /proc/cpuinfo names them) show, two units a core as on Xeon Scalable, Zen 2-4 and recent
+# desktop cores (a part with one 512-bit unit has half): lanes x 2 (multiply and add) x 2 units
+FP32_FLOP_PER_CYCLE = (("avx512f", "AVX-512", 64), ("fma", "AVX2/FMA", 32), ("sse2", "SSE2", 16))
+# bf16: AMX's tile unit, 1024 bf16 FLOP a cycle and core (Intel's figure for Sapphire Rapids);
+# AVX512-BF16's dot product, 16 lanes x 2 pairs x 2 FLOP x 2 units
+BF16_FLOP_PER_CYCLE = (("amx_bf16", "AMX", 1024), ("avx512_bf16", "AVX512-BF16", 128))
+
+
+@dataclass(frozen=True)
+class CpuPeak:
+    """A CPU's peak arithmetic rate, cores x clock x FLOP per cycle, from its flags
+    (`cpu_peak`): what benchmarks/ingest.py sets the model's achieved GFLOP/s against."""
+
+    cores: int
+    ghz: float
+    fp32_unit: str
+    fp32_flop_per_cycle: int
+    bf16_unit: str | None  # None: no native bf16 (it is converted to fp32 and back)
+    bf16_flop_per_cycle: int | None
+
+    @property
+    def fp32_gflops(self) -> float:
+        return self.cores * self.ghz * self.fp32_flop_per_cycle
+
+    @property
+    def bf16_gflops(self) -> float | None:
+        if self.bf16_flop_per_cycle is None:
+            return None
+        return self.cores * self.ghz * self.bf16_flop_per_cycle
+
+
+def cpu_peak(flags: Collection[str], cores: int, ghz: float) -> CpuPeak:
+    """The peak of `cores` cores at `ghz` with `flags` (/proc/cpuinfo's names). The clock is
+    what the caller gives: /proc/cpuinfo's "cpu MHz" is the nominal one in a VM, and a core
+    may run faster (turbo), so an achieved rate can come near or past this peak."""
+    fp32 = next((unit for unit in FP32_FLOP_PER_CYCLE if unit[0] in flags), ("", "scalar", 2))
+    bf16 = next((unit for unit in BF16_FLOP_PER_CYCLE if unit[0] in flags), (None, None, None))
+    return CpuPeak(cores, ghz, fp32[1], fp32[2], bf16[1], bf16[2])
+
+
 @dataclass
 class _Task:
     index: int

@@ -59,6 +59,30 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def test_the_kept_input_buffer_gives_the_fresh_normalisation_bit_for_bit(tiny_model):
+    """`start` normalises each batch into one kept buffer (encoder.py: fresh 48 MB batches
+    cost page faults): the values are the fresh path's exactly, a smaller last batch included,
+    and a batch's outputs do not change when the next batch overwrites the buffer."""
+    from clipshift.encoder import Encoder
+    from clipshift.families import CLIP_MEAN, CLIP_STD
+
+    encoder = Encoder(str(tiny_model), device="cpu")
+    rng = np.random.default_rng(0)
+    first, last = (rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8) for n in (6, 4))
+    for images in (first, last):
+        fresh = encoder.pixel_values(images)
+        kept = encoder.pixel_values(images, reuse=True)
+        assert kept.is_contiguous()  # NCHW, as the patch convolution takes it
+        assert torch.equal(fresh, kept)
+        independent = normalised_input(images, CLIP_MEAN, CLIP_STD)
+        np.testing.assert_allclose(kept.numpy(), independent.numpy(), atol=1e-5)
+    assert encoder.pixel_values(last, reuse=True).data_ptr() == kept.data_ptr()
+    alone = encoder.encode(first)
+    again = encoder.start(first)
+    encoder.start(last)  # overwrites the buffer `again` was computed from
+    np.testing.assert_array_equal(encoder.finish(again).embeddings, alone.embeddings)
+
+
 def test_both_runs_share_one_store_in_tables_of_their_width(two_families):
     db, clip_run, siglip_run = two_families
     store = Store.open(db)

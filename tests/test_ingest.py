@@ -18,7 +18,14 @@ from cli import cli
 from clipshift.augment import Augmenter
 from clipshift.defaults import DEFAULT_SUITE
 from clipshift.formatting import SHOWN_DUPLICATES, format_ingest_summary
-from clipshift.ingest import IngestSummary, ingest
+from clipshift.ingest import (
+    BF16_INGEST_SPEEDUP,
+    BF16_MEAN_COSINE,
+    IngestSummary,
+    bf16_hint,
+    ingest,
+)
+from clipshift.knn import native_bf16
 from clipshift.stages import Duplicate
 from clipshift.store import Store
 from clipshift.suites import resolve
@@ -233,6 +240,37 @@ def test_bf16_ingest_is_another_run_with_close_embeddings(tmp_path, tiny_model, 
     a, b = np.stack(rows[fp32.run_id]), np.stack(rows[bf16.run_id])
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.99
+    # the summary suggests bf16 to an fp32 run on a CPU with native bf16 only (not this one's)
+    assert bf16.hint is None and (fp32.hint is not None) == native_bf16()
+
+
+# torch's capability dicts (knn.cpu_capability) of three CPUs, the flags that matter
+XEON_AMX = {"avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_bf16": True}
+COOPER_LAKE = {"avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_bf16": False}
+EPYC_ZEN3 = {"avx2": True, "avx512_f": False, "avx512_bf16": False, "amx_bf16": False}
+
+
+def test_the_bf16_hint_is_for_fp32_runs_on_cpus_with_native_bf16():
+    hint = bf16_hint("cpu", "fp32", XEON_AMX)
+    assert hint is not None and "\n" not in hint and "--precision bf16" in hint
+    assert f"{BF16_INGEST_SPEEDUP:.1f}x" in hint and str(BF16_MEAN_COSINE) in hint
+    assert "(AMX)" in hint and "(AVX512-BF16)" in bf16_hint("cpu", "fp32", COOPER_LAKE)
+    # no native bf16, another precision, the model elsewhere: no hint
+    assert bf16_hint("cpu", "fp32", EPYC_ZEN3) is None
+    assert bf16_hint("cpu", "fp32", {}) is None  # a torch that cannot tell
+    for precision in ("bf16", "fp16"):
+        assert bf16_hint("cpu", precision, XEON_AMX) is None
+    assert bf16_hint("cuda", "fp32", XEON_AMX) is None
+    # the bar: at least 2x faster and a mean cosine of at least 0.9999
+    assert bf16_hint("cpu", "fp32", XEON_AMX, speedup=2.0, cosine=0.9999) is not None
+    assert bf16_hint("cpu", "fp32", XEON_AMX, speedup=1.9) is None
+    assert bf16_hint("cpu", "fp32", XEON_AMX, cosine=0.9998) is None
+    assert BF16_INGEST_SPEEDUP >= 2.0 and BF16_MEAN_COSINE >= 0.9999
+
+    summary = IngestSummary("db", "run", "model", "rev", 224, 0, ["noise"])
+    assert not any(line.startswith("hint") for line in format_ingest_summary(summary).split("\n"))
+    summary.hint = hint
+    assert format_ingest_summary(summary).splitlines()[-1] == f"hint       {hint}"
 
 
 def test_unknown_precision_is_a_one_line_error(tmp_path, tiny_model, photos):

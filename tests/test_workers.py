@@ -25,6 +25,7 @@ from clipshift.workers import (
     PREPARE_SECONDS_PER_INPUT,
     PreparePool,
     available_cores,
+    cpu_peak,
     default_workers,
     inference_gflop,
 )
@@ -290,6 +291,26 @@ def test_inference_gflop_is_vit_b_32s_known_cost():
     assert inference_gflop(VIT_B_32, 224) == pytest.approx(8.8, rel=0.02)
     # the token count grows with the square of the size
     assert inference_gflop(VIT_B_32, 448) > 3.9 * inference_gflop(VIT_B_32, 224)
+
+
+def test_cpu_peak_from_the_flags():
+    # this project's AMD EPYC (Zen 3): AVX2 with FMA, no bf16 unit; 2 cores at 2.445 GHz
+    epyc = cpu_peak({"sse2", "avx", "avx2", "fma"}, 2, 2.445)
+    assert (epyc.fp32_unit, epyc.fp32_flop_per_cycle) == ("AVX2/FMA", 32)
+    assert epyc.fp32_gflops == pytest.approx(156.5, abs=0.1)
+    assert epyc.bf16_unit is None and epyc.bf16_gflops is None
+    # a Sapphire Rapids Xeon: AVX-512 for fp32, AMX for bf16
+    xeon = cpu_peak(
+        {"sse2", "fma", "avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}, 2, 2.0
+    )
+    assert (xeon.fp32_unit, xeon.fp32_gflops) == ("AVX-512", 256.0)
+    assert (xeon.bf16_unit, xeon.bf16_gflops) == ("AMX", 4096.0)
+    # Cooper Lake: bf16 through AVX512-BF16's dot products, no AMX
+    cooper = cpu_peak({"fma", "avx512f", "avx512_bf16"}, 1, 1.0)
+    assert (cooper.bf16_unit, cooper.bf16_gflops) == ("AVX512-BF16", 128.0)
+    # what the full-size ViT-B/32 reached per core here (CPU_GFLOPS_PER_CORE) is under the
+    # peak of a core at the nominal clock
+    assert CPU_GFLOPS_PER_CORE < epyc.fp32_gflops / 2
 
 
 def test_ingest_chooses_its_default_workers_from_the_models_config(tmp_path, tiny_model):

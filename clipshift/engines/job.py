@@ -43,6 +43,8 @@ class IngestSummary:
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     # whether this process loaded the model: a rerun with nothing new to encode does not
     model_loaded: bool = False
+    # a one-line suggestion for the next run (ingest.bf16_hint), or None
+    hint: str | None = None
     # --hidden-states: the run's CKA computed at the end and kept in layer_cka (clipshift.cka):
     # its seconds, images and estimator; None where the store already held it for these rows
     cka_seconds: float | None = None
