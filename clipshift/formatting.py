@@ -146,6 +146,10 @@ def format_ingest_summary(summary) -> str:
         )
     if summary.retried:
         lines.append(f"           {summary.retried} images retried after a worker process died")
+    if summary.labelled:
+        lines.append(
+            f"labelled   {summary.labelled} stored images that had no label, from this dataset"
+        )
     if not summary.model_loaded:
         lines.append("model      not loaded: nothing new to encode")
     if summary.cka_seconds is not None:

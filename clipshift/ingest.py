@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
 from . import ClipshiftError, __version__
 from .datasets import DatasetOptions, is_dataset, samples
 from .defaults import (
@@ -440,7 +442,18 @@ def _ingest(
             summary.model_loaded = True  # by the engine's model actors, whatever is new
             with store.lock():
                 ENGINES[engine](job)
+        if job.held_labels:
+            store.fill_labels(
+                pa.table(
+                    {
+                        "image_id": list(job.held_labels),
+                        "label": [label for label, _ in job.held_labels.values()],
+                        "label_index": [index for _, index in job.held_labels.values()],
+                    }
+                )
+            )
         done += len(chunk)
+    summary.labelled = store.labels_filled
     if settings.hidden_states and run_id:
         _keep_cka(store, run_id, summary)
     store.compact()

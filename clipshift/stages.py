@@ -99,11 +99,14 @@ class Failure:
 
 @dataclass
 class Skipped:
-    """An image this run already holds (its image_id was in `skip`)."""
+    """An image this run already holds (its image_id was in `skip`), with the label its dataset
+    gives, for an `images` row stored without one."""
 
     path: str
     image_id: str
     timings: dict[str, float] = field(default_factory=dict)
+    label: str | None = None
+    label_index: int | None = None
 
 
 @dataclass
@@ -166,7 +169,7 @@ def prepare_sample(
     if sample.error is not None:
         return Failure(sample.source, sample.stage, sample.error, image_id, timings)
     if image_id in skip:
-        return Skipped(sample.source, image_id, timings)
+        return Skipped(sample.source, image_id, timings, sample.label, sample.label_index)
     source = Source(sample.source, sample.data, image_id, sample.label, sample.label_index)
     return prepare_source(source, settings, keep_pixels, timings)
 

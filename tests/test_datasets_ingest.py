@@ -25,6 +25,7 @@ from PIL import Image
 
 from cli import cli
 from clipshift.datasets import DatasetOptions
+from clipshift.formatting import format_ingest_summary
 from clipshift.ingest import ingest
 
 SPEC = "blur,noise"
@@ -163,6 +164,36 @@ def test_the_same_bytes_through_a_folder_and_a_shard_are_one_image(tiny_model, p
     again = run_ingest([tmp_path / "shards/{000000..000001}.tar"], db, tiny_model)
     assert (again.stored, again.skipped) == (0, 6)
     assert len(table(db, "images")) == 6
+
+
+@pytest.mark.parametrize("same_run", [True, False], ids=["same run", "another run"])
+def test_labels_reach_images_stored_without_them(
+    tiny_model, photos, tmp_path, names_file, same_run
+):
+    """Photos ingested from a plain folder, then from their class folders: the stored images
+    get their labels, whether the run held them (skipped) or another run stored them; a label
+    once stored is never changed."""
+    db = tmp_path / "db"
+    run_ingest([photos], db, tiny_model)
+    assert set(stored_labels(db, photos).values()) == {(None, None)}
+    tree = class_tree(photos, tmp_path / "tree")
+    options = DatasetOptions(labels_from="folder", label_names=names_file)
+    extra = {} if same_run else {"seed": 7}
+    summary = run_ingest([tree], db, tiny_model, options, **extra)
+    assert (summary.stored, summary.skipped) == ((0, 6) if same_run else (6, 0))
+    assert summary.labelled == 6
+    assert "labelled   6 stored images that had no label" in format_ingest_summary(summary)
+    assert stored_labels(db, photos) == truth()
+    assert len(table(db, "images")) == 6
+    # labelled differently now: the stored labels stay
+    renamed = tmp_path / "renamed"
+    for file in tree.glob("*/*"):
+        other = CLASSES[(CLASSES.index(file.parent.name) + 1) % len(CLASSES)]
+        (renamed / other).mkdir(parents=True, exist_ok=True)
+        (renamed / other / file.name).write_bytes(file.read_bytes())
+    again = run_ingest([renamed], db, tiny_model, options, **extra)
+    assert again.labelled == 0
+    assert stored_labels(db, photos) == truth()
 
 
 def test_bad_samples_go_to_errors_and_the_run_goes_on(tiny_model, photos, tmp_path, names_file):

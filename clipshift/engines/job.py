@@ -43,6 +43,8 @@ class IngestSummary:
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     # whether this process loaded the model: a rerun with nothing new to encode does not
     model_loaded: bool = False
+    # stored images that had no label and got the one this ingest's dataset gives them
+    labelled: int = 0
     # a one-line suggestion for the next run (ingest.bf16_hint), or None
     hint: str | None = None
     # --hidden-states: the run's CKA computed at the end and kept in layer_cka (clipshift.cka):
@@ -99,6 +101,9 @@ class IngestJob:
     pool: PreparePool | None = None
     # the Ray engine: model actors (None: one per GPU of the cluster, else one)
     actors: int | None = None
+    # image_id -> (label, label_index) of the images this run held already, as the dataset
+    # gives them: the ingest fills them into `images` rows stored without a label
+    held_labels: dict[str, tuple[str, int | None]] = field(default_factory=dict)
 
     def record_failures(self, failures: list[Failure]) -> None:
         record_failures(self.store, self.summary, failures)
@@ -139,6 +144,7 @@ class Triage:
     summary: IngestSummary
     failures: list[Failure] = field(default_factory=list)
     seen: dict[str, str] = field(default_factory=dict)  # image_id -> first file with its bytes
+    held_labels: dict[str, tuple[str, int | None]] = field(default_factory=dict)  # IngestJob's
 
     def keeps(
         self,
@@ -155,6 +161,8 @@ class Triage:
             self.summary.timings[stage] = self.summary.timings.get(stage, 0.0) + seconds
         if isinstance(outcome, Skipped):
             self.summary.skipped += 1
+            if outcome.label is not None:
+                self.held_labels[outcome.image_id] = (outcome.label, outcome.label_index)
             return False
         if image_id is not None and image_id in self.seen:
             self.summary.duplicate_files.append(Duplicate(path, self.seen[image_id]))

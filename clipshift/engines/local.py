@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 def run(job: IngestJob) -> None:
     """Run `job` here, filling in job.summary."""
-    triage = Triage(job.summary)
+    triage = Triage(job.summary, held_labels=job.held_labels)
     writer = _Writer(job, triage)
     pool = job.pool
     if pool is not None:

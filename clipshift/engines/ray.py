@@ -338,7 +338,7 @@ def _pipeline(ray, job: IngestJob, pool: list, cpus: int) -> None:
     encoding: dict = {}  # result ref -> actor index
     load = [0] * len(pool)
     group: list[_BatchResult] = []
-    triage = Triage(summary)
+    triage = Triage(summary, held_labels=job.held_labels)
     done = 0
     waited = 0.0
 

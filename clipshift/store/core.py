@@ -97,6 +97,8 @@ class Store:
         self._seen_version: dict[str, int] = {}
         self._stored: dict[str, set[str]] = {}
         self._image_ids: set[str] = set()
+        # `images` rows that fill_labels gave a label, through this Store (the ingest's summary)
+        self.labels_filled = 0
         self._lock: FileLock | None = None
 
     # -- opening -------------------------------------------------------------------------
@@ -425,9 +427,10 @@ class Store:
             if self._is_stale(images_table):
                 ids = images_table.to_lance().to_table(columns=["image_id"]).column("image_id")
                 self._image_ids = set(ids.to_pylist())
-            images = images.filter(
-                [i in written and i not in self._image_ids for i in images["image_id"].to_pylist()]
-            )
+            held = [i in self._image_ids for i in images["image_id"].to_pylist()]
+            held_images = images.filter(held)
+            ids = images["image_id"].to_pylist()
+            images = images.filter([i in written and not h for i, h in zip(ids, held, strict=True)])
             # images first: if the process dies before the variants commit, the image row is
             # reused on resume, while the variants commit alone marks an image as done.
             if images.num_rows:
@@ -437,6 +440,8 @@ class Store:
             variants_table.add(variants)
             self._seen_version[name] = variants_table.version
             stored.update(written)
+            if "label" in held_images.schema.names:  # images another run stored: their label
+                self.fill_labels(held_images.select(["image_id", "label", "label_index"]))
             return written
 
     def commit_fragments(
@@ -519,6 +524,25 @@ class Store:
                 .when_not_matched_insert_all()
                 .execute(data)
             )
+
+    def fill_labels(self, labels: pa.Table) -> int:
+        """Give stored `images` rows without a label the one in `labels` (image_id, label,
+        label_index): an image ingested from a plain folder, then from its dataset with labels.
+        A stored label is never changed. Returns the rows that got one."""
+        labels = labels.filter(pc.is_valid(labels["label"]))
+        if not labels.num_rows:
+            return 0
+        with self.lock():
+            images = self.dataset("images")
+            result = (
+                images.merge_insert("image_id")
+                .when_matched_update_all("target.label IS NULL")
+                .execute(
+                    labels.cast(pa.schema([images.schema.field(n) for n in labels.schema.names]))
+                )
+            )
+            self.labels_filled += result["num_updated_rows"]
+            return result["num_updated_rows"]
 
     def clear_errors(self, run_id: str, paths: Sequence[str]) -> None:
         """Forget earlier failures of paths that have now been stored."""
