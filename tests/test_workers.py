@@ -183,6 +183,12 @@ def is_worker(pid: int) -> bool:
     return "clipshift.workers" in command_line(pid)
 
 
+# photos for an ingest that a test stops mid-run: enough that it is still running when the
+# test, polling on a loaded machine, sees its workers (with 40, the tiny model's ingest of
+# 2026-12-01 was 4 s from its store appearing to its end, and once ended first)
+STOPPED_PHOTOS = 200
+
+
 def start_ingest(tmp_path: Path, tiny_model: Path, photos: int) -> subprocess.Popen:
     """`clipshift ingest --workers 2` in a process of its own, its output piped."""
     many_photos(tmp_path / "photos", photos)
@@ -220,7 +226,7 @@ def wait_for_workers(main: subprocess.Popen, ready: Callable[[], bool]) -> list[
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_ctrl_c_leaves_no_processes(tmp_path, tiny_model):
-    main = start_ingest(tmp_path, tiny_model, 40)
+    main = start_ingest(tmp_path, tiny_model, STOPPED_PHOTOS)
     children = wait_for_workers(main, (tmp_path / "db").exists)
     main.send_signal(signal.SIGINT)
     _, stderr = main.communicate(timeout=60)
@@ -235,7 +241,7 @@ def test_ctrl_c_leaves_no_processes(tmp_path, tiny_model):
 def test_workers_exit_quietly_when_the_main_process_is_killed(tmp_path, tiny_model, moment):
     """kill -9 of the main process, while its workers still import or while they work: they
     exit by themselves, and print nothing (no traceback, no "leaked shared_memory")."""
-    main = start_ingest(tmp_path, tiny_model, 40)
+    main = start_ingest(tmp_path, tiny_model, STOPPED_PHOTOS)
     if moment == "start-up":
         children = wait_for_workers(main, lambda: True)
     else:
