@@ -129,11 +129,14 @@ def close(a: str, b: float | None) -> bool:
 
 
 def thumbnails_loaded(page) -> int:
-    loaded = page.eval_on_selector_all(
-        "img.thumb", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)"
+    """The thumbnails shown, once every one has loaded (each is a request of its own, which
+    a loaded machine may answer after the view is marked ready)."""
+    page.wait_for_function(
+        "(() => { const imgs = [...document.querySelectorAll('img.thumb')];"
+        " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); })()",
+        timeout=30_000,
     )
-    assert loaded and all(loaded)
-    return len(loaded)
+    return page.eval_on_selector_all("img.thumb", "imgs => imgs.length")
 
 
 def canvas_checksum(page, variant: str) -> int:

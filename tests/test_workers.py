@@ -209,7 +209,16 @@ def start_ingest(tmp_path: Path, tiny_model: Path, photos: int) -> subprocess.Po
         "cpu",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Ctrl-C as a terminal delivers it: the child starts with SIGINT's default disposition, not
+    # one inherited from this test process (an ignored SIGINT is inherited across exec, and
+    # Python then installs no KeyboardInterrupt handler: twice in CI, the child ran to its end)
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for_workers(main: subprocess.Popen, ready: Callable[[], bool]) -> list[int]:
