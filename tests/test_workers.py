@@ -209,16 +209,18 @@ def start_ingest(tmp_path: Path, tiny_model: Path, photos: int) -> subprocess.Po
         "cpu",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # Ctrl-C as a terminal delivers it: the child starts with SIGINT's default disposition, not
-    # one inherited from this test process (an ignored SIGINT is inherited across exec, and
-    # Python then installs no KeyboardInterrupt handler: twice in CI, the child ran to its end)
     return subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=as_from_a_shell
     )
+
+
+def as_from_a_shell() -> None:
+    """Ctrl-C as a terminal delivers it: the child starts with SIGINT at its default
+    disposition and unblocked, not as this test process may hold it after the suite's earlier
+    tests (an ignored or blocked SIGINT is inherited across exec, and Python then raises no
+    KeyboardInterrupt: twice in CI the child ran to its end)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def wait_for_workers(main: subprocess.Popen, ready: Callable[[], bool]) -> list[int]:
