@@ -12,8 +12,8 @@ Prints, each figure from fresh processes (the median of --repeat runs):
 - beside it, `clipshift ingest --limit 0` (nothing to encode, but the run is made: the
   model loads) as a command, the imports it pays by package, and its phases one after the
   other in one process: importing cli, ingest; resolving the model and hashing its weights
-  (the run's identity); the CPU stages (albumentations and torch), transformers; the model
-  load; opening (creating) the store, LanceDB's import included. A command overlaps some of
+  (the run's identity); the CPU stages (albumentations and torch); the model load (its image
+  tower, clipshift/towers.py); opening (creating) the store, LanceDB's import included. A command overlaps some of
   them (the hash with the imports), so their sum exceeds its time.
 
     python benchmarks/fixed_cost.py [--db DIR] [--model DIR] [--repeat 3] [--steady-images 32]
@@ -58,9 +58,8 @@ import clipshift.ingest; mark("import clipshift.ingest (store, pyarrow, lance)")
 from clipshift.hub import resolve_model; model = resolve_model(sys.argv[1]); model.revision
 mark("resolve the model, hash its weights")
 import clipshift.stages; mark("import the CPU stages (albumentations, torch)")
-import transformers; mark("import transformers")
 from clipshift.encoder import Encoder; encoder = Encoder(model, device="cpu")
-mark("load the model (families, weights memory-mapped)")
+mark("load the model (its image tower, memory-mapped)")
 from clipshift.store import Store; store = Store.open(sys.argv[2], create=True)
 store.db; mark("open a new store (lancedb imported)")
 print(json.dumps([(n, t - marks[i][1]) for i, (n, t) in enumerate(marks[1:])]))

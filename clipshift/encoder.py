@@ -17,8 +17,17 @@ import torch
 
 from . import ClipshiftError, first_line
 from .defaults import DEVICES, IMAGE_SIZE, PRECISION, PRECISIONS, check_precision
-from .families import Family, LayerOutput, family_of
-from .hub import ResolvedModel, folder_revision, load_error, load_pretrained, resolve_model
+from .families import Family, LayerOutput, attention_path, family_of
+from .hub import (
+    ResolvedModel,
+    folder_revision,
+    load_error,
+    load_pretrained,
+    model_config,
+    model_file,
+    model_folder,
+    resolve_model,
+)
 
 # --precision: the dtype of the weights and activations. Outputs are float32 whatever it is;
 # docs/metrics.md gives the measured embedding difference of each against fp32.
@@ -76,7 +85,10 @@ class Encoder:
         image_size: int = IMAGE_SIZE,
         precision: str = PRECISION,
         hidden_states: bool = False,
+        text: bool = False,
     ):
+        """`text`: load the text tower now (the whole model through transformers); without it,
+        an image-only tower where one loads, and the rest on the first `encode_text`."""
         check_precision(precision)
         # --hidden-states: keep every layer's pooled hidden state (float16) beside the metrics
         self.hidden_states = hidden_states
@@ -85,21 +97,27 @@ class Encoder:
         self.device = resolve_device(device)
         # offline: a model neither local nor cached fails at once, before transformers loads
         resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
-        model_name = self.model_name = resolved.name
-        self.source = source = resolved.source
+        self.model_name = resolved.name
+        self.source = resolved.source
         self.local_dir = resolved.local_dir
-        local = Path(model_name).expanduser()
-
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+        self._resolved = resolved
+        self._whole_model = None
+        config = model_config(resolved)
         try:
-            self.family = family_of(_model_type(source), model_name)
-            model = self.family.load(source)
-            processor_config = _processor_config(source)
+            model_type = config.get("model_type") if config else _model_type(self.source)
+            self.family = family_of(model_type, self.model_name)
+            folder = model_folder(resolved)
+            model = None
+            # an image forward needs the image tower alone, which loads without transformers'
+            # modeling code where its checkpoint fits (towers.py); text needs the whole model
+            if not text and config and folder and attention_path() == "fast":
+                model = self.family.load_image_tower(config, folder)
+            if model is None:
+                model = self._whole_model = self._load_whole()
+            processor_config = _processor_config(resolved)
         except (OSError, ValueError) as exc:
-            raise ClipshiftError(load_error(model_name, local, exc)) from None
+            local = Path(self.model_name).expanduser()
+            raise ClipshiftError(load_error(self.model_name, local, exc)) from None
         self.model = model.eval().to(self.device, dtype=self.dtype)
         vision = self.family.vision_config(model)
         self.image_size = image_size
@@ -136,6 +154,26 @@ class Encoder:
         (read on first use: hashing ViT-B/32's 600 MB takes half a second, and only ingest,
         which names a run by it, needs it)."""
         return _revision(self.model, self.local_dir)
+
+    @property
+    def whole_model(self):
+        """The whole model as transformers loads it (both towers), for text: `model` where
+        that is it, else loaded on first use."""
+        if self._whole_model is None:
+            try:
+                whole = self._load_whole()
+            except (OSError, ValueError) as exc:
+                local = Path(self.model_name).expanduser()
+                raise ClipshiftError(load_error(self.model_name, local, exc)) from None
+            self._whole_model = whole.eval().to(self.device, dtype=self.dtype)
+        return self._whole_model
+
+    def _load_whole(self):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        return self.family.load(self.source)
 
     def run_fields(self) -> dict:
         """What this model at this image size records in its run's `runs` row."""
@@ -240,7 +278,8 @@ class Encoder:
         if not texts:
             return np.empty((0, self.embedding_dim), np.float32)
         tokenizer = self._tokenizer()
-        max_length = self.model.config.text_config.max_position_embeddings
+        model = self.whole_model
+        max_length = model.config.text_config.max_position_embeddings
         # batches of texts with about as many tokens, so that a batch pads little: for the
         # 1,000 ImageNet prompts, sorted by characters they were padded to 11 tokens on average,
         # by tokens to 9 (8.7 unpadded)
@@ -252,20 +291,20 @@ class Encoder:
             batch = order[start : start + TEXT_BATCH]
             tokens = self.family.tokenize(tokenizer, [texts[i] for i in batch], max_length)
             tokens = {name: value.to(self.device) for name, value in tokens.items()}
-            out[batch] = self.family.encode_text(self.model, tokens).float().cpu().numpy()
+            out[batch] = self.family.encode_text(model, tokens).float().cpu().numpy()
         return out
 
     @property
     def logit_scale(self) -> float:
         """The multiplier of a cosine in the model's image-text logits: exp of its learned
         logit_scale (100 for OpenAI's CLIP)."""
-        return float(self.model.logit_scale.detach().exp())
+        return float(self.whole_model.logit_scale.detach().exp())
 
     @property
     def logit_bias(self) -> float | None:
         """The bias added to the logits by sigmoid-trained models (SigLIP); None for CLIP,
         whose logits go through a softmax over the candidate texts instead."""
-        bias = getattr(self.model, "logit_bias", None)
+        bias = getattr(self.whole_model, "logit_bias", None)
         return None if bias is None else float(bias.detach())
 
     def _tokenizer(self):
@@ -299,10 +338,10 @@ def text_encoder(run: dict, device: str = "auto") -> Encoder:
     """The encoder of a run's model, for text: a ClipshiftError where it has no text tower."""
     no_text = f"run {run['run_id']} ({run['model']}) has no text tower"
     try:
-        encoder = Encoder(run["model"], device=device, image_size=run["image_size"])
+        encoder = Encoder(run["model"], device=device, image_size=run["image_size"], text=True)
     except ClipshiftError as exc:  # a synthetic run names no model at all
         raise ClipshiftError(f"{no_text} clipshift can load: {exc}") from None
-    if not hasattr(encoder.model, "get_text_features"):
+    if not hasattr(encoder.whole_model, "get_text_features"):
         raise ClipshiftError(f"{no_text}: text prompts need a model with a text encoder")
     encoder._tokenizer()  # fail now, before any work, where the tokenizer files are missing
     return encoder
@@ -317,16 +356,19 @@ def _model_type(source: str) -> str | None:
     return json.loads(Path(path).read_text()).get("model_type")
 
 
-def _processor_config(source: str) -> dict | None:
-    """The checkpoint's preprocessor_config.json, or None where it ships none."""
-
-    path = _cached_file(
-        source,
-        "preprocessor_config.json",
-        _raise_exceptions_for_missing_entries=False,
-        _raise_exceptions_for_connection_errors=False,
-    )
-    return json.loads(Path(path).read_text()) if path else None
+def _processor_config(model: ResolvedModel) -> dict | None:
+    """The checkpoint's preprocessor_config.json, or None where it ships none: from its folder
+    or the local cache without transformers, which asks the hub only where the cache cannot
+    tell."""
+    found = model_file(model, "preprocessor_config.json")
+    if found is None:
+        found = _cached_file(
+            model.source,
+            "preprocessor_config.json",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+    return json.loads(Path(found).read_text()) if found else None
 
 
 def _revision(model, local_dir: Path | None) -> str:

@@ -32,6 +32,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -205,6 +206,13 @@ class Family:
             model.set_attn_implementation("eager")
         return model
 
+    def load_image_tower(self, config: dict, folder: Path):
+        """The checkpoint's image tower alone, built and loaded without transformers (towers.py),
+        or None where it does not load that way (then `load` loads the whole model)."""
+        from .towers import load_image_tower
+
+        return load_image_tower(self.name, config, folder)
+
     def _loop_fits(self, model) -> bool:
         """Whether the vision tower is made of the classes `vision_layers` re-implements (a
         subclass or remote code may compute its layers otherwise: that model goes eager)."""
@@ -217,7 +225,12 @@ class Family:
         )
 
     def fast_attention(self, model) -> bool:
-        """Whether `encode_images` takes the fast path for this model (as loaded by `load`)."""
+        """Whether `encode_images` takes the fast path for this model (as loaded by `load` or
+        `load_image_tower`, which has no other path)."""
+        from .towers import ImageTower
+
+        if isinstance(model, ImageTower):
+            return True
         eager = model.vision_model.config._attn_implementation == "eager"
         return not eager and not model.training and self._loop_fits(model)
 
@@ -576,6 +589,9 @@ class Siglip2Family(SiglipFamily):
             texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
         )
         return {k: tokens[k] for k in ("input_ids", "attention_mask") if k in tokens}
+
+    def load_image_tower(self, config: dict, folder: Path):
+        return None  # NaFlex's embeddings resize their positions per input: transformers'
 
     def interpolate(self, model, image_size: int) -> bool:
         return False  # NaFlex resizes its position embeddings to every input grid itself

@@ -146,22 +146,40 @@ def model_config(model: ResolvedModel) -> dict | None:
     where neither has it (a model that is yet to be downloaded) or it does not parse."""
     import json
 
-    if model.local_dir is not None:
-        path = model.local_dir / "config.json"
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            cached = try_to_load_from_cache(model.source, "config.json")
-        except Exception:  # noqa: BLE001 - as in_hub_cache
-            return None
-        if not isinstance(cached, str):
-            return None
-        path = Path(cached)
+    path = model_file(model, "config.json")
+    if not path:
+        return None
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def model_folder(model: ResolvedModel) -> Path | None:
+    """The folder that holds the checkpoint's files: the model's own, or for a hub id its
+    snapshot in the local cache; None where the cache has none."""
+    if model.local_dir is not None:
+        return model.local_dir
+    config = model_file(model, "config.json")
+    return config.parent if config else None
+
+
+def model_file(model: ResolvedModel, filename: str) -> Path | bool | None:
+    """One of the checkpoint's files, without transformers: its path in the model's folder or
+    the local cache; False where it is known not to exist (not in the folder, or the cache
+    recorded that the hub has none); None where only the hub can tell."""
+    if model.local_dir is not None:
+        path = model.local_dir / filename
+        return path if path.is_file() else False
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(model.source, filename)
+    except Exception:  # noqa: BLE001 - as in_hub_cache
+        return None
+    if isinstance(cached, str):
+        return Path(cached)
+    return None if cached is None else False
 
 
 def resolve_model(model_name: str) -> ResolvedModel:

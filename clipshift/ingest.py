@@ -249,33 +249,22 @@ def bf16_hint(
 def _import_ahead(model: ResolvedModel, db: str | Path) -> None:
     """Import on daemon threads what this ingest needs later: LanceDB, which every ingest
     writes with (most of a second here, its namespace client's modules), and where the store
-    is new, so that the model is sure to load, the model's transformers class (its modeling
-    modules: torch.distributed, sympy, dynamo; seconds). An error there is left for the main
-    thread to meet and report where it would have anyway."""
+    is new, so that the model is sure to load, the code that loads its image tower. An error
+    there is left for the main thread to meet and report where it would have anyway."""
 
-    def model_class() -> None:
-        import transformers
-
-        from .families import family_of
-
-        config = model_config(model) or {}
-        getattr(transformers, family_of(config.get("model_type"), model.name).model_class)
-
-    def quietly(work: Callable[[], object]) -> Callable[[], None]:
+    def quietly(module: str) -> Callable[[], None]:
         def run() -> None:
             try:
-                work()
+                importlib.import_module(module)
             except Exception:  # noqa: BLE001 - see the docstring
                 pass
 
         return run
 
-    threading.Thread(
-        target=quietly(lambda: importlib.import_module("lancedb")), daemon=True
-    ).start()
+    threading.Thread(target=quietly("lancedb"), daemon=True).start()
     location = Location.parse(db)
     if location.is_local and not Store(location).has_table(MIGRATIONS_TABLE):
-        threading.Thread(target=quietly(model_class), daemon=True).start()
+        threading.Thread(target=quietly("clipshift.towers"), daemon=True).start()
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:

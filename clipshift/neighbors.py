@@ -83,7 +83,7 @@ def neighbors(
     if text is not None:
         if variant != ORIGINAL:
             raise ClipshiftError("--variant applies to image queries, not to --text")
-        vector = _encoder(chosen, device).encode_text([text])[0]
+        vector = _encoder(chosen, device, text=True).encode_text([text])[0]
         own_id, described = None, f'text "{text}"'
     else:
         vector, own_id, described = _image_query(store, chosen, query, variant, device)
@@ -135,10 +135,10 @@ def _distance(distances):
     return np.maximum(distances, 0.0) + 0.0
 
 
-def _encoder(chosen: Run, device: str):
+def _encoder(chosen: Run, device: str, text: bool = False):
     from .encoder import Encoder
 
-    return Encoder(chosen.model, device=device, image_size=chosen.image_size)
+    return Encoder(chosen.model, device=device, image_size=chosen.image_size, text=text)
 
 
 def _image_query(

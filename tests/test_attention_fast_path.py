@@ -107,6 +107,8 @@ def test_the_eager_variable_loads_eager_attention(tiny_model, monkeypatch):
     assert not encoder.family.fast_attention(encoder.model)
     monkeypatch.setenv(ATTENTION_ENV, "fast")
     encoder = Encoder(str(tiny_model), device="cpu")
+    assert encoder.family.fast_attention(encoder.model)  # the image tower (towers.py)
+    encoder = Encoder(str(tiny_model), device="cpu", text=True)
     assert encoder.model.vision_model.config._attn_implementation == "sdpa"
     assert encoder.family.fast_attention(encoder.model)
 

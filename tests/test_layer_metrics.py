@@ -37,7 +37,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def expected(encoder: Encoder, images: np.ndarray, references: np.ndarray, family: str):
     """layer_cosine, token_drift_layers and pooled hidden states from transformers' forward."""
-    vision = encoder.model.vision_model
+    vision = encoder.whole_model.vision_model  # transformers' own
     pixels = encoder.pixel_values(images)
     with torch.no_grad():
         out = vision(pixel_values=pixels, output_hidden_states=True)

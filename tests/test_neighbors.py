@@ -271,7 +271,7 @@ def test_prompts_sharing_a_prefix_encode_as_transformers_does(tiny_text_model, m
     encoder = Encoder(str(tiny_text_model), device="cpu")
     tokens = encoder.family.tokenize(encoder._tokenizer(), texts, 77)
     ids = tokens["input_ids"]
-    shared = shared_prefix(ids, tokens["attention_mask"], eos_positions(encoder.model, ids))
+    shared = shared_prefix(ids, tokens["attention_mask"], eos_positions(encoder.whole_model, ids))
     assert shared >= 4  # the prefix path is the one tested
     expected = direct_text_embeddings(tiny_text_model, texts)
     for batch in (256, 3):  # one batch, and batches of different shared lengths
