@@ -101,12 +101,13 @@ def timed(command: list[str]) -> float:
     return timed_cpu(command)[0]
 
 
-def timed_cpu(command: list[str]) -> tuple[float, float]:
+def timed_cpu(command: list[str], env: dict | None = None) -> tuple[float, float]:
     """A command's wall time and the CPU seconds it and its children spent: on a machine busy
     with other jobs the wall time grows with the load, the CPU time much less."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, env=ENV, cwd=ROOT)
+    subprocess.run(command, check=True, capture_output=True, env={**ENV, **(env or {})},
+                   cwd=ROOT)  # fmt: skip
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
@@ -223,11 +224,19 @@ def ingest_cost(args: argparse.Namespace, tmp: Path, photos: Path) -> None:
           f"{cpu - work_cpu:.2f}")  # fmt: skip
 
     limit0 = [*ingest, str(photos), "--limit", "0"]
-    runs = [timed_cpu([sys.executable, *limit0, "--db", str(tmp / f"new-{i}")])
-            for i in range(args.repeat)]  # fmt: skip
+    # in turns with the whole model loaded through transformers, as before the image tower
+    # (CLIPSHIFT_ATTENTION=eager loads it so; --limit 0 runs no forward, whose path it also sets)
+    runs, whole = [], []
+    for i in range(args.repeat):
+        runs.append(timed_cpu([sys.executable, *limit0, "--db", str(tmp / f"new-{i}")]))
+        whole.append(timed_cpu([sys.executable, *limit0, "--db", str(tmp / f"whole-{i}")],
+                               {"CLIPSHIFT_ATTENTION": "eager"}))  # fmt: skip
     wall, cpu = (statistics.median(r[i] for r in runs) for i in (0, 1))
+    whole_wall, whole_cpu = (statistics.median(r[i] for r in whole) for i in (0, 1))
     print(f"  beside it, ingest --limit 0 into a new store: command {wall:.2f} s, CPU "
-          f"{cpu:.2f} s (median of {args.repeat})")  # fmt: skip
+          f"{cpu:.2f} s (median of {args.repeat}); in turns with it, the whole model loaded "
+          f"through transformers (as before the image tower): {whole_wall:.2f} s, CPU "
+          f"{whole_cpu:.2f} s")  # fmt: skip
     importing = by_package([*limit0, "--db", str(tmp / "new-importtime")])
     print(f"  its imports by package, s (-X importtime): {importing}")
     runs = [child_json(INGEST_PHASES, model, str(tmp / f"phases-{i}"))
