@@ -248,10 +248,19 @@ def load_image_tower(family: str, config: dict, folder: Path) -> ImageTower | No
 
 
 def _tower_config(family: str, config: dict, folder: Path) -> TowerConfig | None:
+    """The tower's config as transformers would read config.json, or None where unsure."""
     vision = config.get("vision_config")
     if family not in VISION_DEFAULTS or not isinstance(vision, dict):
         return None
-    fields = {**COMMON_DEFAULTS, **VISION_DEFAULTS[family], **vision}
+    defaults = {**COMMON_DEFAULTS, **VISION_DEFAULTS[family]}
+    fields = {**defaults, **vision}
+    legacy = config.get("vision_config_dict") if family == "clip" else None
+    if legacy is not None:
+        if not isinstance(legacy, dict):
+            return None
+        # CLIPConfig's older key (early LAION conversions): transformers completes it with
+        # the defaults and lays the result over vision_config, so a default wins there too
+        fields = {**vision, **defaults, **legacy}
     if fields["hidden_act"] not in ACTIVATIONS or fields.get("vision_use_head") is False:
         return None
     names = VisionConfig.__dataclass_fields__

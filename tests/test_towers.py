@@ -103,6 +103,22 @@ def test_checkpoints_the_towers_do_not_fit_load_through_transformers(tmp_path, t
         assert encoder.encode(photos_at(224)[:1]).embeddings.shape == (1, 16)
 
 
+def test_vision_config_dict_is_read_as_transformers_reads_it(tmp_path, tiny_model):
+    """CLIPConfig lays `vision_config_dict`, completed by the defaults, over `vision_config`:
+    here its activation, gelu, is the model's, not vision_config's quick_gelu."""
+    legacy = copy_model(tiny_model, tmp_path / "legacy")
+    config = json.loads((legacy / "config.json").read_text())
+    config["vision_config_dict"] = {**config["vision_config"], "hidden_act": "gelu"}
+    config["vision_config"]["hidden_act"] = "quick_gelu"
+    (legacy / "config.json").write_text(json.dumps(config))
+    tower = Encoder(str(legacy), device="cpu")
+    whole = Encoder(str(legacy), device="cpu", text=True)
+    assert whole.model.config.vision_config.hidden_act == "gelu"
+    assert_same_encoding(tower, whole, photos_at(224))
+    plain = Encoder(str(tiny_model), device="cpu").encode(photos_at(224)[:1]).embeddings
+    assert np.abs(tower.encode(photos_at(224)[:1]).embeddings - plain).max() > 1e-4
+
+
 def test_a_cached_hub_model_loads_as_a_tower_named_by_its_commit(tmp_path, tiny_model, monkeypatch):
     from huggingface_hub import constants
 
