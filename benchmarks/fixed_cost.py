@@ -10,12 +10,13 @@ Prints, each figure from fresh processes (the median of --repeat runs):
   (target < 3 s). The steady rate is an ingest's own, from its first batch's forward to its
   end, in a run of --steady-images images;
 - beside it, `clipshift ingest --limit 0` (nothing to encode, but the run is made: the
-  model loads) as a command, the imports it pays by package, and its phases one after the
-  other in one process: importing cli, ingest; resolving the model and hashing its weights
-  (the run's identity); the CPU stages (albumentations and torch); the model load (its
-  image tower, clipshift/towers.py); opening (creating) the store, LanceDB's import
-  included. A command overlaps some of them (the hash with the imports), so their sum
-  exceeds its time.
+  model loads) as a command, into a new store, in turns with the same loading the whole
+  model through transformers (CLIPSHIFT_ATTENTION=eager) and into a store that exists;
+  the imports it pays by package, and its phases one after the other in one process:
+  importing cli, ingest; resolving the model and hashing its weights (the run's identity);
+  the CPU stages (albumentations and torch); the model load (its image tower,
+  clipshift/towers.py); opening (creating) the store, LanceDB's import included. A command
+  overlaps some of them (the hash with the imports), so their sum exceeds its time.
 
     python benchmarks/fixed_cost.py [--db DIR] [--model DIR] [--repeat 3] [--steady-images 32]
                                     [--skip stats|ingest]
@@ -33,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -226,17 +228,26 @@ def ingest_cost(args: argparse.Namespace, tmp: Path, photos: Path) -> None:
     limit0 = [*ingest, str(photos), "--limit", "0"]
     # in turns with the whole model loaded through transformers, as before the image tower
     # (CLIPSHIFT_ATTENTION=eager loads it so; --limit 0 runs no forward, whose path it also sets)
-    runs, whole = [], []
+    # and into a store that exists (another run's, of the same width: no table to create),
+    # which needs no migration, so no LanceDB: a fresh copy each time, as the run is recorded
+    base = tmp / "existing"
+    first = [*ingest, str(eight), "--db", str(base), "--augmentations", "noise", "--limit", "1"]
+    subprocess.run([sys.executable, *first], check=True, capture_output=True, env=ENV, cwd=ROOT)
+    runs, whole, existing = [], [], []
     for i in range(args.repeat):
         runs.append(timed_cpu([sys.executable, *limit0, "--db", str(tmp / f"new-{i}")]))
         whole.append(timed_cpu([sys.executable, *limit0, "--db", str(tmp / f"whole-{i}")],
                                {"CLIPSHIFT_ATTENTION": "eager"}))  # fmt: skip
+        shutil.copytree(base, tmp / f"existing-{i}")
+        existing.append(timed_cpu([sys.executable, *limit0, "--db", str(tmp / f"existing-{i}")]))
     wall, cpu = (statistics.median(r[i] for r in runs) for i in (0, 1))
     whole_wall, whole_cpu = (statistics.median(r[i] for r in whole) for i in (0, 1))
+    held_wall, held_cpu = (statistics.median(r[i] for r in existing) for i in (0, 1))
     print(f"  beside it, ingest --limit 0 into a new store: command {wall:.2f} s, CPU "
           f"{cpu:.2f} s (median of {args.repeat}); in turns with it, the whole model loaded "
           f"through transformers (as before the image tower): {whole_wall:.2f} s, CPU "
-          f"{whole_cpu:.2f} s")  # fmt: skip
+          f"{whole_cpu:.2f} s; into a store that exists: {held_wall:.2f} s, CPU "
+          f"{held_cpu:.2f} s")  # fmt: skip
     importing = by_package([*limit0, "--db", str(tmp / "new-importtime")])
     print(f"  its imports by package, s (-X importtime): {importing}")
     runs = [child_json(INGEST_PHASES, model, str(tmp / f"phases-{i}"))

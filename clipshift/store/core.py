@@ -401,7 +401,7 @@ class Store:
             name = variants_table_name(run["embedding_dim"])
             if not self.has_table(name):
                 self.db.create_table(name, schema=variants_schema(run["embedding_dim"]))
-            runs = self.table("runs")
+            runs = self.dataset("runs")
             row = pa.Table.from_pylist([run], schema=runs.schema)
             runs.merge_insert("run_id").when_not_matched_insert_all().execute(row)
 
@@ -409,12 +409,14 @@ class Store:
         """Store whole images: their `images` rows and all their `variants` rows.
 
         Images this run already holds (another writer got there first) are dropped.
-        Returns the image_ids actually written.
+        Returns the image_ids actually written. Written through pylance, as every write of an
+        ingest into an existing store: an ingest need not import LanceDB (README, Benchmarks).
         """
         name = variants_table_name(variants.schema.field("embedding").type.list_size)
+        options = {"storage_options": self.location.storage_options}
         with self.lock():
-            variants_table = self.table(name)
-            if self._is_stale(variants_table) or run_id not in self._stored:
+            variants_table = self.dataset(name)
+            if self._is_stale(name, variants_table) or run_id not in self._stored:
                 self._stored = {run_id: self.stored_images(run_id)}
             stored = self._stored[run_id]
             written = set(variants.column("image_id").to_pylist()) - stored
@@ -423,9 +425,9 @@ class Store:
             new = pa.array(sorted(written))
             variants = variants.filter(pc.is_in(variants["image_id"], new))
 
-            images_table = self.table("images")
-            if self._is_stale(images_table):
-                ids = images_table.to_lance().to_table(columns=["image_id"]).column("image_id")
+            images_table = self.dataset("images")
+            if self._is_stale("images", images_table):
+                ids = images_table.to_table(columns=["image_id"]).column("image_id")
                 self._image_ids = set(ids.to_pylist())
             held = [i in self._image_ids for i in images["image_id"].to_pylist()]
             held_images = images.filter(held)
@@ -434,10 +436,10 @@ class Store:
             # images first: if the process dies before the variants commit, the image row is
             # reused on resume, while the variants commit alone marks an image as done.
             if images.num_rows:
-                images_table.add(images)
+                images_table.insert(images, **options)
                 self._image_ids.update(images.column("image_id").to_pylist())
             self._seen_version["images"] = images_table.version
-            variants_table.add(variants)
+            variants_table.insert(variants, **options)
             self._seen_version[name] = variants_table.version
             stored.update(written)
             if "label" in held_images.schema.names:  # images another run stored: their label
@@ -478,8 +480,8 @@ class Store:
                     )
             return {i for batch in kept for i in batch[0]}, left
 
-    def _is_stale(self, table) -> bool:
-        return table.version != self._seen_version.get(table.name)
+    def _is_stale(self, name: str, dataset) -> bool:
+        return dataset.version != self._seen_version.get(name)
 
     def write_zeroshot(self, predictions: pa.Table, labels: pa.Table) -> int:
         """Store zero-shot predictions of whole images (one commit) and their label set's names.
@@ -514,7 +516,7 @@ class Store:
         if not rows:
             return
         with self.lock():
-            errors = self.table("errors")
+            errors = self.dataset("errors")
             data = pa.Table.from_pylist(
                 [{**row, "time": row.get("time") or now()} for row in rows], schema=errors.schema
             )
@@ -549,7 +551,7 @@ class Store:
         if not paths or not self.has_table("errors"):
             return
         with self.lock():
-            self.table("errors").delete(where(run_id=run_id, path=list(paths)))
+            self.dataset("errors").delete(where(run_id=run_id, path=list(paths)))
 
     def compact(self, *, force: bool = False, keep: timedelta | None = None) -> None:
         """Merge the small fragments that many batch commits leave (with `force`, whatever
@@ -562,14 +564,15 @@ class Store:
         keep = keep_versions() if keep is None else keep
         with self.lock():
             for name in self.table_names():
-                table = self.table(name)
-                if force or len(table.to_lance().get_fragments()) > COMPACT_FRAGMENTS:
+                # counted through pylance: LanceDB (its optimize merges the files and brings
+                # any vector index up to date) is imported only where a table needs it
+                if force or len(self.dataset(name).get_fragments()) > COMPACT_FRAGMENTS:
                     with warnings.catch_warnings():
                         # LanceDB warns that a zero retention may fail a concurrent reader:
                         # the user asked for it (`compact --keep-versions 0s`), docs say so
                         warnings.filterwarnings("ignore", "optimize.cleanup_older_than=0")
-                        table.optimize(cleanup_older_than=keep)
-                table.to_lance().cleanup_old_versions(
+                        self.table(name).optimize(cleanup_older_than=keep)
+                self.dataset(name).cleanup_old_versions(
                     older_than=keep, delete_unverified=True, error_if_tagged_old_versions=False
                 )
 
