@@ -15,8 +15,8 @@ Prints, each figure from fresh processes (the median of --repeat runs):
   the imports it pays by package, and its phases one after the other in one process:
   importing cli, ingest; resolving the model and hashing its weights (the run's identity);
   the CPU stages (albumentations and torch); the model load (its image tower,
-  clipshift/towers.py); opening (creating) the store, LanceDB's import included. A command
-  overlaps some of them (the hash with the imports), so their sum exceeds its time.
+  clipshift/towers.py); opening (creating) the store. A command overlaps some of them (the
+  hash with the imports), so their sum exceeds its time.
 
     python benchmarks/fixed_cost.py [--db DIR] [--model DIR] [--repeat 3] [--steady-images 32]
                                     [--skip stats|ingest]
@@ -64,7 +64,7 @@ import clipshift.stages; mark("import the CPU stages (albumentations, torch)")
 from clipshift.encoder import Encoder; encoder = Encoder(model, device="cpu")
 mark("load the model (its image tower, memory-mapped)")
 from clipshift.store import Store; store = Store.open(sys.argv[2], create=True)
-store.db; mark("open a new store (lancedb imported)")
+mark("open a new store (its migrations, through pylance)")
 print(json.dumps([(n, t - marks[i][1]) for i, (n, t) in enumerate(marks[1:])]))
 """
 
@@ -228,8 +228,8 @@ def ingest_cost(args: argparse.Namespace, tmp: Path, photos: Path) -> None:
     limit0 = [*ingest, str(photos), "--limit", "0"]
     # in turns with the whole model loaded through transformers, as before the image tower
     # (CLIPSHIFT_ATTENTION=eager loads it so; --limit 0 runs no forward, whose path it also sets)
-    # and into a store that exists (another run's, of the same width: no table to create),
-    # which needs no migration, so no LanceDB: a fresh copy each time, as the run is recorded
+    # and into a store that exists (another run's): no migrations to run; a fresh copy each
+    # time, as the run is recorded
     base = tmp / "existing"
     first = [*ingest, str(eight), "--db", str(base), "--augmentations", "noise", "--limit", "1"]
     subprocess.run([sys.executable, *first], check=True, capture_output=True, env=ENV, cwd=ROOT)

@@ -247,11 +247,9 @@ def bf16_hint(
 
 
 def _import_ahead(model: ResolvedModel, db: str | Path) -> None:
-    """Import on daemon threads what an ingest into a new store needs later: LanceDB, whose
-    API the store's migrations use (most of a second here, its namespace client's modules;
-    the writes of an ingest go through pylance), and, since the model is then sure to load,
-    the code that loads its image tower. An error there is left for the main thread to meet
-    and report where it would have anyway."""
+    """Import on a daemon thread what an ingest into a new store needs later, since the model
+    is then sure to load: the code that loads its image tower. An error there is left for the
+    main thread to meet and report where it would have anyway."""
 
     def quietly(module: str) -> Callable[[], None]:
         def run() -> None:
@@ -264,7 +262,6 @@ def _import_ahead(model: ResolvedModel, db: str | Path) -> None:
 
     location = Location.parse(db)
     if location.is_local and not Store(location).has_table(MIGRATIONS_TABLE):
-        threading.Thread(target=quietly("lancedb"), daemon=True).start()
         threading.Thread(target=quietly("clipshift.towers"), daemon=True).start()
 
 

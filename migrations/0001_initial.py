@@ -44,9 +44,9 @@ ERRORS = pa.schema(
 )
 
 
-def upgrade(db) -> None:
-    # exist_ok: an ingest killed after creating some of these tables, before the migration was
-    # recorded, runs this again on its next start
-    db.create_table("runs", schema=RUNS, exist_ok=True)
-    db.create_table("images", schema=IMAGES, exist_ok=True)
-    db.create_table("errors", schema=ERRORS, exist_ok=True)
+def upgrade(store) -> None:
+    # create_table leaves a table that exists: an ingest killed after creating some of these
+    # tables, before the migration was recorded, runs this again on its next start
+    store.create_table("runs", RUNS)
+    store.create_table("images", IMAGES)
+    store.create_table("errors", ERRORS)

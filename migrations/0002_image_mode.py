@@ -7,7 +7,7 @@ Rows stored before this migration get NULL.
 import pyarrow as pa
 
 
-def upgrade(db) -> None:
-    images = db.open_table("images")
+def upgrade(store) -> None:
+    images = store.dataset("images")
     if "mode" not in images.schema.names:
         images.add_columns(pa.field("mode", pa.string()))

@@ -15,38 +15,24 @@ Each step can be repeated, so a migration interrupted half-way completes when ru
 import lance
 import pyarrow as pa
 
-from clipshift.location import Location
-
 NEW_COLUMNS = ("family", "preprocessing", "attention_maps")
 CLS_ROW = "cls_row: per layer, the CLS row over the patches, mean over heads"
 
 
-def upgrade(db) -> None:
+def upgrade(store) -> None:
     # the store's folder or object-storage prefix, with the options the store was opened with
-    uri = Location.parse(str(db.uri).removeprefix("file://")).uri
-    root = Location(uri, db.storage_options or {})
-    if "variants" in _table_names(db):
+    root = store.location
+    if "variants" in store.table_names():
         old = lance.dataset(root.child("variants.lance"), storage_options=root.storage_options)
         width = old.schema.field("embedding").type.list_size
         # Lance's manifests address files relative to the dataset root: a local folder is
         # renamed atomically; on object storage the objects are copied, then the old deleted
         # (Location.rename; an interrupted move completes when the migration runs again)
         root.rename("variants.lance", f"variants_{width}.lance")
-    runs = db.open_table("runs")
+    runs = store.dataset("runs")
     missing = [n for n in NEW_COLUMNS if n not in runs.schema.names]
     if missing:
         # nullable columns (an SQL-expression column would be declared non-nullable)
         runs.add_columns([pa.field(name, pa.string()) for name in missing])
     # every run before this migration was a CLIPModel run with CLS-row maps
-    runs.update(where="family IS NULL", values={"family": "clip", "attention_maps": CLS_ROW})
-
-
-def _table_names(db) -> list[str]:
-    """Every table of the connection (a local folder or an object-storage prefix alike)."""
-    names, token = [], None
-    while True:
-        page = db.list_tables(page_token=token)
-        names += page.tables
-        token = page.page_token
-        if not token:
-            return names
+    runs.update({"family": "'clip'", "attention_maps": f"'{CLS_ROW}'"}, where="family IS NULL")

@@ -13,21 +13,10 @@ import re
 import pyarrow as pa
 
 
-def upgrade(db) -> None:
-    for name in sorted(_table_names(db)):
+def upgrade(store) -> None:
+    for name in store.table_names():
         if not re.fullmatch(r"variants(_\d+)?", name):
             continue
-        variants = db.open_table(name)
+        variants = store.dataset(name)
         if "severity" not in variants.schema.names:
             variants.add_columns(pa.field("severity", pa.int32()))
-
-
-def _table_names(db) -> list[str]:
-    """Every table of the connection (a local folder or an object-storage prefix alike)."""
-    names, token = [], None
-    while True:
-        page = db.list_tables(page_token=token)
-        names += page.tables
-        token = page.page_token
-        if not token:
-            return names

@@ -29,6 +29,6 @@ ZEROSHOT_LABELS = pa.schema(
 )
 
 
-def upgrade(db) -> None:
-    db.create_table("zeroshot", schema=ZEROSHOT, exist_ok=True)
-    db.create_table("zeroshot_labels", schema=ZEROSHOT_LABELS, exist_ok=True)
+def upgrade(store) -> None:
+    store.create_table("zeroshot", ZEROSHOT)
+    store.create_table("zeroshot_labels", ZEROSHOT_LABELS)

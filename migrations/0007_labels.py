@@ -17,8 +17,8 @@ existed is one version short of the other; migrate a development store afresh.
 import pyarrow as pa
 
 
-def upgrade(db) -> None:
-    images = db.open_table("images")
+def upgrade(store) -> None:
+    images = store.dataset("images")
     names = images.schema.names
     if "label" not in names:
         images.add_columns([pa.field("label", pa.string()), pa.field("label_index", pa.int32())])

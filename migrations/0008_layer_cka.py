@@ -31,5 +31,5 @@ LAYER_CKA = pa.schema(
 )
 
 
-def upgrade(db) -> None:
-    db.create_table("layer_cka", schema=LAYER_CKA, exist_ok=True)
+def upgrade(store) -> None:
+    store.create_table("layer_cka", LAYER_CKA)

@@ -2,7 +2,7 @@
 
 Importing torch (with albumentations, about 5 s here), transformers, matplotlib or LanceDB
 (3 s) would multiply the cost of a read-only command whose work takes a fraction of a second,
-and an ingest needs neither transformers nor, into a store that exists, LanceDB;
+and an ingest needs neither transformers nor LanceDB;
 benchmarks/fixed_cost.py has the figures. Each check runs in a fresh interpreter."""
 
 from __future__ import annotations
@@ -70,19 +70,19 @@ def test_read_only_commands_import_nothing_heavy(store, command):
     assert imported == {"import cli": [], "command": []}
 
 
-def test_an_ingest_into_a_store_imports_neither_transformers_nor_lancedb(
-    store, tiny_model, tmp_path
-):
-    """The model's image tower loads without transformers' modeling code (towers.py), and
-    an ingest into a store that exists writes through pylance: LanceDB (for the migrations of a
-    new store, the vector index and compaction) and transformers stay unimported."""
+@pytest.mark.parametrize("into", ["a store that exists", "a new store"])
+def test_an_ingest_imports_neither_transformers_nor_lancedb(store, tiny_model, tmp_path, into):
+    """The model's image tower loads without transformers' modeling code (towers.py), and an
+    ingest writes through pylance, a new store's migrations included: LanceDB (the vector
+    index, compaction's optimize) and transformers stay unimported."""
     import shutil
 
-    copy = tmp_path / "db"
-    shutil.copytree(store, copy)
+    db = tmp_path / "db"
+    if into == "a store that exists":
+        shutil.copytree(store, db)
     photos = write_photos(tmp_path / "photos")[0].parent
     options = ["--augmentations", "blur", "--image-size", "64", "--limit", "2", "-q"]
-    imported = imports_of("ingest", str(photos), "--db", str(copy), "--model", str(tiny_model),
+    imported = imports_of("ingest", str(photos), "--db", str(db), "--model", str(tiny_model),
                           *options)  # fmt: skip
     assert "torch" in imported["command"]  # the model did load: a new run
     assert not {"transformers", "lancedb"} & set(imported["command"])

@@ -296,27 +296,43 @@ class Store:
         """Apply the pending migrations up to `target` (default: all); return those applied."""
         applied = []
         with self.lock():
-            if not self.has_table(MIGRATIONS_TABLE):
-                self.db.create_table(MIGRATIONS_TABLE, schema=MIGRATIONS_SCHEMA)
-            log = self.db.open_table(MIGRATIONS_TABLE)
+            self.create_table(MIGRATIONS_TABLE, MIGRATIONS_SCHEMA)
+            log = self.dataset(MIGRATIONS_TABLE)
             current = self.schema_version()
             for migration in available_migrations():
                 if migration.version <= current or (
                     target is not None and migration.version > target
                 ):
                     continue
-                migration.apply(self.db)
-                log.add(
+                migration.apply(self)
+                log.insert(
                     pa.table(
                         {
                             "version": pa.array([migration.version], pa.int32()),
                             "name": [migration.name],
                             "applied_at": pa.array([now()], pa.timestamp("us", tz="UTC")),
                         }
-                    )
+                    ),
+                    storage_options=self.location.storage_options,
                 )
                 applied.append(migration)
         return applied
+
+    def create_table(self, name: str, schema: pa.Schema) -> None:
+        """Create the empty table `name` where the store has none (under the store lock, which
+        every caller holds). Through pylance, as every write of the migrations and of an
+        ingest: importing LanceDB took most of a new store's creation (README, Benchmarks)."""
+        if self.has_table(name):
+            return
+        import lance
+
+        lance.write_dataset(
+            schema.empty_table(),
+            self.location.child(f"{name}.lance"),
+            schema=schema,
+            mode="create",
+            storage_options=self.location.storage_options,
+        )
 
     # -- reading -------------------------------------------------------------------------
 
@@ -399,8 +415,7 @@ class Store:
         """Record the run (once) and create the `variants_<D>` table of its embedding width."""
         with self.lock():
             name = variants_table_name(run["embedding_dim"])
-            if not self.has_table(name):
-                self.db.create_table(name, schema=variants_schema(run["embedding_dim"]))
+            self.create_table(name, variants_schema(run["embedding_dim"]))
             runs = self.dataset("runs")
             row = pa.Table.from_pylist([run], schema=runs.schema)
             runs.merge_insert("run_id").when_not_matched_insert_all().execute(row)

@@ -1,5 +1,6 @@
 """The migrations runner's parts: its log table and the migrations shipped with clipshift
-(migrations/NNNN_name.py, each with an `upgrade(db)`); `Store.migrate` applies them."""
+(migrations/NNNN_name.py, each with an `upgrade(store)` that changes the tables through the
+`Store`: `create_table`, `dataset` (pylance), `table_names`); `Store.migrate` applies them."""
 
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ class Migration:
     name: str
     path: Path
 
-    def apply(self, db) -> None:
+    def apply(self, store) -> None:
         spec = importlib.util.spec_from_file_location(
             f"clipshift_migration_{self.version}", self.path
         )
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module.upgrade(db)
+        module.upgrade(store)
 
 
 def available_migrations() -> list[Migration]:
