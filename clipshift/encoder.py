@@ -100,7 +100,6 @@ class Encoder:
         self.model_name = resolved.name
         self.source = resolved.source
         self.local_dir = resolved.local_dir
-        self._resolved = resolved
         self._whole_model = None
         config = model_config(resolved)
         try:
