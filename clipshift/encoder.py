@@ -105,18 +105,17 @@ class Encoder:
         try:
             model_type = config.get("model_type") if config else _model_type(self.source)
             self.family = family_of(model_type, self.model_name)
-            folder = model_folder(resolved)
             model = None
             # an image forward needs the image tower alone, which loads without transformers'
             # modeling code where its checkpoint fits (towers.py); text needs the whole model
-            if not text and config and folder and attention_path() == "fast":
-                model = self.family.load_image_tower(config, folder)
+            if not text and config and attention_path() == "fast":
+                folder = model_folder(resolved)
+                model = self.family.load_image_tower(config, folder) if folder else None
             if model is None:
                 model = self._whole_model = self._load_whole()
             processor_config = _processor_config(resolved)
         except (OSError, ValueError) as exc:
-            local = Path(self.model_name).expanduser()
-            raise ClipshiftError(load_error(self.model_name, local, exc)) from None
+            raise self._load_failed(exc) from None
         self.model = model.eval().to(self.device, dtype=self.dtype)
         vision = self.family.vision_config(model)
         self.image_size = image_size
@@ -162,10 +161,12 @@ class Encoder:
             try:
                 whole = self._load_whole()
             except (OSError, ValueError) as exc:
-                local = Path(self.model_name).expanduser()
-                raise ClipshiftError(load_error(self.model_name, local, exc)) from None
+                raise self._load_failed(exc) from None
             self._whole_model = whole.eval().to(self.device, dtype=self.dtype)
         return self._whole_model
+
+    def _load_failed(self, exc: Exception) -> ClipshiftError:
+        return ClipshiftError(load_error(self.model_name, Path(self.model_name).expanduser(), exc))
 
     def _load_whole(self):
         from transformers.utils import logging as hf_logging

@@ -251,18 +251,15 @@ def _import_ahead(model: ResolvedModel, db: str | Path) -> None:
     is then sure to load: the code that loads its image tower. An error there is left for the
     main thread to meet and report where it would have anyway."""
 
-    def quietly(module: str) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                importlib.import_module(module)
-            except Exception:  # noqa: BLE001 - see the docstring
-                pass
-
-        return run
+    def import_towers() -> None:
+        try:
+            importlib.import_module("clipshift.towers")
+        except Exception:  # noqa: BLE001 - see the docstring
+            pass
 
     location = Location.parse(db)
     if location.is_local and not Store(location).has_table(MIGRATIONS_TABLE):
-        threading.Thread(target=quietly("clipshift.towers"), daemon=True).start()
+        threading.Thread(target=import_towers, daemon=True).start()
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:

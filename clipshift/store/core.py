@@ -444,10 +444,9 @@ class Store:
             if self._is_stale("images", images_table):
                 ids = images_table.to_table(columns=["image_id"]).column("image_id")
                 self._image_ids = set(ids.to_pylist())
-            held = [i in self._image_ids for i in images["image_id"].to_pylist()]
-            held_images = images.filter(held)
             ids = images["image_id"].to_pylist()
-            images = images.filter([i in written and not h for i, h in zip(ids, held, strict=True)])
+            held_images = images.filter([i in self._image_ids for i in ids])
+            images = images.filter([i in written and i not in self._image_ids for i in ids])
             # images first: if the process dies before the variants commit, the image row is
             # reused on resume, while the variants commit alone marks an image as done.
             if images.num_rows:
