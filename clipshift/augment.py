@@ -13,7 +13,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import albumentations as A
 import numpy as np
 
 from .defaults import ORIGINAL
@@ -70,6 +69,10 @@ class Augmenter:
         self.perturbations = chosen
         self.names = [p.label for p in chosen]
         self.seed = seed
+        # here, not at the top: the main process of an ingest with worker processes names the
+        # run from this module and never applies a transform (clipshift/suites/paper.py)
+        import albumentations as A
+
         self._pipelines = [
             (p, A.Compose([p.transform()], save_applied_params=True)) for p in chosen
         ]

@@ -35,22 +35,24 @@ or variant label; `BASE_PROMPT` is the neutral prompt they are compared with.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import albumentations as A
-
 from .. import ClipshiftError
 from ..defaults import DEFAULT_SUITE
-from . import corruptions  # registers the clipshift.* transforms
-from .paper import PAPER
+from .paper import PAPER, paper_transform
 
-if TYPE_CHECKING:  # runs sits above the suites: named for the type only
-    from ..runs import Run
+# albumentations is imported where a transform is built or serialised, not to resolve the
+# default suite: see clipshift/suites/paper.py
+if TYPE_CHECKING:
+    import albumentations as A
+
+    from ..runs import Run  # runs sits above the suites: named for the type only
 
 BASE_PROMPT = "a photo"
 DEFAULT_PROMPT = "a perturbed photo"
@@ -86,9 +88,17 @@ class Entry:
 
     name: str
     prompt: str
-    transform: dict  # A.to_dict(...)["transform"]
+    # A.to_dict(...)["transform"]; None for the paper's, whose `stored` definition is its call
+    # as text (`serialised` builds it)
+    transform: dict | None
     severities: tuple[dict, ...] | None = None
     stored: dict | None = None  # the paper's legacy stored definition (run identity)
+
+    def serialised(self) -> dict:
+        """The transform as A.to_dict writes it."""
+        if self.transform is not None:
+            return self.transform
+        return _to_dict(paper_transform(self.name))
 
     def perturbations(self) -> list[Perturbation]:
         if self.severities is None:
@@ -96,7 +106,7 @@ class Entry:
                 "name": self.name,
                 "prompt": self.prompt,
                 "transform": self.transform,
-                "albumentations": A.__version__,
+                "albumentations": albumentations_version(),
             }
             return [Perturbation(self.name, None, definition, self.prompt)]
         return [
@@ -108,7 +118,7 @@ class Entry:
                     "severity": level,
                     "prompt": self.prompt,
                     "transform": {**self.transform, **overrides},
-                    "albumentations": A.__version__,
+                    "albumentations": albumentations_version(),
                 },
                 self.prompt,
             )
@@ -117,7 +127,7 @@ class Entry:
 
     def document(self) -> dict:
         """The entry as a suite file writes it."""
-        out = {"name": self.name, "prompt": self.prompt, "transform": self.transform}
+        out = {"name": self.name, "prompt": self.prompt, "transform": self.serialised()}
         if self.severities is not None:
             out["severities"] = [dict(s) for s in self.severities]
         return out
@@ -137,26 +147,39 @@ class Suite:
         return {
             "suite": self.name,
             "description": self.description,
-            "albumentations": A.__version__,
+            "albumentations": albumentations_version(),
             "perturbations": [entry.document() for entry in self.entries],
         }
 
 
+def albumentations_version() -> str:
+    """The installed albumentations' version, as its `__version__` gives it, read without
+    importing it; part of every stored definition."""
+    try:
+        return importlib.metadata.version("albumentations")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _to_dict(transform: A.BasicTransform) -> dict:
+    import albumentations as A
+
     return json.loads(json.dumps(A.to_dict(transform)["transform"]))
 
 
 def _paper_suite() -> Suite:
     entries = []
-    for name, (factory, call, prompt) in PAPER.items():
-        stored = {"name": name, "transform": call, "albumentations": A.__version__}
-        entries.append(Entry(name, prompt, _to_dict(factory()), None, stored))
+    for name, (call, prompt) in PAPER.items():
+        stored = {"name": name, "transform": call, "albumentations": albumentations_version()}
+        entries.append(Entry(name, prompt, None, None, stored))
     return Suite(
         "paper", "the nine augmentations of the paper, one strength each (default)", tuple(entries)
     )
 
 
 def _corruptions_suite() -> Suite:
+    from . import corruptions
+
     entries = []
     for name, (prompt, cls, levels) in corruptions.TABLES.items():
         with warnings.catch_warnings():
@@ -170,26 +193,36 @@ def _corruptions_suite() -> Suite:
     )
 
 
-_BUILTIN: dict[str, Suite] = {}
-
-
-def builtin_suites() -> dict[str, Suite]:
-    """name -> Suite, built once per process."""
-    if not _BUILTIN:
-        _BUILTIN["paper"] = _paper_suite()
-        _BUILTIN["corruptions"] = _corruptions_suite()
-    return _BUILTIN
+# name -> how it is built: once per process, on first use (the corruptions import
+# albumentations, the paper's do not)
+_BUILDERS: dict[str, Callable[[], Suite]] = {
+    "paper": _paper_suite,
+    "corruptions": _corruptions_suite,
+}
+_BUILT: dict[str, Suite] = {}
 
 
 def builtin_suite(name: str) -> Suite:
-    suites = builtin_suites()
-    if name not in suites:
-        raise ClipshiftError(f"no built-in suite {name!r}: one of {', '.join(suites)}")
-    return suites[name]
+    if name not in _BUILDERS:
+        raise ClipshiftError(f"no built-in suite {name!r}: one of {', '.join(_BUILDERS)}")
+    if name not in _BUILT:
+        _BUILT[name] = _BUILDERS[name]()
+    return _BUILT[name]
+
+
+def builtin_suites() -> dict[str, Suite]:
+    """name -> Suite, every built-in one."""
+    return {name: builtin_suite(name) for name in _BUILDERS}
+
+
+def _in_turn() -> Iterator[Suite]:
+    """The built-in suites one by one, each built when reached: a search that ends in the
+    paper's never builds the others."""
+    return (builtin_suite(name) for name in _BUILDERS)
 
 
 def _builtin_prompt(name: str) -> str:
-    for suite in builtin_suites().values():
+    for suite in _in_turn():
         for entry in suite.entries:
             if entry.name == name:
                 return entry.prompt
@@ -200,7 +233,11 @@ def build_transform(definition: dict) -> A.BasicTransform:
     """The albumentations transform of a stored definition."""
     transform = definition["transform"]
     if isinstance(transform, str):  # the paper's legacy form: the call as text
-        return PAPER[definition["name"]][0]()
+        return paper_transform(definition["name"])
+    import albumentations as A
+
+    from . import corruptions  # noqa: F401 - registers the clipshift.* transforms
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return A.from_dict({"transform": transform})
@@ -245,18 +282,18 @@ def spec_items(spec: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _resolve_item(item: str) -> list[Perturbation]:
-    suites = builtin_suites()
     if item == "all":
         item = DEFAULT_SUITE
-    if item in suites:
-        return suites[item].perturbations()
+    if item in _BUILDERS:
+        return builtin_suite(item).perturbations()
     if item.lower().endswith(SUITE_FILE_SUFFIXES):
         return load_suite_file(item).perturbations()
-    for suite in suites.values():
+    for suite in _in_turn():
         for perturbation in suite.perturbations():
             if item in (perturbation.name, perturbation.label):
                 found = [p for p in suite.perturbations() if item in (p.name, p.label)]
                 return found
+    suites = builtin_suites()
     name, at, level = item.partition("@")
     entry = next((e for s in suites.values() for e in s.entries if e.name == name), None)
     if at and entry is not None:

@@ -9,8 +9,6 @@ import os
 import re
 from pathlib import Path
 
-from albumentations.core.serialization import SERIALIZABLE_REGISTRY
-
 from .. import ClipshiftError
 from ..defaults import ORIGINAL
 from . import DEFAULT_PROMPT, Entry, Suite
@@ -80,6 +78,10 @@ def _entry(item, index: int, fail) -> Entry:
     if not isinstance(transform, dict) or "__class_fullname__" not in transform:
         fail("transform must be albumentations' serialisation (A.to_dict) of one transform")
     transform = {"p": 1.0, **transform}
+    from albumentations.core.serialization import SERIALIZABLE_REGISTRY
+
+    from . import corruptions  # noqa: F401 - registers the clipshift.* transforms
+
     cls_name = str(transform["__class_fullname__"])
     cls = SERIALIZABLE_REGISTRY.get(cls_name) or SERIALIZABLE_REGISTRY.get(
         cls_name.rsplit(".", 1)[-1] if cls_name.startswith("albumentations.") else cls_name
