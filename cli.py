@@ -170,7 +170,7 @@ def cli():
     default=None,
     show_default="one per core; 1 for a costly model on the CPU",
     help="Processes that read, decode, augment and measure images while the model runs; "
-    "1 does it in this process. Results do not depend on it.",
+    "0 does it in a thread of this process. Results do not depend on it.",
 )
 @click.option(
     "--precision",

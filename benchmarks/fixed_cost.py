@@ -8,15 +8,18 @@ Prints, each figure from fresh processes (the median of --repeat runs):
   architecture (random weights saved with save_pretrained, loaded by --model PATH): the time
   of an 8-image `clipshift ingest` into a new store less its 80 inputs at the steady rate
   (target < 3 s). The steady rate is an ingest's own, from its first batch's forward to its
-  end, in a run of --steady-images images;
+  end, in a run of --steady-images images. In turns: the default (on this CPU one worker
+  process, started before torch is imported, preparing the first batch while the model
+  loads) and --workers 0 (the stages on a thread of the main process);
 - beside it, `clipshift ingest --limit 0` (nothing to encode, but the run is made: the
   model loads) as a command, into a new store, in turns with the same loading the whole
   model through transformers (CLIPSHIFT_ATTENTION=eager) and into a store that exists;
   the imports it pays by package, and its phases one after the other in one process:
   importing cli, ingest; resolving the model and hashing its weights (the run's identity);
-  the CPU stages (albumentations and torch); the model load (its image tower,
+  the stages and the paper suite (no albumentations); the CPU stages' warm-up
+  (albumentations: what a worker does as it starts); the model load (torch, its image tower,
   clipshift/towers.py); opening (creating) the store. A command overlaps some of them (the
-  hash with the imports), so their sum exceeds its time.
+  hash and the worker's warm-up with the imports), so their sum exceeds its time.
 
     python benchmarks/fixed_cost.py [--db DIR] [--model DIR] [--repeat 3] [--steady-images 32]
                                     [--skip stats|ingest]
@@ -60,9 +63,13 @@ import cli; mark("import cli (click, clipshift)")
 import clipshift.ingest; mark("import clipshift.ingest (store, pyarrow, lance)")
 from clipshift.hub import resolve_model; model = resolve_model(sys.argv[1]); model.revision
 mark("resolve the model, hash its weights")
-import clipshift.stages; mark("import the CPU stages (albumentations, torch)")
+from clipshift.stages import PrepareSettings
+from clipshift.suites import resolve; resolve(None)
+mark("import the stages, resolve the paper suite (no albumentations)")
+from clipshift.stages import augmenter_for; augmenter_for(PrepareSettings())
+mark("warm up the CPU stages (albumentations; a worker's start-up)")
 from clipshift.encoder import Encoder; encoder = Encoder(model, device="cpu")
-mark("load the model (its image tower, memory-mapped)")
+mark("load the model (torch, its image tower memory-mapped)")
 from clipshift.store import Store; store = Store.open(sys.argv[2], create=True)
 mark("open a new store (its migrations, through pylance)")
 print(json.dumps([(n, t - marks[i][1]) for i, (n, t) in enumerate(marks[1:])]))
@@ -80,7 +87,9 @@ def cpu():
 marks = {}
 def first_batch(done, summary):
     marks.setdefault("first", (time.perf_counter(), cpu(), done))
-summary = ingest([sys.argv[1]], sys.argv[2], sys.argv[3], device="cpu", on_progress=first_batch)
+workers = None if sys.argv[4] == "default" else int(sys.argv[4])
+summary = ingest([sys.argv[1]], sys.argv[2], sys.argv[3], device="cpu", workers=workers,
+                 on_progress=first_batch)
 end, end_cpu = time.perf_counter(), cpu()
 first, first_cpu, taken = marks["first"]
 print(json.dumps({"images": summary.stored - taken, "seconds": end - first,
@@ -209,21 +218,30 @@ def ingest_cost(args: argparse.Namespace, tmp: Path, photos: Path) -> None:
     write_distinct_photos(eight, FIXED_IMAGES)
     write_distinct_photos(many, args.steady_images)
     ingest = ["cli.py", "ingest", "--model", model, "-q"]
-    runs = [timed_cpu([sys.executable, *ingest, str(eight), "--db", str(tmp / f"8-{i}")])
-            for i in range(args.repeat)]  # fmt: skip
-    wall, cpu = (statistics.median(r[i] for r in runs) for i in (0, 1))
-    steady = child_json(STEADY, str(many), str(tmp / "steady"), model)
+    # in turns: the default (one worker process on this CPU, started before torch is imported,
+    # preparing the first batch while the model loads) and --workers 0 (the stages on a thread
+    # of the main process, whose imports and preparing share its GIL with torch's import)
+    settings = {"default": [], "0": ["--workers", "0"]}
+    runs: dict[str, list] = {name: [] for name in settings}
+    for i in range(args.repeat):
+        for name, option in settings.items():
+            db = str(tmp / f"8-{name}-{i}")
+            runs[name].append(timed_cpu([sys.executable, *ingest, *option, str(eight), "--db", db]))
     inputs = FIXED_IMAGES * VARIANTS
-    rate = steady["images"] * VARIANTS / steady["seconds"]
-    work, work_cpu = inputs / rate, inputs * steady["cpu"] / (steady["images"] * VARIANTS)
-    print(f"\nthe fixed cost of an ingest, model {model} (--workers {steady['workers']}):")
-    print(f"  {FIXED_IMAGES}-image ingest into a new store {wall:.2f} s (median of "
-          f"{args.repeat}: {', '.join(f'{r[0]:.2f}' for r in runs)}); steady rate "
-          f"{rate:.1f} inputs/s ({args.steady_images}-image run), so its {inputs} inputs "
-          f"{work:.2f} s; fixed cost {wall - work:.2f} s (target < 3 s)")  # fmt: skip
-    print(f"  in CPU seconds (all threads and processes; less sensitive to other jobs): "
-          f"the ingest {cpu:.2f}, its {inputs} inputs {work_cpu:.2f}, fixed "
-          f"{cpu - work_cpu:.2f}")  # fmt: skip
+    print(f"\nthe fixed cost of an ingest, model {model}:")
+    for name in settings:
+        wall, cpu = (statistics.median(r[i] for r in runs[name]) for i in (0, 1))
+        steady = child_json(STEADY, str(many), str(tmp / f"steady-{name}"), model, name)
+        rate = steady["images"] * VARIANTS / steady["seconds"]
+        work, work_cpu = inputs / rate, inputs * steady["cpu"] / (steady["images"] * VARIANTS)
+        print(f"  --workers {name} ({steady['workers']}): {FIXED_IMAGES}-image ingest into a new "
+              f"store {wall:.2f} s (median of {args.repeat}: "
+              f"{', '.join(f'{r[0]:.2f}' for r in runs[name])}); steady rate {rate:.1f} "
+              f"inputs/s ({args.steady_images}-image run), so its {inputs} inputs {work:.2f} s; "
+              f"fixed cost {wall - work:.2f} s (target < 3 s)")  # fmt: skip
+        print(f"    in CPU seconds (all threads and processes; less sensitive to other jobs): "
+              f"the ingest {cpu:.2f}, its {inputs} inputs {work_cpu:.2f}, fixed "
+              f"{cpu - work_cpu:.2f}")  # fmt: skip
 
     limit0 = [*ingest, str(photos), "--limit", "0"]
     # in turns with the whole model loaded through transformers, as before the image tower

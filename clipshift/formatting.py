@@ -157,9 +157,10 @@ def format_ingest_summary(summary) -> str:
             f"cka        computed over {summary.cka_images:,} images in {summary.cka_seconds:.1f} "
             f"s ({summary.cka_estimator}), kept in layer_cka for `clipshift layers`"
         )
+    speed = f"{summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)"
+    how = filter(None, [speed, _workers(summary.workers), summary.precision])
     lines += [
-        f"time       {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s), "
-        f"{summary.workers} worker{'s' if summary.workers > 1 else ''}, {summary.precision}",
+        f"time       {', '.join(how)}",
         "stages     "
         + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary.timings.items()),
         "           (read to png: summed over the images, on every worker at once; "
@@ -347,3 +348,11 @@ def _table(
 def _cut(text: str) -> str:
     text = text.replace("\n", " ")
     return text if len(text) <= MAX_CELL_WIDTH else text[: MAX_CELL_WIDTH - 3] + "..."
+
+
+def _workers(count: int | None) -> str | None:
+    if count is None:  # another engine schedules the CPU stages
+        return None
+    if count == 0:
+        return "CPU stages in this process"
+    return f"{count} worker{'s' if count > 1 else ''}"

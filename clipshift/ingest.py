@@ -7,6 +7,7 @@ resolves the model once, names the run (`run_identity`), and hands the engine it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import itertools
@@ -50,10 +51,11 @@ from .workers import (
     inference_gflop,
 )
 
-# The stages and the suites import albumentations, and with it torch (about 5 s here): they are
-# imported once the cheap checks have passed, so that a wrong path, --db or an unreachable model
-# fails at once (issue 13: offline, within about 2 s).
+# The encoder imports torch (2-3 s here), and the stages and suites may import albumentations:
+# they are imported once the cheap checks have passed, so that a wrong path, --db or an
+# unreachable model fails at once (issue 13: offline, within about 2 s).
 if TYPE_CHECKING:
+    from .encoder import Encoder
     from .stages import PrepareSettings
     from .suites import Perturbation
 
@@ -125,9 +127,9 @@ def ingest(
     holds with pixels. `on_start(total)` is called once the paths are known,
     `on_progress(images_done, summary)` after each batch.
 
-    `workers` processes run the per-image CPU stages; 1 runs them in a thread of this process.
-    The results do not depend on it. The default (`_default_workers`) leaves the cores to a
-    model that runs on the CPU, and gives them to the CPU stages where it runs elsewhere.
+    `workers` processes run the per-image CPU stages; 0 runs them in a thread of this process.
+    The results do not depend on it. The default (`workers.default_workers`) leaves the cores
+    to a model that runs on the CPU, and gives them to the CPU stages where it runs elsewhere.
     `precision` (fp32, bf16, fp16) is the model's compute precision, part of the run's identity.
     `engine` "local" runs here; "ray" runs the same stages on a Ray cluster
     (clipshift.engines.ray) with `actors` model actors (default: one per GPU of the cluster,
@@ -140,7 +142,7 @@ def ingest(
     """
     started = time.perf_counter()
     _check_options(
-        image_size, batch_size, limit, keep_pixels, 1 if workers is None else workers, precision
+        image_size, batch_size, limit, keep_pixels, 0 if workers is None else workers, precision
     )
     if engine not in ENGINES:
         raise ClipshiftError(f"--engine {engine}: one of {', '.join(ENGINES)}")
@@ -165,40 +167,54 @@ def ingest(
     # offline, a model neither local nor cached fails here at once (no hub retries), before
     # transformers is imported and before any worker starts
     resolved = resolve_model(model)
-    # What the model load and the store wait for runs beside the imports below (the CPU
-    # stages with torch): the hash of a folder's weights, the run's identity (ViT-B/32: half
-    # a second, outside the GIL), and on threads of their own LanceDB and the model's
-    # transformers modules (`_import_ahead`, once torch's settings below are made)
+    # What the model load and the store wait for runs beside the imports below: the hash of a
+    # folder's weights, the run's identity (ViT-B/32: half a second, outside the GIL); the
+    # worker processes' start-up (albumentations and the stages' pipelines); and on a thread
+    # of its own the model's image tower with torch (`_import_ahead`, once torch's settings
+    # below are made). The main process imports no albumentations where workers apply the
+    # perturbations: the default suite resolves without it (clipshift/suites/paper.py).
     resolved.hash_ahead()
-    # The model's idle OpenMP threads sleep instead of spinning, so that they leave the cores to
-    # the preparing thread or the worker processes beside them (benchmarks/ingest.py: end to
-    # end with the tiny CLIP 10-30% faster; the full-size forward alone unchanged). It takes
-    # effect where torch is not imported yet, as in `clipshift ingest`; a user's setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _import_ahead(resolved, db)
     from .stages import PrepareSettings
     from .suites import resolve, spec_items
 
     perturbations = resolve(augmentations)
     names = [p.label for p in perturbations]
-    if workers is None:  # the other engines do not use it
-        workers = (
-            _default_workers(resolved, device, image_size, 1 + len(names))
-            if engine == "local"
-            else 1
-        )
     # the spec, not the labels: a worker resolves it to the same perturbations (a user suite
     # file included, by its absolute path)
     settings = PrepareSettings(image_size, spec_items(augmentations), seed, hidden_states)
-    # started before the model loads, so that the workers' own start-up overlaps it
-    pool = None
-    if engine == "local" and workers > 1 and len(files) > 1:
-        pool = PreparePool(
-            min(workers, len(files)), settings, (1 + len(names), image_size, image_size, 3)
-        )
-    if rest is not None:
-        rest = _chunks(rest, DATASET_CHUNK)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        pool = None
+        if engine == "local" and files and workers != 0:
+            # Started before torch is imported: the default count depends on the device,
+            # which torch finds, so the pool starts with the CPU's count (the least of any
+            # device's) and grows once the device is known.
+            model_cost = _model_cost(resolved, image_size, 1 + len(names))
+            pool = PreparePool(
+                min(workers or default_workers("cpu", available_cores(), *model_cost), len(files)),
+                settings,
+                (1 + len(names), image_size, image_size, 3),
+                capacity=min(workers or available_cores(), len(files)),
+            )
+            cleanup.callback(pool.close)
+        # The model's idle OpenMP threads sleep instead of spinning, so that they leave the
+        # cores to the preparing thread or the worker processes beside them
+        # (benchmarks/ingest.py: end to end with the tiny CLIP 10-30% faster; the full-size
+        # forward alone unchanged). It takes effect where torch is not imported yet, as in
+        # `clipshift ingest`; a user's setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        _import_ahead(resolved, db)
+
+        def grow_pool() -> None:
+            """The default count, once the device is known (torch imported)."""
+            if workers is None and pool is not None:
+                from .encoder import resolve_device
+
+                kind = resolve_device(device).type
+                pool.grow(min(default_workers(kind, available_cores(), *model_cost), len(files)))
+
+        if rest is not None:
+            rest = _chunks(rest, DATASET_CHUNK)
+        # what _ingest starts is closed before the pool (the stack closes the last first)
         return _ingest(
             files,
             db,
@@ -206,6 +222,8 @@ def ingest(
             settings,
             perturbations,
             pool,
+            cleanup,
+            grow_pool,
             batch_size=batch_size,
             keep_pixels=keep_pixels,
             device=device,
@@ -217,9 +235,6 @@ def ingest(
             on_progress=on_progress,
             rest=rest,
         )
-    finally:
-        if pool is not None:
-            pool.close()
 
 
 def bf16_hint(
@@ -267,22 +282,17 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _default_workers(model: ResolvedModel, device: str, image_size: int, variants: int) -> int:
-    """`default_workers` for this model and device, the model's cost estimated from its config
-    (an unknown cost on the CPU is taken as the model's, which leaves the cores to it)."""
-    from .encoder import resolve_device
-
-    kind = resolve_device(device).type
+def _model_cost(model: ResolvedModel, image_size: int, variants: int) -> tuple[float, float]:
+    """What `default_workers` weighs, per image (all its `variants`): the core-seconds of the
+    model's forward on the CPU, estimated from its config (an unknown cost is taken as the
+    model's, which leaves the cores to it), and of the CPU stages."""
     config = model_config(model) or {}
     vision = config.get("vision_config")
-    if not isinstance(vision, dict):
-        model_seconds = math.inf
+    if isinstance(vision, dict):
+        model_seconds = variants * inference_gflop(vision, image_size) / CPU_GFLOPS_PER_CORE
     else:
-        gflop = inference_gflop(vision, image_size)
-        model_seconds = variants * gflop / CPU_GFLOPS_PER_CORE
-    return default_workers(
-        kind, available_cores(), model_seconds, variants * PREPARE_SECONDS_PER_INPUT
-    )
+        model_seconds = math.inf
+    return model_seconds, variants * PREPARE_SECONDS_PER_INPUT
 
 
 def _ingest(
@@ -292,6 +302,8 @@ def _ingest(
     settings: PrepareSettings,
     perturbations: list[Perturbation],
     pool: PreparePool | None,
+    cleanup: contextlib.ExitStack,
+    grow_pool: Callable[[], None],
     *,
     batch_size: int,
     keep_pixels: int,
@@ -305,7 +317,6 @@ def _ingest(
     rest: Iterator[list] | None = None,
 ) -> IngestSummary:
     from .augment import augmentation_config, config_hash
-    from .encoder import Encoder
 
     names = [p.label for p in perturbations]
     image_size, seed = settings.image_size, settings.seed
@@ -318,6 +329,9 @@ def _ingest(
         nonlocal encoder
         if encoder is not None:
             return encoder
+        # torch is imported here, not before: the first images are prepared meanwhile
+        from .encoder import Encoder
+
         # under another engine the model runs elsewhere: here it only names the run
         encoder = Encoder(
             model,
@@ -365,7 +379,7 @@ def _ingest(
         seed=seed,
         augmentations=names,
         discovered=len(files),
-        workers=pool.size if pool else 1,
+        workers=0 if engine == "local" else None,
         precision=precision,
     )
     # A run the store already holds is found by the weights' identity, read without loading
@@ -375,6 +389,19 @@ def _ingest(
     if model.revision is not None:
         run_id = run_identity(model, model.revision, image_size, seed, aug_hash, precision)
         held_run = _held_run(db, run_id)
+    ahead, ahead_keep = None, []
+    if held_run is None:
+        if engine == "local" and model.revision is not None:
+            # the store holds nothing of this run: its first images are prepared while the
+            # model loads, so that the first batch is ready when the model is
+            from .engines.local import prepare_ahead
+
+            ahead_keep = _keep_pixels(None, run_id, files, set(), keep_pixels)
+            ahead = prepare_ahead(files, settings, ahead_keep, set(), pool, 2 * batch_size)
+            cleanup.callback(ahead.close)
+    grow_pool()
+    if pool is not None:
+        summary.workers = pool.size
     if held_run is None:
         # a new run: the model loads before the store is made, so a model that cannot load
         # leaves no store behind
@@ -396,10 +423,14 @@ def _ingest(
     for chunk in itertools.chain([files], rest or ()):
         if chunk is not files:
             summary.discovered += len(chunk)
-        already = store.stored_images(run_id)
+        if chunk is files and ahead is not None:
+            already, keep = set(), ahead_keep
+        else:
+            already = store.stored_images(run_id)
+            keep = _keep_pixels(store, run_id, chunk, already, keep_pixels)
         job = IngestJob(
             files=chunk,
-            keep=_keep_pixels(store, run_id, chunk, already, keep_pixels),
+            keep=keep,
             settings=settings,
             store=store,
             model=model,
@@ -415,6 +446,7 @@ def _ingest(
             on_progress=_offset(on_progress, done),
             encoder=load_encoder,
             pool=pool,
+            prepared=ahead if chunk is files else None,
             actors=actors,
         )
         if engine == "local":
@@ -502,8 +534,10 @@ def _check_options(
         raise ClipshiftError(f"--limit {limit}: use 0 or more")
     if keep_pixels < -1:
         raise ClipshiftError(f"--keep-pixels {keep_pixels}: use a count, 0 for none or -1 for all")
-    if workers < 1:
-        raise ClipshiftError(f"--workers {workers}: use 1 or more (1 runs in this process)")
+    if workers < 0:
+        raise ClipshiftError(
+            f"--workers {workers}: use 0 or more (0 runs the CPU stages in this process)"
+        )
     check_precision(precision)
 
 
@@ -527,18 +561,19 @@ def _stored_run(store: Store, run_id: str) -> dict | None:
 
 
 def _keep_pixels(
-    store: Store, run_id: str, files: list, already: set[str], keep_pixels: int
+    store: Store | None, run_id: str, files: list, already: set[str], keep_pixels: int
 ) -> list[bool]:
     """Which files keep their PNG pixels: --keep-pixels N counts the run's images, so those
     it already holds with pixels use up N, and a file it already holds under that path (to
     be skipped) takes none of what is left. An image the run holds under another path is
-    skipped all the same: the run never keeps pixels for more than N images."""
+    skipped all the same: the run never keeps pixels for more than N images. The store is
+    read only where the run holds images (`already`)."""
     if keep_pixels < 0:
         return [True] * len(files)
     left = keep_pixels
     held_paths: set[str] = set()
-    table = store.variants_table_of(run_id)
-    if table is not None and already:
+    table = store.variants_table_of(run_id) if already else None
+    if table is not None:
         rows = f"{where(run_id=run_id, variant=ORIGINAL)} AND pixels IS NOT NULL"
         left -= store.dataset(table).count_rows(filter=rows)
         images = store.dataset("images").to_table(

@@ -31,6 +31,7 @@ How, and why (figures in docs/ingest.md, from benchmarks/ingest.py):
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import mmap
 import os
@@ -69,7 +70,7 @@ ATTEMPTS = 2  # the first try and one retry
 # 300 s is a hundred times the slowest image tried here: a 100-megapixel PNG through the 84
 # variants of the paper and corruptions suites took 3.2 s (as a JPEG, 0.6 s).
 HANG_SECONDS = 300.0
-# a worker's first message, once its stages are imported (never a pickled result)
+# a worker's first message, once its stages are imported and warmed up (never a pickled result)
 READY = b"ready"
 # The pool is the parallelism: each worker runs its libraries on one thread. Left to
 # themselves, OpenBLAS (the pixel metrics' grey conversion) and OpenCV (the augmentations)
@@ -205,8 +206,11 @@ class PreparePool:
 
     `prepare` must be importable by name in a fresh interpreter (a module-level function);
     `settings` must pickle. `pixel_shape` is the shape of `Prepared.pixels`, which travels
-    through shared memory. The workers start at once (a second or two each, best overlapped
-    with loading the model); `skip` can be given later with `set_skip`.
+    through shared memory. The workers start at once and each runs `warm_up(settings)` (the
+    imports and pipelines of the stages, 1-2 s) before it says it is ready, so that their
+    start-up overlaps the main process loading the model; `skip` can be given later with
+    `set_skip`. `grow` adds workers, up to `capacity` (default `workers`), for a count decided
+    once the device is known.
     """
 
     def __init__(
@@ -215,27 +219,33 @@ class PreparePool:
         settings: Any,
         pixel_shape: tuple[int, ...],
         prepare: Callable | None = None,
+        warm_up: Callable | None = None,
         hang_seconds: float = HANG_SECONDS,
+        capacity: int | None = None,
     ):
         if prepare is None:
+            from .stages import augmenter_for as warm_up
             from .stages import prepare_image as prepare
-        self.size = workers
+        self.size = 0
         self.hang_seconds = hang_seconds
         self.retried = 0  # images retried after their worker died
         self.worker_deaths = 0
-        self._payload = pickle.dumps((prepare, settings), protocol=5)
+        self._payload = pickle.dumps((prepare, warm_up, settings), protocol=5)
         self._skip = pickle.dumps(("skip", frozenset()))
         self._shape = tuple(pixel_shape)
         self._slot_bytes = int(np.prod(self._shape))
-        slots = workers * TASKS_PER_WORKER
-        self._shm_fd, self._shm = _shared_file(max(1, slots * self._slot_bytes))
-        self._free_slots = collections.deque(range(slots))
+        self._capacity = max(workers, capacity or 0)
+        # the whole capacity's slots in one file, sized now (the workers map it as they start)
+        # but touched only as slots are handed out: a slot per task of the workers running
+        self._shm_fd, self._shm = _shared_file(
+            max(1, self._capacity * TASKS_PER_WORKER * self._slot_bytes)
+        )
+        self._free_slots: collections.deque[int] = collections.deque()
         self._workers: list[_Worker] = []
         self._fruitless = 0
         self._closed = False
         try:
-            for _ in range(workers):
-                self._workers.append(self._start())
+            self.grow(workers)
         except BaseException:
             self.close()
             raise
@@ -262,6 +272,16 @@ class PreparePool:
         conn.send_bytes(self._payload)
         conn.send_bytes(self._skip)
         return _Worker(process, conn)
+
+    def grow(self, workers: int) -> None:
+        """Run `workers` workers (at most the capacity), starting those missing."""
+        workers = min(workers, self._capacity)
+        while self.size < workers:
+            self._free_slots.extend(
+                range(self.size * TASKS_PER_WORKER, (self.size + 1) * TASKS_PER_WORKER)
+            )
+            self._workers.append(self._start())
+            self.size += 1
 
     def set_skip(self, skip: Collection[str]) -> None:
         """The image_ids to skip (already stored): workers hash, then skip them unprocessed."""
@@ -425,7 +445,7 @@ class PreparePool:
         if self._fruitless >= MAX_FRUITLESS_STARTS:
             raise ClipshiftError(
                 f"ingest worker processes die before preparing any image (exit status "
-                f"{_describe_exit(code)}); try --workers 1 to see the error in this process"
+                f"{_describe_exit(code)}); try --workers 0 to see the error in this process"
             )
         self._workers.append(self._start())
 
@@ -471,7 +491,11 @@ def _serve(fd: int) -> None:
         shm_fd, shape, _ = pickle.loads(conn.recv_bytes())
         slot_bytes = int(np.prod(shape))
         shm = mmap.mmap(shm_fd, os.fstat(shm_fd).st_size)
-        prepare, settings = pickle.loads(conn.recv_bytes())
+        prepare, warm_up, settings = pickle.loads(conn.recv_bytes())
+        if warm_up is not None:
+            # an error here is met again, and reported per image, by `prepare`
+            with contextlib.suppress(Exception):
+                warm_up(settings)
         conn.send_bytes(READY)
     except (EOFError, OSError):
         return  # the main process went away while this worker started

@@ -58,7 +58,7 @@ def labelled(tmp_path_factory, tiny_text_model, photos):
             seed=seed,
             keep_pixels=0,
             device="cpu",
-            workers=1,
+            workers=0,
             dataset=DatasetOptions(labels_from="folder", label_names=str(names)),
         ).run_id
         for seed in (0, 1)

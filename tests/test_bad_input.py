@@ -190,6 +190,13 @@ def test_unknown_augmentation(stored, photos, tiny_model):
     assert rows(stored) == 10
 
 
+def test_negative_workers(stored, photos, tiny_model):
+    result = run(["ingest", str(photos), "--db", str(stored), "--model", str(tiny_model),
+                  "--workers", "-1"])  # fmt: skip
+    assert_one_line_error(result, "--workers -1", "0 runs the CPU stages in this process")
+    assert rows(stored) == 10
+
+
 def test_model_not_available_offline(stored, photos, tmp_path):
     result = run(
         ["ingest", str(photos), "--db", str(stored), "--model", "openai/clip-vit-base-patch32"],

@@ -32,7 +32,7 @@ SPEC = "blur,noise"
 METRICS = ("patch_similarity", "edge_preservation", "detail_preservation")
 
 
-def run_ingest(paths, db, model, dataset=None, workers=1, **options):
+def run_ingest(paths, db, model, dataset=None, workers=0, **options):
     return ingest(
         [str(p) for p in paths],
         db,
@@ -118,7 +118,7 @@ def test_each_format_stores_the_plain_folders_images(
         options = DatasetOptions(label_column="label")
     db = tmp_path / "db"
     # the worker pool for two of them: a sample travels to a worker process with its bytes
-    summary = run_ingest([path], db, tiny_model, options, workers=2 if kind in "shards tree" else 1)
+    summary = run_ingest([path], db, tiny_model, options, workers=2 if kind in "shards tree" else 0)
     assert (summary.stored, summary.failed) == (6, 0)
     assert_same_images(db, plain)
     assert stored_labels(db, photos) == truth()

@@ -227,7 +227,7 @@ def test_precision_is_part_of_the_run_identity_but_fp32_keeps_its_run_ids(tmp_pa
 
 def test_bf16_ingest_is_another_run_with_close_embeddings(tmp_path, tiny_model, photos):
     db = tmp_path / "db"
-    options = dict(augmentations="noise", limit=2, device="cpu", workers=1, image_size=64)
+    options = dict(augmentations="noise", limit=2, device="cpu", workers=0, image_size=64)
     fp32 = ingest([photos], db, str(tiny_model), **options)
     bf16 = ingest([photos], db, str(tiny_model), precision="bf16", **options)
     assert fp32.run_id != bf16.run_id and bf16.stored == 2 and bf16.precision == "bf16"

@@ -3,7 +3,7 @@ and their invariances; a run's streamed CKA against them; the command on a real 
 and without --hidden-states; the CKA kept in layer_cka at ingest, reused, computed again when
 the run grows, and computed on demand in a store migrated to 0008; a store of schema 5
 migrated, whose old run says it has no layer metrics; and the stored layer metrics
-byte-identical across --workers 1 and 2."""
+byte-identical across --workers 0 and 2."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_hidden_states_give_cka(tmp_path, tiny_model, photos):
     result = CliRunner().invoke(
         cli,
         ["ingest", str(photos), "--db", str(db), "--model", str(tiny_model), "--device", "cpu",
-         "--augmentations", "noise,horizontal_flip", "--workers", "1", "--hidden-states"],
+         "--augmentations", "noise,horizontal_flip", "--workers", "0", "--hidden-states"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     run = Store.open(db).dataset("runs").to_table().to_pylist()[0]
@@ -207,7 +207,7 @@ def test_old_store_migrates_and_says_it_has_no_layer_metrics(tmp_path, ingested_
 
 def test_layer_metrics_identical_across_workers(tmp_path, tiny_model, photos):
     tables = []
-    for workers in (1, 2):
+    for workers in (0, 2):
         db = tmp_path / f"db{workers}"
         options = dict(augmentations="noise,shift_scale_rotate", device="cpu", batch_size=2)
         ingest([photos], db, str(tiny_model), workers=workers, hidden_states=True, **options)

@@ -279,7 +279,8 @@ VIT_B_32 = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 
 def test_default_workers_leave_the_cores_to_a_model_on_the_cpu():
     prepare = 10 * PREPARE_SECONDS_PER_INPUT
     full = 10 * inference_gflop(VIT_B_32, 224) / CPU_GFLOPS_PER_CORE
-    # the full-size model is 98% of the work: its threads keep every core, the stages a thread
+    # the full-size model is 98% of the work: its threads keep every core, the stages one
+    # worker process
     assert full / (full + prepare) > 0.97
     for cores in (1, 2, 4, 8, 16, 32):
         assert default_workers("cpu", cores, full, prepare) == 1
@@ -289,7 +290,7 @@ def test_default_workers_leave_the_cores_to_a_model_on_the_cpu():
     # the tiny CLIP, measured: its forward a third of the work, two thirds of 2 cores -> 2
     assert default_workers("cpu", 2, 0.012, 0.023) == 2
     assert default_workers("cpu", 8, 0.012, 0.023) == 6
-    # half the work on 2 cores: one core's worth, the thread of the main process
+    # half the work on 2 cores: one core's worth, one worker
     assert default_workers("cpu", 2, 0.025, 0.025) == 1
     # an unknown cost on the CPU is taken as the model's
     assert default_workers("cpu", 8, float("inf"), prepare) == 1
@@ -334,18 +335,21 @@ def test_ingest_chooses_its_default_workers_from_the_models_config(tmp_path, tin
     import json
 
     from clipshift.hub import resolve_model
-    from clipshift.ingest import _default_workers
+    from clipshift.ingest import _model_cost
+
+    def workers(model: str) -> int:
+        return default_workers("cpu", cores, *_model_cost(resolve_model(model), 224, 10))
 
     cores = available_cores()
     # the tiny CLIP costs nothing beside the stages: one worker per core
-    assert _default_workers(resolve_model(str(tiny_model)), "cpu", 224, 10) == cores
+    assert workers(str(tiny_model)) == cores
     full = tmp_path / "vit-b-32-config-only"
     full.mkdir()
     (full / "config.json").write_text(json.dumps({"vision_config": VIT_B_32}))
-    assert _default_workers(resolve_model(str(full)), "cpu", 224, 10) == 1
+    assert workers(str(full)) == 1
     # no vision_config to estimate from: the cores stay the model's
     (full / "config.json").write_text("{}")
-    assert _default_workers(resolve_model(str(full)), "cpu", 224, 10) == 1
+    assert workers(str(full)) == 1
 
 
 def test_ingest_by_default_runs_the_tiny_model_with_a_worker_per_core(tmp_path, tiny_model):

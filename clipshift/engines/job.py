@@ -7,7 +7,7 @@ Light: the stages (and with them torch) are imported by the engines, not here.""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,9 @@ class IngestSummary:
     duplicate_files: list[Duplicate] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
-    workers: int = 1
+    # the local engine's worker processes of the CPU stages (0: a thread of this process);
+    # None under an engine that schedules them itself
+    workers: int | None = 0
     precision: str = PRECISION
     retried: int = 0  # images retried after their worker process died
     # seconds spent in each stage (STAGES); the per-image CPU stages are summed over images
@@ -99,6 +101,9 @@ class IngestJob:
     # makes it), and the worker processes of the CPU stages (None: a thread of this process)
     encoder: Callable[[], Encoder] | None = None
     pool: PreparePool | None = None
+    # the local engine: these files' prepared images, already under way (started while the
+    # model loaded; engines.local.prepare_ahead with this job's keep and already), or None
+    prepared: Iterator | None = None
     # the Ray engine: model actors (None: one per GPU of the cluster, else one)
     actors: int | None = None
     # image_id -> (label, label_index) of the images this run held already, as the dataset

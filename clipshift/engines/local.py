@@ -8,7 +8,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -26,6 +26,8 @@ from .job import IngestJob, Triage
 
 if TYPE_CHECKING:
     from ..encoder import Pending
+    from ..stages import PrepareSettings
+    from ..workers import PreparePool
 
 T = TypeVar("T")
 
@@ -34,18 +36,11 @@ def run(job: IngestJob) -> None:
     """Run `job` here, filling in job.summary."""
     triage = Triage(job.summary, held_labels=job.held_labels)
     writer = _Writer(job, triage)
-    pool = job.pool
-    if pool is not None:
-        pool.set_skip(job.already)
-        items = pool.imap(job.files, job.keep)
-    else:
-        items = (
-            prepare_image(path, job.settings, job.keep[i], job.already)
-            for i, path in enumerate(job.files)
-        )
-    # a batch's worth and more prepared while the model runs on the current one; closed
-    # (its thread stopped) before the caller closes the pool, whatever ends the loop
-    with contextlib.closing(in_background(items, depth=2 * job.batch_size)) as prepared:
+    prepared = job.prepared or prepare_ahead(
+        job.files, job.settings, job.keep, job.already, job.pool, 2 * job.batch_size
+    )
+    # closed (its thread stopped) before the caller closes the pool, whatever ends the loop
+    with contextlib.closing(prepared):
         for done, item in enumerate(prepared, start=1):
             outcome = None if isinstance(item, Prepared) else item
             if triage.keeps(item.path, item.image_id, outcome, item.timings):
@@ -54,8 +49,28 @@ def run(job: IngestJob) -> None:
                     writer.flush()
                     job.progress(done)
     writer.flush(last=True)
+    if job.pool is not None:
+        job.summary.retried = job.pool.retried
+
+
+def prepare_ahead(
+    files: list,
+    settings: PrepareSettings,
+    keep: list[bool],
+    skip: Collection[str],
+    pool: PreparePool | None,
+    depth: int,
+) -> InBackground:
+    """`prepare_image` of each file, in discovery order, on a thread of its own (in `pool`'s
+    worker processes, or on that thread itself), started now and kept up to `depth` images
+    ahead of the consumer: a batch's worth and more prepared while the model runs on the
+    current one, or loads. Close it before closing the pool."""
     if pool is not None:
-        job.summary.retried = pool.retried
+        pool.set_skip(skip)
+        items = pool.imap(files, keep)
+    else:
+        items = (prepare_image(path, settings, keep[i], skip) for i, path in enumerate(files))
+    return InBackground(items, depth)
 
 
 class _Writer:
@@ -113,45 +128,55 @@ class _Writer:
         self.triage.failures.extend(Failure(p.path, "encode", str(exc), p.image_id) for p in batch)
 
 
-def in_background(items: Iterator[T], depth: int) -> Iterator[T]:
-    """Iterate `items` in a worker thread, up to `depth` items ahead of the consumer.
+class InBackground(Iterator[T]):
+    """Iterates `items` on a thread of its own, started at once, up to `depth` items ahead of
+    the consumer.
 
     The CPU stages of the next batch then overlap the model's forward pass of this one (numpy,
-    OpenCV and torch release the GIL). An exception in the worker is raised in the consumer;
-    a consumer that stops early stops the worker.
+    OpenCV and torch release the GIL). An exception on the thread is raised in the consumer;
+    `close` stops the thread, whether the consumer has started or not.
     """
-    channel: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    finished = object()
 
-    def offer(item) -> bool:
-        while not stop.is_set():
+    _finished = object()
+
+    def __init__(self, items: Iterator[T], depth: int):
+        self._channel: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._work, args=(items,), name="clipshift-prepare", daemon=True
+        )
+        self._thread.start()
+
+    def _offer(self, item) -> bool:
+        while not self._stop.is_set():
             try:
-                channel.put(item, timeout=0.1)
+                self._channel.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def work() -> None:
+    def _work(self, items: Iterator[T]) -> None:
         try:
             for item in items:
-                if not offer(item):
+                if not self._offer(item):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            offer(_Raised(exc))
-        offer(finished)
+            self._offer(_Raised(exc))
+        self._offer(self._finished)
 
-    worker = threading.Thread(target=work, name="clipshift-prepare", daemon=True)
-    worker.start()
-    try:
-        while (item := channel.get()) is not finished:
-            if isinstance(item, _Raised):
-                raise item.exception
-            yield item
-    finally:
-        stop.set()
-        worker.join()
+    def __next__(self) -> T:
+        item = self._channel.get() if not self._stop.is_set() else self._finished
+        if item is self._finished:
+            self._stop.set()
+            raise StopIteration
+        if isinstance(item, _Raised):
+            raise item.exception
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass
