@@ -16,10 +16,11 @@ Prints, each figure from fresh processes (the median of --repeat runs):
   model through transformers (CLIPSHIFT_ATTENTION=eager) and into a store that exists;
   the imports it pays by package, and its phases one after the other in one process:
   importing cli, ingest; resolving the model and hashing its weights (the run's identity);
-  the stages and the paper suite (no albumentations); the CPU stages' warm-up
-  (albumentations: what a worker does as it starts); the model load (torch, its image tower,
-  clipshift/towers.py); opening (creating) the store. A command overlaps some of them (the
-  hash and the worker's warm-up with the imports), so their sum exceeds its time.
+  the stages and the paper suite (no albumentations); the model load (torch, its image tower,
+  clipshift/towers.py); the CPU stages' warm-up (albumentations, torch already imported: what
+  a worker does as it starts, beside the model load); opening (creating) the store. A
+  command overlaps some of them (the hash and the worker's warm-up with the imports), so
+  their sum exceeds its time.
 
     python benchmarks/fixed_cost.py [--db DIR] [--model DIR] [--repeat 3] [--steady-images 32]
                                     [--skip stats|ingest]
@@ -66,10 +67,10 @@ mark("resolve the model, hash its weights")
 from clipshift.stages import PrepareSettings
 from clipshift.suites import resolve; resolve(None)
 mark("import the stages, resolve the paper suite (no albumentations)")
-from clipshift.stages import augmenter_for; augmenter_for(PrepareSettings())
-mark("warm up the CPU stages (albumentations; a worker's start-up)")
 from clipshift.encoder import Encoder; encoder = Encoder(model, device="cpu")
 mark("load the model (torch, its image tower memory-mapped)")
+from clipshift.stages import augmenter_for; augmenter_for(PrepareSettings())
+mark("warm up the CPU stages (albumentations: a worker's start-up, beside the model load)")
 from clipshift.store import Store; store = Store.open(sys.argv[2], create=True)
 mark("open a new store (its migrations, through pylance)")
 print(json.dumps([(n, t - marks[i][1]) for i, (n, t) in enumerate(marks[1:])]))
@@ -228,17 +229,25 @@ def ingest_cost(args: argparse.Namespace, tmp: Path, photos: Path) -> None:
             db = str(tmp / f"8-{name}-{i}")
             runs[name].append(timed_cpu([sys.executable, *ingest, *option, str(eight), "--db", db]))
     inputs = FIXED_IMAGES * VARIANTS
-    print(f"\nthe fixed cost of an ingest, model {model}:")
+    # The steady rate is the model's, whichever runs the stages (the two were within the
+    # machine's drift in turns); one run of each, and their mean for both, so that a drift
+    # between the two runs does not land on one setting's fixed cost.
+    steady = {name: child_json(STEADY, str(many), str(tmp / f"steady-{name}"), model, name)
+              for name in settings}  # fmt: skip
+    rates = {name: r["images"] * VARIANTS / r["seconds"] for name, r in steady.items()}
+    rate = statistics.mean(rates.values())
+    work = inputs / rate
+    print(f"\nthe fixed cost of an ingest, model {model}: steady rate {rate:.1f} inputs/s (the "
+          f"mean of {args.steady_images}-image runs with each setting: "
+          f"{', '.join(f'{r:.1f}' for r in rates.values())}), so its {inputs} inputs "
+          f"{work:.2f} s")  # fmt: skip
     for name in settings:
         wall, cpu = (statistics.median(r[i] for r in runs[name]) for i in (0, 1))
-        steady = child_json(STEADY, str(many), str(tmp / f"steady-{name}"), model, name)
-        rate = steady["images"] * VARIANTS / steady["seconds"]
-        work, work_cpu = inputs / rate, inputs * steady["cpu"] / (steady["images"] * VARIANTS)
-        print(f"  --workers {name} ({steady['workers']}): {FIXED_IMAGES}-image ingest into a new "
-              f"store {wall:.2f} s (median of {args.repeat}: "
-              f"{', '.join(f'{r[0]:.2f}' for r in runs[name])}); steady rate {rate:.1f} "
-              f"inputs/s ({args.steady_images}-image run), so its {inputs} inputs {work:.2f} s; "
-              f"fixed cost {wall - work:.2f} s (target < 3 s)")  # fmt: skip
+        work_cpu = inputs * steady[name]["cpu"] / (steady[name]["images"] * VARIANTS)
+        print(f"  --workers {name} ({steady[name]['workers']}): {FIXED_IMAGES}-image ingest "
+              f"into a new store {wall:.2f} s (median of {args.repeat}: "
+              f"{', '.join(f'{r[0]:.2f}' for r in runs[name])}); fixed cost "
+              f"{wall - work:.2f} s (target < 3 s)")  # fmt: skip
         print(f"    in CPU seconds (all threads and processes; less sensitive to other jobs): "
               f"the ingest {cpu:.2f}, its {inputs} inputs {work_cpu:.2f}, fixed "
               f"{cpu - work_cpu:.2f}")  # fmt: skip

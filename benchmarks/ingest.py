@@ -375,10 +375,13 @@ def child(mode: str, args: argparse.Namespace, env: dict | None = None, **option
 
 def default_for(model: Path, device: str) -> int:
     """The --workers ingest chooses by default for `model` with the default suite."""
+    from clipshift.encoder import resolve_device
     from clipshift.hub import resolve_model
-    from clipshift.ingest import _default_workers
+    from clipshift.ingest import _model_cost
+    from clipshift.workers import available_cores, default_workers
 
-    return _default_workers(resolve_model(str(model)), device, 224, VARIANTS)
+    cost = _model_cost(resolve_model(str(model)), 224, VARIANTS)
+    return default_workers(resolve_device(device).type, available_cores(), *cost)
 
 
 def timed_ingest(args, model, photos, db, workers, precision: str = PRECISION) -> dict:
@@ -547,6 +550,8 @@ def main() -> None:
             eager_before = child("forward", args, env=eager, model=model, batches=batches)
             before = child("forward", args, model=model, batches=batches)
             run = timed_ingest(args, model, full_photos, tmp / "full", None)
+            # and in turn, the CPU stages on a thread of the main process instead
+            in_process = timed_ingest(args, model, full_photos, tmp / "full-0", 0)
             after = child("forward", args, model=model, batches=batches)
             eager_after = child("forward", args, env=eager, model=model, batches=batches)
             forward = [f["inputs"] / f["seconds"] for f in (before, after)]
@@ -560,6 +565,10 @@ def main() -> None:
                   f"/ after) ratio {rate / eager_mean:.2f} (target >= 0.95); against its own "
                   f"bare forward (the fast path, {forward[0]:.1f} / {forward[1]:.1f}) ratio "
                   f"{rate / mean:.2f}")  # fmt: skip
+            rate_0 = steady_inputs_per_second(in_process)
+            print(f"  beside it, --workers 0 (the stages on a thread of the main process): "
+                  f"{rate_0:.1f} inputs/s, ratio {rate_0 / eager_mean:.2f} against the eager "
+                  f"forward, {rate_0 / mean:.2f} against its own")  # fmt: skip
             print_distance_to_limit(model, {"bare forward": mean, "ingest": rate}, "fp32")
 
         if "precision" not in skip:

@@ -63,9 +63,11 @@ def rows(db: Path, table: str, order: str) -> list[tuple]:
     return duckdb.sql(f"SELECT * FROM dataset ORDER BY {order}").fetchall()
 
 
-def test_one_and_two_workers_give_identical_results(tmp_path, tiny_model, corpus):
+def test_the_stages_in_this_process_and_in_two_workers_give_identical_results(
+    tmp_path, tiny_model, corpus
+):
     summaries = {}
-    for workers in (1, 2):
+    for workers in (0, 2):
         summaries[workers] = ingest(
             [corpus],
             tmp_path / f"db{workers}",
@@ -75,8 +77,8 @@ def test_one_and_two_workers_give_identical_results(tmp_path, tiny_model, corpus
             device="cpu",
             workers=workers,
         )
-    one, two = summaries[1], summaries[2]
-    assert two.workers == 2 and one.workers == 1
+    one, two = summaries[0], summaries[2]
+    assert two.workers == 2 and one.workers == 0
     assert (one.run_id, one.stored, one.duplicates) == (two.run_id, two.stored, two.duplicates)
     assert (one.stored, one.duplicates, one.failed) == (6, 1, 2)
     assert [(f.path, f.stage, f.message) for f in one.failures] == [
@@ -89,7 +91,7 @@ def test_one_and_two_workers_give_identical_results(tmp_path, tiny_model, corpus
     )
     exact = {}
     vectors = {}
-    for workers in (1, 2):
+    for workers in (0, 2):
         db = tmp_path / f"db{workers}"
         dataset = Store.open(db).dataset("variants_16")  # noqa: F841 - the tiny CLIP is 16-d
         exact[workers] = duckdb.sql(
@@ -99,16 +101,16 @@ def test_one_and_two_workers_give_identical_results(tmp_path, tiny_model, corpus
             "SELECT embedding, attention_layers FROM dataset ORDER BY image_id, variant"
         ).fetchnumpy()
         vectors[workers] = [np.stack(table[c]) for c in ("embedding", "attention_layers")]
-    assert exact[1] == exact[2]
-    assert all(row[-1] for row in exact[1])  # every variant's PNG was kept and compared
-    for a, b in zip(vectors[1], vectors[2], strict=True):
+    assert exact[0] == exact[2]
+    assert all(row[-1] for row in exact[0])  # every variant's PNG was kept and compared
+    for a, b in zip(vectors[0], vectors[2], strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
-    assert rows(tmp_path / "db1", "images", "image_id") == rows(
+    assert rows(tmp_path / "db0", "images", "image_id") == rows(
         tmp_path / "db2", "images", "image_id"
     )
     errors = [
         [r[:4] for r in rows(tmp_path / f"db{w}", "errors", "path")]  # all but the time
-        for w in (1, 2)
+        for w in (0, 2)
     ]
     assert len(errors[0]) == 2 and errors[0] == errors[1]
 
@@ -127,6 +129,34 @@ def test_a_killed_worker_is_replaced_and_its_images_retried(tmp_path):
         assert a.path == b.path and a.image_id == b.image_id
         assert np.array_equal(a.pixels, b.pixels)
         assert (a.params, a.metrics, a.pngs) == (b.params, b.metrics, b.pngs)
+
+
+def test_a_pool_grows_to_its_capacity(tmp_path):
+    """The default count waits for torch to find the device: the pool starts with the CPU's
+    and grows, up to the capacity its shared memory was sized for."""
+    paths = many_photos(tmp_path / "photos", 6)
+    expected = [prepare_image(p, SETTINGS, False) for p in paths]
+    with PreparePool(1, SETTINGS, SHAPE, capacity=2) as pool:
+        assert pool.size == 1
+        pool.grow(3)
+        assert pool.size == 2 and len(pool.pids()) == 2
+        got = list(pool.imap(paths, [False] * len(paths)))
+    assert [r.image_id for r in got] == [r.image_id for r in expected]
+    for a, b in zip(expected, got, strict=True):
+        assert np.array_equal(a.pixels, b.pixels) and a.metrics == b.metrics
+
+
+def test_a_model_that_fails_to_load_leaves_no_store_and_no_worker(tmp_path, tiny_model):
+    """The first images go to the workers before the model loads: a model that then fails
+    stops them, and leaves no store behind."""
+    from clipshift import ClipshiftError
+
+    paths = many_photos(tmp_path / "photos", 4)
+    with pytest.raises(ClipshiftError, match="patch size"):
+        ingest([paths[0].parent], tmp_path / "db", str(tiny_model), image_size=100,
+               augmentations="noise", device="cpu", workers=2)  # fmt: skip
+    assert not (tmp_path / "db").exists()
+    assert [p for p in descendants(os.getpid()) if alive(p) and is_worker(p)] == []
 
 
 def test_an_image_that_kills_its_worker_twice_is_recorded_and_the_rest_go_on(tmp_path):
