@@ -9,8 +9,9 @@ Everything side by side in one run, on one machine, each measurement in a fresh 
   - CPU stages alone (read, decode, augment, pixel metrics, PNG; no model): images/s for
     1..cores worker processes, and the efficiency against linear scaling;
   - end to end with the tiny test CLIP (a stand-in for a fast accelerator): steady-state
-    images/s for --workers 1..cores, from the first batch's forward to the end (after every
-    fixed start-up cost: imports, model load, workers' start), and the CPU time per image
+    images/s for --workers 0 (the stages on a thread of the main process) and 1..cores, from
+    the first batch's forward to the end (after every fixed start-up cost: imports, model
+    load, workers' start), and the CPU time per image
     spent outside the model (difference of runs of N and 2N images: start-up cancels);
   - full-size ViT-B/32 with random weights (the cost of openai/clip-vit-base-patch32):
     steady-state ingest with the default --workers (printed, as is the tiny model's) against
@@ -514,8 +515,10 @@ def main() -> None:
             bare = child("forward", args, model=tiny, batches=4)
             model_cpu = bare["cpu"] / bare["inputs"] * VARIANTS
             print(f"  the default --workers for it: {default_for(tiny, args.device)}")
+            # 0: the stages on a thread of the main process (what --workers 1 meant before
+            # 2026-12-01), the base of the ratios
             base = None
-            for n in counts:
+            for n in [0, *counts]:
                 one = timed_ingest(args, tiny, n_photos, tmp / f"tiny-{n}-n", n)
                 two = timed_ingest(args, tiny, photos, tmp / f"tiny-{n}-2n", n)
                 rate = two["steady_images"] / two["steady_seconds"]
@@ -524,7 +527,7 @@ def main() -> None:
                 outside = (cpu[1] - cpu[0]) / n_images - model_cpu
                 stages = ", ".join(f"{k} {(v - one['timings'][k]) * 1e3 / n_images:.0f}"
                                    for k, v in two["timings"].items())  # fmt: skip
-                print(f"  --workers {n}: {rate:6.2f} images/s  x{rate / base:.2f} of 1 worker; "
+                print(f"  --workers {n}: {rate:6.2f} images/s  x{rate / base:.2f} of 0; "
                       f"CPU {(cpu[1] - cpu[0]) * 1e3 / n_images:.0f} ms/image, of which outside "
                       f"the model {outside * 1e3:.0f} (the model's: {model_cpu * 1e3:.0f}); "
                       f"whole run {two['seconds']:.1f} s; cores busy in the steady state "
@@ -532,7 +535,7 @@ def main() -> None:
                 print(f"      ms/image by stage (read to png: summed over the workers): {stages}")
                 print(f"      peak RSS main {one['max_rss_mb']:.0f} MB ({n_images} images), "
                       f"{two['max_rss_mb']:.0f} MB ({2 * n_images})"
-                      + (f"; worker {two['worker_rss_mb']:.0f} MB" if n > 1 else ""))  # fmt: skip
+                      + (f"; worker {two['worker_rss_mb']:.0f} MB" if n else ""))  # fmt: skip
 
         full_photos = tmp / "photos-full"
         full_photos.mkdir()
