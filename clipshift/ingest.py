@@ -390,15 +390,14 @@ def _ingest(
         run_id = run_identity(model, model.revision, image_size, seed, aug_hash, precision)
         held_run = _held_run(db, run_id)
     ahead, ahead_keep = None, []
-    if held_run is None:
-        if engine == "local" and model.revision is not None:
-            # the store holds nothing of this run: its first images are prepared while the
-            # model loads, so that the first batch is ready when the model is
-            from .engines.local import prepare_ahead
+    if held_run is None and model.revision is not None and engine == "local":
+        # the store holds nothing of this run: its first images are prepared while the model
+        # loads, so that the first batch is ready when the model is
+        from .engines.local import prepare_ahead
 
-            ahead_keep = _keep_pixels(None, run_id, files, set(), keep_pixels)
-            ahead = prepare_ahead(files, settings, ahead_keep, set(), pool, 2 * batch_size)
-            cleanup.callback(ahead.close)
+        ahead_keep = _keep_pixels(None, run_id, files, set(), keep_pixels)
+        ahead = prepare_ahead(files, settings, ahead_keep, set(), pool, 2 * batch_size)
+        cleanup.callback(ahead.close)
     grow_pool()
     if pool is not None:
         summary.workers = pool.size

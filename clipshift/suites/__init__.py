@@ -35,6 +35,7 @@ or variant label; `BASE_PROMPT` is the neutral prompt they are compared with.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import warnings
@@ -152,9 +153,11 @@ class Suite:
         }
 
 
+@functools.cache
 def albumentations_version() -> str:
     """The installed albumentations' version, as its `__version__` gives it, read without
-    importing it; part of every stored definition."""
+    importing it; part of every stored definition (read once: 1.3 ms a read here, and the
+    corruptions suite has 75 definitions)."""
     try:
         return importlib.metadata.version("albumentations")
     except importlib.metadata.PackageNotFoundError:
@@ -289,10 +292,9 @@ def _resolve_item(item: str) -> list[Perturbation]:
     if item.lower().endswith(SUITE_FILE_SUFFIXES):
         return load_suite_file(item).perturbations()
     for suite in _in_turn():
-        for perturbation in suite.perturbations():
-            if item in (perturbation.name, perturbation.label):
-                found = [p for p in suite.perturbations() if item in (p.name, p.label)]
-                return found
+        found = [p for p in suite.perturbations() if item in (p.name, p.label)]
+        if found:
+            return found
     suites = builtin_suites()
     name, at, level = item.partition("@")
     entry = next((e for s in suites.values() for e in s.entries if e.name == name), None)
